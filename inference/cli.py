@@ -78,13 +78,15 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
 
 def _run(args: argparse.Namespace) -> int:
     from inference.engine import load_engine
-    from inference.prompts import chat_prompt_ids, fixed_length_prompt_ids
+    from inference.prompts import chat_prompt_ids, check_prompt_text, fixed_length_prompt_ids
 
     if (args.prompt is None) == (args.prompt_tokens is None):
         raise ValueError("give either a PROMPT or --prompt-tokens T (exactly one)")
     settings = _settings(args)
     if args.prompt_tokens is not None:
         _check_prompt_tokens([args.prompt_tokens])
+    else:
+        check_prompt_text(args.prompt)
     engine = load_engine(args.model, args.device, args.dtype, _progress)
     tokenizer = engine.loaded.tokenizer
     ids = (fixed_length_prompt_ids(tokenizer, args.prompt_tokens) if args.prompt_tokens is not None

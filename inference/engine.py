@@ -99,6 +99,7 @@ class GenerationRun:
         self.instrument = instrument
         self.prompt = prompt
         self.steps: list[Step] = []
+        self.batch_tokens: list[list[int]] = []     # every row's token, step by step
         self.stop_reason: StopReason | None = None
         self._steps_iter = self._run()
 
@@ -153,6 +154,7 @@ class GenerationRun:
                 tokens = torch.where(finished, pad, tokens)
                 times = timer.finish_step()
                 sequence = torch.cat([sequence, tokens[:, None]], dim=1)
+                self.batch_tokens.append(tokens.tolist())
                 token = int(tokens[0])
                 step = self._record(index, times, sequence.shape[1] - 1, cache, token, stream.push(token))
                 self.steps.append(step)

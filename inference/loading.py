@@ -90,8 +90,12 @@ def load_model(name: str = DEFAULT_MODEL, device: torch.device | str = "cpu", dt
                progress: Progress = lambda _: None) -> LoadedModel:
     """Load `name` (the default model, a hub id or a local folder); never runs remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()      # our own progress messages say what is happening
     device = torch.device(device)
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise ValueError(f"could not load model {name!r}: no such folder")
     source = str(default_model_folder(progress)) if name in (DEFAULT_MODEL, HUB_ID_OF_DEFAULT) else name
     progress(f"Loading {name} ({_dtype_name(dtype)}, {device.type})")
     try:

@@ -13,11 +13,17 @@ PROMPT_TEXT = Path(__file__).resolve().parent.parent / "assets" / "prompt_text.t
 MAX_PROMPT_CHARS = 100_000
 
 
-def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+def check_prompt_text(prompt: object) -> str:
+    """The prompt as given, or ValueError saying what is wrong with it."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: type a question or some text")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"the prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    return prompt
+
+
+def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    check_prompt_text(prompt)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                              tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,66 @@
+"""The command line on the real bundled model, and its error paths (one line, exit 2, no traceback)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inference.trace import Trace, sweep_from_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "inference", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_answers_with_the_real_model_and_writes_a_trace(tmp_path: Path) -> None:
+    out = tmp_path / "trace.json"
+    result = cli("run", "What is the capital of France?", "--dtype", "float32", "--max-new-tokens", "20",
+                 "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    for label in ("TTFT", "ms/token", "tokens/s", "KV cache", "GB/s"):
+        assert label in result.stdout, f"summary lacks {label!r}:\n{result.stdout}"
+    trace = Trace.from_json(out.read_text())
+    assert "The capital of France is Paris." in trace.text
+    assert trace.model.layers == 30 and all(len(s.layer_ms) == 30 for s in trace.steps)
+    assert json.loads(out.read_text())["schema"] == "phasescope.trace/1"
+
+
+def test_sweep_longer_prompt_takes_longer_to_prefill(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    result = cli("sweep", "--prompt-tokens", "16,512", "--max-new-tokens", "3", "--dtype", "float32",
+                 "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    short, long = sweep_from_json(out.read_text())
+    assert (short.prompt_tokens, long.prompt_tokens) == (16, 512)
+    assert long.summary.ttft_ms > short.summary.ttft_ms, "512 prompt tokens prefilled no slower than 16"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", ""], "prompt is empty"),
+    (["run", "   "], "prompt is empty"),
+    (["run", "hi", "--max-new-tokens", "-3"], "max_new_tokens must be between"),
+    (["run", "hi", "--max-new-tokens", "many"], "invalid int value"),
+    (["run", "hi", "--batch-size", "0"], "batch_size must be between"),
+    (["run", "hi", "--temperature", "nan"], "temperature must be between"),
+    (["run", "hi", "--top-p", "1.5"], "top_p must be between"),
+    (["run"], "either a PROMPT or --prompt-tokens"),
+    (["run", "hi", "--model", "/no/such/model/folder"], "could not load model"),
+    (["run", "--prompt-tokens", "9000"], "holds at most 8,192 tokens"),
+    (["sweep", "--prompt-tokens", "16,-4"], "at least 1"),
+    (["run", "hi", "--device", "tpu"], "invalid choice"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.returncode == 2, f"exit {result.returncode} for {args}: {result.stderr}"
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], result.stderr
