@@ -91,13 +91,14 @@ class GenerationRun:
     """One generation: iterate it for Step records; afterwards `stop_reason` and `trace()`."""
 
     def __init__(self, engine: Engine, prompt_ids: list[int], settings: GenerationSettings,
-                 cancel: threading.Event | None, instrument: bool, prompt: str):
+                 cancel: threading.Event | None, instrument: bool, prompt: str, stop_at_eos: bool = True):
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.settings = settings
         self.cancel = cancel or threading.Event()
         self.instrument = instrument
         self.prompt = prompt
+        self.stop_at_eos = stop_at_eos
         self.steps: list[Step] = []
         self.batch_tokens: list[list[int]] = []     # every row's token, step by step
         self.stop_reason: StopReason | None = None
@@ -130,7 +131,8 @@ class GenerationRun:
                                                              engine.loaded.device, self.instrument) as timer:
             generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
             stream = TextStream(engine.loaded.tokenizer)
-            eos = torch.tensor(sorted(eos_ids(model, engine.loaded.tokenizer)), device=engine.loaded.device)
+            eos = torch.tensor(sorted(eos_ids(model, engine.loaded.tokenizer)) if self.stop_at_eos else [],
+                               dtype=torch.long, device=engine.loaded.device)
             pad = int(eos[0]) if len(eos) else 0
             # (B, S): B identical copies of the prompt step together.
             sequence = torch.tensor([self.prompt_ids] * settings.batch_size, device=engine.loaded.device)
@@ -188,9 +190,12 @@ class Engine:
         self.lock = threading.Lock()
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
-                 cancel: threading.Event | None = None, instrument: bool = True, prompt: str = "") -> GenerationRun:
+                 cancel: threading.Event | None = None, instrument: bool = True, prompt: str = "",
+                 stop_at_eos: bool = True) -> GenerationRun:
+        """A run to iterate. `instrument=False` times whole steps only (the benchmark's baseline);
+        `stop_at_eos=False` always generates max_new_tokens (for fair timing)."""
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
-        return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt)
+        return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context

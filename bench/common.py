@@ -1,0 +1,31 @@
+"""Small helpers shared by the benchmarks: wall-clock decode rates and medians."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Iterable
+
+
+def decode_rate(token_times: list[float]) -> float:
+    """Tokens/s between the first token and the last (the prefill pause is left out)."""
+    return (len(token_times) - 1) / (token_times[-1] - token_times[0])
+
+
+def stamps(tokens: Iterable[object]) -> list[float]:
+    """perf_counter when each item of a stream arrives."""
+    return [time.perf_counter() for _ in tokens]
+
+
+def interleaved_medians(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median of each variant's figure, the variants taking turns so machine noise hits all alike."""
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for name, fn in variants.items():       # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            results[name].append(fn())
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def row(label: str, value: str, note: str = "") -> str:
+    return f"| {label} | {value} | {note} |"
