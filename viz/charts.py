@@ -1,0 +1,241 @@
+"""The five live charts, each defined once as three pure pieces:
+
+- `base(trace)`: the empty figure (layout, axes, roofs, and one trace per series);
+- `columns(trace, start)`: the values that steps[start:] append to each series;
+- `overlay(trace)`: updates that depend on every step so far (median lines, TTFT marker, colour
+  caps), as {"layout": {...}} for Plotly.relayout and {"restyle": {...}} for Plotly.restyle.
+
+A whole figure is base + columns(trace, 0) + overlay, and the live page sends exactly the same
+columns as small deltas (Plotly.extendTraces), so what streams is what a reload would draw.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import plotly.graph_objects as go
+
+from inference.trace import Step, Trace, percentile
+
+PREFILL = "#e8710a"
+DECODE = "#1a73e8"
+MEDIAN = "#188038"
+P90 = "#a142f4"
+Columns = dict[int, dict[str, list[Any]]]
+
+
+@dataclass(frozen=True)
+class Chart:
+    id: str
+    title: str
+    base: Callable[[Trace], go.Figure]
+    columns: Callable[[Trace, int], Columns]
+    overlay: Callable[[Trace], dict[str, Any]]
+
+
+def _layout(fig: go.Figure, x: str, y: str, **extra: Any) -> go.Figure:
+    settings = dict(margin=dict(l=60, r=16, t=28, b=44), height=260, showlegend=True,
+                    legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
+                    paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+                    font=dict(size=13), xaxis_title=x, yaxis_title=y, uirevision="keep")
+    fig.update_layout(**{**settings, **extra})
+    return fig
+
+
+# Timeline --------------------------------------------------------------------------------------
+
+def _timeline_base(trace: Trace) -> go.Figure:
+    fig = go.Figure([
+        go.Scatter(name="prefill (the pause)", x=[], y=[], mode="lines", line=dict(color=PREFILL, width=28),
+                   hovertemplate="prefill %{x:.0f} ms<extra></extra>"),
+        go.Scatter(name="decode steps", x=[], y=[], mode="markers", marker=dict(color=DECODE, symbol="line-ns-open",
+                   size=26, line=dict(width=2, color=DECODE)), text=[],
+                   hovertemplate="token %{text} done at %{x:.0f} ms<extra></extra>"),
+    ])
+    _layout(fig, "time since Run (ms)", "", height=170)
+    fig.update_yaxes(visible=False, range=[-1, 1])
+    return fig
+
+
+def _timeline_columns(trace: Trace, start: int) -> Columns:
+    elapsed = sum(s.ms for s in trace.steps[:start])
+    prefill: dict[str, list[Any]] = {"x": [], "y": []}
+    decode: dict[str, list[Any]] = {"x": [], "y": [], "text": []}
+    for step in trace.steps[start:]:
+        if step.phase == "prefill":
+            prefill["x"] += [elapsed, elapsed + step.ms]
+            prefill["y"] += [0, 0]
+        else:
+            decode["x"].append(elapsed + step.ms)
+            decode["y"].append(0)
+            decode["text"].append(str(step.index))
+        elapsed += step.ms
+    return {0: prefill, 1: decode}
+
+
+def _timeline_overlay(trace: Trace) -> dict[str, Any]:
+    if not trace.steps:
+        return {}
+    ttft = trace.steps[0].ms
+    return {"layout": {
+        "shapes": [dict(type="line", x0=ttft, x1=ttft, y0=-1, y1=1, line=dict(color=PREFILL, dash="dot"))],
+        "annotations": [dict(x=ttft, y=0.75, text=f"TTFT {ttft:.0f} ms", showarrow=False, xanchor="left",
+                             font=dict(color=PREFILL, size=14))]}}
+
+
+# Per-token latency -----------------------------------------------------------------------------
+
+def _latency_base(trace: Trace) -> go.Figure:
+    fig = go.Figure([
+        go.Scatter(name="prefill (all prompt tokens)", x=[], y=[], mode="markers",
+                   marker=dict(color=PREFILL, size=14), hovertemplate="prefill: %{y:.1f} ms<extra></extra>"),
+        go.Scatter(name="decode step", x=[], y=[], mode="lines+markers", marker=dict(color=DECODE, size=5),
+                   line=dict(color=DECODE, width=1), hovertemplate="step %{x}: %{y:.1f} ms<extra></extra>"),
+    ])
+    return _layout(fig, "step (0 = prefill)", "ms per step")
+
+
+def _latency_columns(trace: Trace, start: int) -> Columns:
+    steps = trace.steps[start:]
+    return {0: {"x": [s.index for s in steps if s.phase == "prefill"], "y": [s.ms for s in steps if s.phase == "prefill"]},
+            1: {"x": [s.index for s in steps if s.phase == "decode"], "y": [s.ms for s in steps if s.phase == "decode"]}}
+
+
+def _latency_overlay(trace: Trace) -> dict[str, Any]:
+    decode = [s.ms for s in trace.decode_steps]
+    if not decode:
+        return {}
+    lines = [("median", statistics.median(decode), MEDIAN), ("p90", percentile(decode, 90), P90)]
+    return {"layout": {
+        "shapes": [dict(type="line", xref="paper", x0=0, x1=1, y0=v, y1=v, line=dict(color=c, dash="dash", width=1.5))
+                   for _, v, c in lines],
+        "annotations": [dict(xref="paper", x=1, y=v, text=f"{name} {v:.1f} ms", showarrow=False, xanchor="right",
+                             yanchor="bottom" if name == "p90" else "top", font=dict(color=c, size=12))
+                        for name, v, c in lines],
+    }}
+
+
+# KV cache --------------------------------------------------------------------------------------
+
+def _kv_base(trace: Trace) -> go.Figure:
+    layers = trace.model.layers
+    traces = [go.Scatter(name=f"layer {i}", x=[], y=[], mode="lines", stackgroup="kv", line=dict(width=0.5),
+                         fillcolor=f"hsla({210 + 120 * i / max(1, layers - 1):.0f},70%,55%,0.85)",
+                         showlegend=False, hovertemplate=f"layer {i}: %{{y:.2f}} MB<extra></extra>")
+              for i in range(layers)]
+    fig = go.Figure(traces)
+    return _layout(fig, "tokens in the sequence", "KV cache (MB), stacked by layer")
+
+
+def _kv_columns(trace: Trace, start: int) -> Columns:
+    steps = trace.steps[start:]
+    layers = trace.model.layers
+    x = [s.context_len for s in steps]
+    per_layer = [s.kv_bytes / layers / 1e6 for s in steps]
+    if start == 0 and steps:          # the cache starts empty: prefill jumps from 0 to the prompt
+        x, per_layer = [0] + x, [0.0] + per_layer
+    return {i: {"x": x, "y": per_layer} for i in range(layers)}
+
+
+def _kv_overlay(trace: Trace) -> dict[str, Any]:
+    m = trace.model
+    if not trace.steps:
+        return {}
+    text = (f"{trace.steps[-1].kv_bytes / 1e6:.2f} MB = {trace.steps[-1].context_len} tokens × "
+            f"{m.kv_bytes_per_token * trace.settings.batch_size:,} B/token")
+    return {"layout": {"annotations": [dict(xref="paper", yref="paper", x=0.02, y=0.98, text=text, showarrow=False,
+                                            xanchor="left", yanchor="top", font=dict(size=12))]}}
+
+
+# Layers x steps heatmap ------------------------------------------------------------------------
+
+_PARTS = (("layer_ms", "whole layer"), ("attn_ms", "attention"), ("mlp_ms", "MLP"))
+
+
+def _heatmap_base(trace: Trace) -> go.Figure:
+    # transpose=True: each row of z is one step, so appending a step appends a row (extendTraces).
+    fig = go.Figure([go.Heatmap(name=label, x=[], z=[], y=list(range(trace.model.layers)), transpose=True,
+                                visible=(i == 0), colorscale="Viridis", colorbar=dict(title="ms", thickness=12),
+                                hovertemplate=f"step %{{x}}, layer %{{y}}: %{{z:.2f}} ms ({label})<extra></extra>")
+                     for i, (_, label) in enumerate(_PARTS)])
+    buttons = [dict(label=label, method="restyle", args=[{"visible": [j == i for j in range(len(_PARTS))]}])
+               for i, (_, label) in enumerate(_PARTS)]
+    _layout(fig, "step (0 = prefill)", "layer", showlegend=False,
+            updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=0, y=1.0, xanchor="left",
+                              yanchor="bottom", pad=dict(t=0, b=2), showactive=True, font=dict(size=11))])
+    return fig
+
+
+def _heatmap_columns(trace: Trace, start: int) -> Columns:
+    steps = trace.steps[start:]
+    return {i: {"x": [s.index for s in steps], "z": [list(getattr(s, field)) for s in steps]}
+            for i, (field, _) in enumerate(_PARTS)}
+
+
+def _heatmap_overlay(trace: Trace) -> dict[str, Any]:
+    # Prefill's layers take far longer than decode's; cap each colour scale at decode's range so
+    # the decode steps stay readable (the prefill column saturates; hover shows its real value).
+    decode = trace.decode_steps
+    if not decode or not decode[0].layer_ms:
+        return {}
+    caps = [max(max(getattr(s, field)) for s in decode) for field, _ in _PARTS]
+    return {"restyle": {"zmin": [0.0] * len(caps), "zmax": caps, "zauto": [False] * len(caps)},
+            "layout": {"annotations": [dict(xref="paper", yref="paper", x=1, y=1.0, yanchor="bottom",
+                                            xanchor="right", showarrow=False, font=dict(size=11),
+                                            text="colour capped at decode's range; prefill saturates")]}}
+
+
+# Roofline --------------------------------------------------------------------------------------
+
+def _roofline_base(trace: Trace) -> go.Figure:
+    d = trace.device
+    ridge = d.ridge_intensity
+    xs = [0.1, ridge, 10_000.0]
+    roof = [min(d.peak_flops, x * d.peak_bytes_per_s) / 1e9 for x in xs]
+    fig = go.Figure([
+        go.Scatter(name="prefill", x=[], y=[], mode="markers", marker=dict(color=PREFILL, size=14, symbol="diamond"),
+                   hovertemplate="prefill: %{x:.1f} FLOP/B, %{y:.1f} GFLOP/s<extra></extra>"),
+        go.Scatter(name="decode steps", x=[], y=[], mode="markers", marker=dict(color=DECODE, size=6, opacity=0.6),
+                   hovertemplate="decode: %{x:.2f} FLOP/B, %{y:.2f} GFLOP/s<extra></extra>"),
+        go.Scatter(name=f"roof ({d.source})", x=xs, y=roof, mode="lines", line=dict(color="#888", width=2),
+                   hovertemplate="roof: %{y:.0f} GFLOP/s<extra></extra>"),
+    ])
+    _layout(fig, "arithmetic intensity (FLOPs per byte moved, cost model)", "achieved GFLOP/s")
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log")
+    fig.add_annotation(x=_log10(ridge), y=_log10(d.peak_flops / 1e9), text=f"ridge {ridge:.0f} FLOP/B",
+                       showarrow=True, ay=-24, ax=0, font=dict(size=11))
+    fig.add_annotation(x=_log10(0.3), y=_log10(0.3 * d.peak_bytes_per_s / 1e9),
+                       text=f"memory roof {d.peak_bytes_per_s / 1e9:.0f} GB/s", showarrow=False, textangle=-22,
+                       yshift=12, font=dict(size=11))
+    fig.add_annotation(x=_log10(2000), y=_log10(d.peak_flops / 1e9),
+                       text=f"compute roof {d.peak_flops / 1e9:,.0f} GFLOP/s", showarrow=False, yshift=10,
+                       font=dict(size=11))
+    return fig
+
+
+def _roofline_columns(trace: Trace, start: int) -> Columns:
+    steps = trace.steps[start:]
+    point = lambda phase: {"x": [s.intensity for s in steps if s.phase == phase],
+                           "y": [s.achieved_flops / 1e9 for s in steps if s.phase == phase]}
+    return {0: point("prefill"), 1: point("decode")}
+
+
+def _no_overlay(trace: Trace) -> dict[str, Any]:
+    return {}
+
+
+def _log10(x: float) -> float:
+    return math.log10(x)
+
+
+CHARTS: tuple[Chart, ...] = (
+    Chart("timeline", "Timeline: the prefill pause, then one tick per decode step", _timeline_base,
+          _timeline_columns, _timeline_overlay),
+    Chart("latency", "Per-token latency", _latency_base, _latency_columns, _latency_overlay),
+    Chart("kv", "KV cache growth", _kv_base, _kv_columns, _kv_overlay),
+    Chart("heatmap", "Layers × steps (ms)", _heatmap_base, _heatmap_columns, _heatmap_overlay),
+    Chart("roofline", "Roofline", _roofline_base, _roofline_columns, _no_overlay),
+)

@@ -1,0 +1,33 @@
+"""Messages for the live dashboard: a whole redraw, or small deltas appended with extendTraces.
+
+Each message is JSON for the page's one dashboard component. Deltas carry `start` (the first
+step they hold) so the browser can tell a gap; every run ends with a whole redraw, so what is
+left on screen is always exactly the trace.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from inference.trace import Trace
+from viz.charts import CHARTS
+from viz.figures import all_figures
+
+
+def full_message(trace: Trace, seq: int) -> str:
+    figures = {chart_id: json.loads(fig.to_json()) for chart_id, fig in all_figures(trace).items()}
+    return json.dumps({"kind": "full", "seq": seq, "steps": len(trace.steps), "figures": figures})
+
+
+def extend_message(trace: Trace, start: int, seq: int) -> str:
+    """The columns steps[start:] add to each chart, grouped so each chart redraws once."""
+    charts: dict[str, Any] = {}
+    for chart in CHARTS:
+        groups: dict[tuple[str, ...], dict[str, Any]] = {}
+        for index, attrs in chart.columns(trace, start).items():
+            group = groups.setdefault(tuple(sorted(attrs)), {"indices": [], "update": {k: [] for k in attrs}})
+            group["indices"].append(index)
+            for attr, values in attrs.items():
+                group["update"][attr].append(values)
+        charts[chart.id] = {"extend": list(groups.values()), **chart.overlay(trace)}
+    return json.dumps({"kind": "extend", "seq": seq, "start": start, "steps": len(trace.steps), "charts": charts})
