@@ -102,6 +102,7 @@ class GenerationRun:
         self.steps: list[Step] = []
         self.batch_tokens: list[list[int]] = []     # every row's token, step by step
         self.stop_reason: StopReason | None = None
+        self.timer: LayerTimer | None = None       # set while running; its layers_done shows progress
         self._steps_iter = self._run()
 
     def __iter__(self) -> Iterator[Step]:
@@ -129,6 +130,7 @@ class GenerationRun:
         model = engine.loaded.model
         with engine.lock, torch.inference_mode(), LayerTimer(model, engine.loaded.info.layers,
                                                              engine.loaded.device, self.instrument) as timer:
+            self.timer = timer
             generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
             stream = TextStream(engine.loaded.tokenizer)
             eos = torch.tensor(sorted(eos_ids(model, engine.loaded.tokenizer)) if self.stop_at_eos else [],
@@ -197,6 +199,11 @@ class Engine:
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
         return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos)
 
+    def warm_up(self) -> None:
+        """One short run, discarded: a process's first forward pass pays one-off costs (allocator,
+        kernel selection) that are not prefill, and would otherwise inflate the first TTFT."""
+        self.generate([1] * 16, GenerationSettings(max_new_tokens=3), instrument=False).run_to_end()
+
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context
         if prompt_tokens < 1:
@@ -230,4 +237,6 @@ def load_engine(model: str, device: str = "auto", dtype: str = "auto",
     torch_device = resolve_device(device)
     loaded = load_model(model, torch_device, resolve_dtype(dtype, torch_device), progress)
     progress("Measuring this device's compute and bandwidth roofs (cached after the first time)")
-    return Engine(loaded)
+    engine = Engine(loaded)
+    engine.warm_up()
+    return engine

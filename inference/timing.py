@@ -75,6 +75,7 @@ class LayerTimer:
                                                      for k in ("layer", "attn", "mlp")}
         self._handles: list[Any] = []
         self._step_start: Any = None
+        self.layers_done = 0        # layers finished in this step so far (a live progress count)
 
     def __enter__(self) -> LayerTimer:
         if not self.enabled:        # whole-step timing only: the uninstrumented baseline
@@ -108,11 +109,14 @@ class LayerTimer:
 
         def post(*_: object) -> None:
             pair[1] = stamp()
+            if kind == "layer":
+                self.layers_done = i + 1
 
         self._handles.append(module.register_forward_pre_hook(pre))
         self._handles.append(module.register_forward_hook(post))
 
     def start_step(self) -> None:
+        self.layers_done = 0
         for pairs in self._stamps.values():
             for pair in pairs:
                 pair[0] = pair[1] = None

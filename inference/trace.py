@@ -5,7 +5,9 @@ exactly (floats are written with Python's shortest round-tripping repr).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 import statistics
@@ -129,6 +131,12 @@ class Trace:
     def decode_steps(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if s.phase == "decode")
 
+    def prefix(self, n: int) -> Trace:
+        """The trace as it stood after its first n steps (for replays and live views)."""
+        steps = self.steps[:n]
+        reason = self.summary.stop_reason if n >= len(self.steps) else "cancelled"
+        return dataclasses.replace(self, steps=steps, summary=Summary.of(steps, self.settings.batch_size, reason))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -140,19 +148,82 @@ class Trace:
         if not isinstance(data, dict) or data.get("schema") != TRACE_SCHEMA:
             got = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"not a PhaseScope trace: expected schema {TRACE_SCHEMA!r}, got {got!r}")
-        return Trace(
-            model=_build(ModelInfo, data["model"]),
-            device=_build(DeviceInfo, data["device"]),
-            settings=_build(GenerationSettings, data["settings"]),
-            prompt_tokens=int(data["prompt_tokens"]),
-            steps=tuple(_build(Step, s) for s in data["steps"]),
-            summary=_build(Summary, data["summary"]),
-            prompt=str(data.get("prompt", "")),
-        )
+        try:
+            trace = Trace(
+                model=_build(ModelInfo, data["model"]),
+                device=_build(DeviceInfo, data["device"]),
+                settings=_build(GenerationSettings, data["settings"]),
+                prompt_tokens=data["prompt_tokens"],
+                steps=tuple(_build(Step, s) for s in data["steps"]),
+                summary=_build(Summary, data["summary"]),
+                prompt=data.get("prompt", ""),
+            )
+        except KeyError as exc:
+            raise ValueError(f"trace is missing the field {exc.args[0]!r}") from None
+        except TypeError as exc:
+            raise ValueError(f"trace has a malformed record: {exc}") from None
+        trace.validate()
+        return trace
+
+    def validate(self) -> None:
+        """Raise ValueError unless every number is finite and in range and the steps hang together."""
+        _check_numbers("model", self.model)
+        _check_numbers("device", self.device)
+        _check_numbers("summary", self.summary)
+        if not isinstance(self.prompt_tokens, int) or self.prompt_tokens < 1:
+            raise ValueError(f"prompt_tokens must be a positive whole number, got {self.prompt_tokens!r}")
+        if not isinstance(self.prompt, str):
+            raise ValueError("prompt must be text")
+        if not self.steps or self.steps[0].phase != "prefill":
+            raise ValueError("a trace starts with its prefill step")
+        if self.device.peak_flops <= 0 or self.device.peak_bytes_per_s <= 0:
+            raise ValueError("device peaks must be positive")
+        for i, step in enumerate(self.steps):
+            _check_numbers(f"step {i}", step)
+            if step.phase != ("prefill" if i == 0 else "decode") or step.index != i:
+                raise ValueError(f"step {i}: expected {'prefill' if i == 0 else 'decode'} step {i}, "
+                                 f"got {step.phase!r} {step.index!r}")
+            if not len(step.layer_ms) in (0, self.model.layers) or len(step.attn_ms) != len(step.layer_ms) \
+                    or len(step.mlp_ms) != len(step.layer_ms):
+                raise ValueError(f"step {i}: expected {self.model.layers} layer times")
 
     @staticmethod
     def from_json(text: str) -> Trace:
-        return Trace.from_dict(json.loads(text))
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        return Trace.from_dict(data)
+
+
+_TEXT_FIELDS = ("str", "Phase", "StopReason")
+
+
+def _check_numbers(where: str, record: Any) -> None:
+    """Text fields hold text; every other field holds finite numbers of at least 0."""
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.type in _TEXT_FIELDS:
+            if not isinstance(value, str):
+                raise ValueError(f"{where}: {f.name} must be text, got {value!r}")
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{where}: {f.name} must be a finite number of at least 0, got {v!r}")
+
+
+def steps_csv(trace: Trace) -> str:
+    """One row per step; per-layer times as layer_<i>_ms, attn_<i>_ms, mlp_<i>_ms columns."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    n = trace.model.layers
+    scalar = ["phase", "index", "tokens_in", "context_len", "ms", "other_ms", "kv_bytes", "flops", "bytes",
+              "token_id", "text"]
+    writer.writerow(scalar + [f"{part}_{i}_ms" for part in ("layer", "attn", "mlp") for i in range(n)])
+    for step in trace.steps:
+        writer.writerow([getattr(step, name) for name in scalar] + list(step.layer_ms + step.attn_ms + step.mlp_ms))
+    return out.getvalue()
 
 
 def sweep_to_json(traces: list[Trace], indent: int | None = None) -> str:
@@ -165,6 +236,10 @@ def sweep_from_json(text: str) -> list[Trace]:
     if not isinstance(data, dict) or data.get("schema") != SWEEP_SCHEMA:
         raise ValueError(f"not a PhaseScope sweep: expected schema {SWEEP_SCHEMA!r}")
     return [Trace.from_dict(run) for run in data["runs"]]
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"traces hold finite numbers only, found {name}")
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:

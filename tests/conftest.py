@@ -5,6 +5,7 @@ Everything here is offline: the hub is switched off before transformers is impor
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -81,3 +82,19 @@ def real_engine() -> Engine:
     from inference.loading import load_model
 
     return Engine(load_model(dtype=torch.float32), TEST_DEVICE)
+
+
+@pytest.fixture(scope="session")
+def app_url(real_engine: Engine) -> Iterator[str]:
+    """The page served in this process on a free port, on the real model."""
+    import socket
+
+    import app
+
+    app._engine = real_engine
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()

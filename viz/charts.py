@@ -157,7 +157,7 @@ _PARTS = (("layer_ms", "whole layer"), ("attn_ms", "attention"), ("mlp_ms", "MLP
 def _heatmap_base(trace: Trace) -> go.Figure:
     # transpose=True: each row of z is one step, so appending a step appends a row (extendTraces).
     fig = go.Figure([go.Heatmap(name=label, x=[], z=[], y=list(range(trace.model.layers)), transpose=True,
-                                visible=(i == 0), colorscale="Viridis", colorbar=dict(title="ms", thickness=12),
+                                visible=(i == 0), colorscale="Viridis", colorbar=dict(title="ms<br>(decode<br>range)", thickness=12),
                                 hovertemplate=f"step %{{x}}, layer %{{y}}: %{{z:.2f}} ms ({label})<extra></extra>")
                      for i, (_, label) in enumerate(_PARTS)])
     buttons = [dict(label=label, method="restyle", args=[{"visible": [j == i for j in range(len(_PARTS))]}])
@@ -181,10 +181,7 @@ def _heatmap_overlay(trace: Trace) -> dict[str, Any]:
     if not decode or not decode[0].layer_ms:
         return {}
     caps = [max(max(getattr(s, field)) for s in decode) for field, _ in _PARTS]
-    return {"restyle": {"zmin": [0.0] * len(caps), "zmax": caps, "zauto": [False] * len(caps)},
-            "layout": {"annotations": [dict(xref="paper", yref="paper", x=1, y=1.0, yanchor="bottom",
-                                            xanchor="right", showarrow=False, font=dict(size=11),
-                                            text="colour capped at decode's range; prefill saturates")]}}
+    return {"restyle": {"zmin": [0.0] * len(caps), "zmax": caps, "zauto": [False] * len(caps)}}
 
 
 # Roofline --------------------------------------------------------------------------------------
@@ -202,7 +199,7 @@ def _roofline_base(trace: Trace) -> go.Figure:
         go.Scatter(name=f"roof ({d.source})", x=xs, y=roof, mode="lines", line=dict(color="#888", width=2),
                    hovertemplate="roof: %{y:.0f} GFLOP/s<extra></extra>"),
     ])
-    _layout(fig, "arithmetic intensity (FLOPs per byte moved, cost model)", "achieved GFLOP/s")
+    _layout(fig, "FLOPs per byte moved (cost model)", "achieved GFLOP/s")
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
     fig.add_annotation(x=_log10(ridge), y=_log10(d.peak_flops / 1e9), text=f"ridge {ridge:.0f} FLOP/B",

@@ -1,0 +1,35 @@
+"""The page's streaming API, driven with gradio_client as a script would."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from gradio_client import Client
+
+
+@pytest.fixture(scope="module")
+def client(app_url: str) -> Client:
+    return Client(app_url, verbose=False)
+
+
+def test_run_streams_updates_then_the_text_and_headline(client: Client) -> None:
+    job = client.submit("What is the capital of France?", 24, 0, 1, 0, True, 1, api_name="/run")
+    updates = list(job)
+    final = job.result()
+    assert len(updates) >= 3, f"expected several intermediate updates, got {len(updates)}"
+    dashboard, status, headline, text = final[:4]
+    assert "Paris" in text
+    for label in ("TTFT", "decode", "KV cache", "bandwidth"):
+        assert label in headline, f"headline lacks {label}"
+    assert re.search(r"[\d,.]+ ms", headline)
+    assert "Done" in status
+    assert '"kind": "full"' in dashboard
+
+
+def test_bad_settings_give_a_message_and_the_next_run_works(client: Client) -> None:
+    with pytest.raises(Exception, match="less than minimum value 1"):
+        client.predict("Hello", 0, 0, 1, 0, True, 1, api_name="/run")
+    with pytest.raises(Exception, match="prompt is empty"):
+        client.predict("   ", 8, 0, 1, 0, True, 1, api_name="/run")
+    final = client.predict("What is the capital of France?", 12, 0, 1, 0, True, 1, api_name="/run")
+    assert "Paris" in final[3]

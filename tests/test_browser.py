@@ -1,0 +1,109 @@
+"""A real browser on the real page: headless Chromium driven as a user would (Playwright)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "out" / "screenshots"
+DONE = "#ps-status .ps-done"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url: str) -> Iterator[object]:
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
+    page.dialogs = []
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(app_url)
+    page.wait_for_selector("#ps-dashboard [data-chart=latency]", state="attached")
+    page.wait_for_function("() => window.Plotly !== undefined")
+    yield page
+    page.close()
+
+
+def run_prompt(page, prompt: str, max_new_tokens: int) -> None:
+    page.fill("textarea", prompt)
+    page.click("#ps-settings .label-wrap")
+    page.fill("#ps-max-new input[type=number]", str(max_new_tokens))
+    page.press("#ps-max-new input[type=number]", "Enter")
+    page.click("#ps-run")
+
+
+def chart_points(page, chart: str, trace: int) -> int:
+    return page.evaluate(f"() => (document.querySelector('[data-chart={chart}]').data || [])[{trace}]?.x?.length ?? -1")
+
+
+def decode_steps_done(page) -> int:
+    """Tokens in the finished run, read from the status line ('Done: N tokens, ...')."""
+    text = page.inner_text(DONE)
+    return int(text.split("Done: ")[1].split(" tokens")[0]) - 1
+
+
+def test_a_run_streams_text_and_fills_every_chart(page) -> None:
+    run_prompt(page, "What is the capital of France?", 24)
+    page.wait_for_selector("#ps-status .ps-decode, #ps-status .ps-prefill", timeout=60_000)
+    page.wait_for_selector(DONE, timeout=120_000)
+    decode = decode_steps_done(page)
+    assert 1 <= decode <= 23, "the max-new-tokens setting was not applied"
+    assert chart_points(page, "latency", 1) == decode, "one latency point per decode step"
+    assert chart_points(page, "timeline", 1) == decode, "one timeline tick per decode step"
+    assert chart_points(page, "roofline", 1) == decode
+    assert "Paris" in page.input_value("#ps-text textarea")
+    assert "TTFT" in page.inner_text("#ps-headline")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "run.png"), full_page=True)
+    assert page.errors == [], f"page errors: {page.errors}"
+
+
+def test_stop_ends_a_run_early(page) -> None:
+    run_prompt(page, "Write a long story about a dragon who learns to bake bread.", 400)
+    page.wait_for_function("() => document.querySelector('#ps-text textarea').value.length > 20", timeout=120_000)
+    page.click("#ps-stop")
+    page.wait_for_selector(DONE, timeout=30_000)
+    assert "stopped" in page.inner_text(DONE)
+    assert decode_steps_done(page) < 399
+    assert page.errors == [], f"page errors: {page.errors}"
+
+
+def test_replay_redraws_the_run(page) -> None:
+    run_prompt(page, "Name three colours.", 12)
+    page.wait_for_selector(DONE, timeout=120_000)
+    decode = decode_steps_done(page)
+    page.click("#ps-replay-box .label-wrap")
+    page.fill("#ps-speed input[type=number]", "1")
+    page.press("#ps-speed input[type=number]", "Enter")
+    page.click("#ps-replay")
+    page.wait_for_selector("#ps-status .ps-decode", timeout=30_000)      # the replay has begun
+    page.wait_for_selector(DONE + ":has-text('replayed')", timeout=60_000)
+    assert chart_points(page, "latency", 1) == decode
+    assert page.errors == [], f"page errors: {page.errors}"
+
+
+def test_html_in_the_prompt_is_shown_as_text_and_never_runs(page) -> None:
+    hostile = "<img src=x onerror=alert(1)> repeat this: <script>alert(2)</script>"
+    run_prompt(page, hostile, 16)
+    page.wait_for_selector(DONE, timeout=120_000)
+    assert page.dialogs == [], f"a script ran: {page.dialogs}"
+    assert page.evaluate("() => document.querySelectorAll('img[src=\"x\"], #ps-dashboard script').length") == 0
+    assert page.input_value("textarea") == hostile

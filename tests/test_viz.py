@@ -1,0 +1,106 @@
+"""The figures on a real recorded trace (assets/example-trace.json): the data a user would see."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inference.trace import Trace
+from viz.charts import CHARTS
+from viz.figures import (all_figures, kv_cache_figure, latency_figure, layer_heatmap_figure, roofline_figure,
+                         timeline_figure)
+from viz.live import extend_message, full_message
+from viz.summary import headline_html, headline_numbers
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
+
+
+@pytest.fixture(scope="module")
+def trace() -> Trace:
+    return Trace.from_json(EXAMPLE.read_text())
+
+
+def test_example_is_a_real_run_of_the_bundled_model(trace: Trace) -> None:
+    assert trace.model.name == "SmolLM2-135M-Instruct" and trace.model.layers == 30
+    assert len(trace.decode_steps) >= 20 and trace.text.strip()
+
+
+def test_timeline_has_the_pause_then_one_tick_per_decode_step(trace: Trace) -> None:
+    prefill, ticks = timeline_figure(trace).data[:2]
+    assert list(prefill.x) == [0, trace.steps[0].ms], "the prefill block must span 0..TTFT"
+    assert len(ticks.x) == len(trace.decode_steps)
+    ends = [sum(s.ms for s in trace.steps[: i + 1]) for i in range(1, len(trace.steps))]
+    assert list(ticks.x) == pytest.approx(ends)
+
+
+def test_latency_shows_prefill_first_then_each_decode_step(trace: Trace) -> None:
+    fig = latency_figure(trace)
+    assert list(fig.data[0].x) == [0] and list(fig.data[0].y) == [trace.steps[0].ms]
+    assert list(fig.data[1].y) == [s.ms for s in trace.decode_steps]
+    labels = [a.text for a in fig.layout.annotations]
+    assert any(label.startswith("median") for label in labels) and any(label.startswith("p90") for label in labels)
+
+
+def test_kv_stack_adds_up_to_the_bytes_in_the_trace(trace: Trace) -> None:
+    fig = kv_cache_figure(trace)
+    assert len(fig.data) == trace.model.layers
+    totals = [sum(layer.y[i] for layer in fig.data) for i in range(len(fig.data[0].y))]
+    assert totals[0] == 0 and fig.data[0].x[0] == 0, "the cache starts empty"
+    assert totals[1:] == pytest.approx([s.kv_bytes / 1e6 for s in trace.steps])
+    assert list(fig.data[0].x[1:]) == [s.context_len for s in trace.steps]
+
+
+def test_heatmap_is_layers_by_steps_with_three_views(trace: Trace) -> None:
+    fig = layer_heatmap_figure(trace)
+    assert [t.name for t in fig.data] == ["whole layer", "attention", "MLP"]
+    for plotly_trace, field in zip(fig.data, ("layer_ms", "attn_ms", "mlp_ms")):
+        assert plotly_trace.transpose is True
+        assert len(plotly_trace.z) == len(trace.steps) and all(len(row) == 30 for row in plotly_trace.z)
+        assert list(plotly_trace.z[3]) == list(getattr(trace.steps[3], field))
+
+
+def test_roofline_points_sit_where_the_trace_puts_them(trace: Trace) -> None:
+    fig = roofline_figure(trace)
+    prefill, decode, roof = fig.data
+    assert list(prefill.x) == [trace.steps[0].intensity]
+    assert list(decode.y) == pytest.approx([s.achieved_flops / 1e9 for s in trace.decode_steps])
+    assert max(roof.y) == pytest.approx(trace.device.peak_flops / 1e9)
+    assert all(y <= trace.device.peak_flops / 1e9 for y in decode.y), "a point above the compute roof"
+
+
+def test_figures_are_pure(trace: Trace) -> None:
+    first = {k: f.to_json() for k, f in all_figures(trace).items()}
+    assert first == {k: f.to_json() for k, f in all_figures(trace).items()}
+
+
+def _apply(figure: dict, chart_message: dict) -> None:
+    """What Plotly.extendTraces does with a delta, in Python."""
+    for group in chart_message["extend"]:
+        for column, index in enumerate(group["indices"]):
+            for attr, values in group["update"].items():
+                figure["data"][index].setdefault(attr, [])
+                figure["data"][index][attr] = list(figure["data"][index][attr]) + values[column]
+
+
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_streamed_deltas_rebuild_exactly_the_whole_figure(trace: Trace, chunk: int) -> None:
+    """What the live page draws step by step is exactly what a redraw of the trace shows."""
+    live = json.loads(full_message(trace.prefix(0), 0))["figures"]
+    for start in range(0, len(trace.steps), chunk):
+        message = json.loads(extend_message(trace.prefix(start + chunk), start, 1))
+        for chart in CHARTS:
+            _apply(live[chart.id], message["charts"][chart.id])
+    whole = json.loads(full_message(trace, 2))["figures"]
+    for chart in CHARTS:
+        for got, want in zip(live[chart.id]["data"], whole[chart.id]["data"]):
+            for attr in ("x", "y", "z"):
+                assert got.get(attr) == want.get(attr), f"{chart.id}.{attr} differs between streamed and whole"
+
+
+def test_headline_numbers_come_from_the_trace(trace: Trace) -> None:
+    numbers = headline_numbers(trace)
+    assert numbers["ttft_ms"] == trace.summary.ttft_ms
+    assert numbers["kv_bytes"] == trace.summary.kv_bytes_final
+    assert 0 < numbers["bandwidth_share"] < 1
+    assert f"{trace.summary.ttft_ms:,.0f} ms" in headline_html(trace)

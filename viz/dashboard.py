@@ -1,0 +1,42 @@
+"""The live dashboard's static parts: its HTML template, CSS and JavaScript.
+
+The template has one cell per chart (title, a short explanation, the plot's div). It does not
+depend on the component's value, so updates never re-render it; assets/dashboard.js applies
+each message from viz/live.py to the plots.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from viz.charts import CHARTS
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def explanations() -> dict[str, str]:
+    return json.loads((ASSETS / "explanations.json").read_text())
+
+
+def dashboard_template() -> str:
+    text = explanations()
+    cells = "".join(
+        f'<section class="ps-chart ps-chart-{c.id}"><h3>{html.escape(c.title)}</h3>'
+        f'<p class="ps-explain">{html.escape(text.get(c.id, ""))}</p><div data-chart="{c.id}"></div></section>'
+        for c in CHARTS)
+    return f'<div class="ps-dashboard">{cells}</div>'
+
+
+DASHBOARD_CSS = """
+.ps-dashboard { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; }
+.ps-chart { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; min-width: 0; }
+.ps-chart-timeline { grid-column: 1 / -1; }
+.ps-chart h3 { margin: 0 0 2px; font-size: 1.05rem; }
+.ps-explain { margin: 0 0 4px; font-size: 0.85rem; opacity: 0.8; line-height: 1.3; }
+@media (max-width: 900px) { .ps-dashboard { grid-template-columns: 1fr; } }
+"""
+
+
+def dashboard_js() -> str:
+    return (ASSETS / "dashboard.js").read_text()

@@ -1,0 +1,68 @@
+"""Headline numbers and status lines as small HTML fragments. Every string from the model or the
+user is escaped here; the numbers are formatted from the trace."""
+from __future__ import annotations
+
+import html
+
+from inference.trace import Trace
+
+
+def _card(label: str, value: str, note: str) -> str:
+    return (f'<div class="ps-card"><div class="ps-card-label">{html.escape(label)}</div>'
+            f'<div class="ps-card-value">{html.escape(value)}</div>'
+            f'<div class="ps-card-note">{html.escape(note)}</div></div>')
+
+
+def headline_numbers(trace: Trace) -> dict[str, float]:
+    """The five numbers the page shows in large type (all measured, the bandwidth via the cost model)."""
+    s, d = trace.summary, trace.device
+    decode = trace.decode_steps
+    decode_s = sum(x.ms for x in decode) / 1e3
+    bytes_per_s = sum(x.bytes for x in decode) / decode_s if decode_s else 0.0
+    return {"ttft_ms": s.ttft_ms, "decode_ms_median": s.decode_ms_median, "tokens_per_s": s.decode_tokens_per_s,
+            "kv_bytes": float(s.kv_bytes_final), "bandwidth_share": bytes_per_s / d.peak_bytes_per_s}
+
+
+def headline_html(trace: Trace) -> str:
+    if not trace.steps:
+        return '<div class="ps-cards"></div>'
+    n = headline_numbers(trace)
+    decode = bool(trace.decode_steps)
+    cards = [
+        _card("TTFT", f"{n['ttft_ms']:,.0f} ms", f"prefill of {trace.prompt_tokens} prompt tokens"),
+        _card("decode", f"{n['decode_ms_median']:.1f} ms" if decode else "–", "per token (median)"),
+        _card("speed", f"{n['tokens_per_s']:.1f} tok/s" if decode else "–",
+              f"batch {trace.settings.batch_size}" if trace.settings.batch_size > 1 else "decode"),
+        _card("KV cache", _bytes(n["kv_bytes"]), f"{trace.model.kv_bytes_per_token:,} B per token"),
+        _card("bandwidth", f"{n['bandwidth_share']:.0%}" if decode else "–",
+              "of the memory roof (bytes from the cost model)"),
+    ]
+    return f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>'
+
+
+def prefill_status_html(prompt_tokens: int, layers_done: int, layers: int, elapsed_s: float) -> str:
+    share = 100 * layers_done / layers if layers else 0
+    return (f'<div class="ps-status ps-prefill"><b>Prefill running</b>: {prompt_tokens:,} prompt tokens '
+            f'through layer {layers_done}/{layers} · {elapsed_s:.2f} s'
+            f'<div class="ps-bar"><div style="width:{share:.0f}%"></div></div></div>')
+
+
+def decode_status_html(steps: int, elapsed_s: float) -> str:
+    return f'<div class="ps-status ps-decode"><b>Decoding</b>: {steps} tokens · {elapsed_s:.2f} s</div>'
+
+
+def done_status_html(trace: Trace, note: str = "") -> str:
+    reasons = {"eos": "the model ended its answer", "length": "reached max new tokens", "cancelled": "stopped"}
+    text = f"Done: {len(trace.steps)} tokens, {reasons.get(trace.summary.stop_reason, trace.summary.stop_reason)}"
+    return f'<div class="ps-status ps-done">{html.escape(text)}{html.escape(note)}</div>'
+
+
+def error_html(message: str) -> str:
+    return f'<div class="ps-status ps-error" role="alert">{html.escape(message)}</div>'
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
