@@ -26,6 +26,7 @@ from viz import live, summary
 from viz.dashboard import DASHBOARD_CSS, dashboard_js, dashboard_template
 
 UPDATES_PER_S = 15                 # live redraws per second: smooth, and cheap next to a decode step
+MAX_RUN_SECONDS = float(os.environ.get("PHASESCOPE_MAX_RUN_SECONDS", "120"))   # one user cannot hold the model
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_PROMPT = "Explain in three sentences why the sky is blue."
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
@@ -119,7 +120,9 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
         message = f"The run failed: {type(background.error).__name__}: {background.error}"
         yield _outputs(live.full_message(trace, next(seq)), summary.error_html(message), trace, trace.to_json())
         raise gr.Error(message, print_exception=False)
-    yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace), trace, trace.to_json())
+    note = f" at the {MAX_RUN_SECONDS:g} s limit per run" if background.timed_out else ""
+    yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace, note), trace,
+                   trace.to_json() if trace.steps else gr.skip())
 
 
 def _stream(background: BackgroundRun, engine: Engine, seq: Iterator[int]) -> Iterator[tuple]:
@@ -131,6 +134,9 @@ def _stream(background: BackgroundRun, engine: Engine, seq: Iterator[int]) -> It
         time.sleep(max(0.0, frame_end - time.perf_counter()))
         have = len(background.steps)
         elapsed = time.perf_counter() - background.started
+        if elapsed > MAX_RUN_SECONDS and not run.cancel.is_set():
+            background.timed_out = True
+            run.cancel.set()
         if have == 0:
             if background.layers_done != shown_layers:
                 shown_layers = background.layers_done

@@ -55,6 +55,7 @@ class BackgroundRun:
     def __init__(self, run: GenerationRun, engine_thread: EngineThread = ENGINE_THREAD):
         self.run = run
         self.error: BaseException | None = None
+        self.timed_out = False          # set by a caller that stopped the run for running too long
         self.started = time.perf_counter()
         self._finished = False
         self._new_step = threading.Condition()

@@ -18,7 +18,7 @@ from inference.device import device_info
 from inference.kv_cache import kv_cache_bytes
 from inference.loading import LoadedModel
 from inference.settings import GenerationSettings
-from inference.timing import LayerTimer, StepTimes
+from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import DeviceInfo, StopReason, Step, Summary, Trace
 
 
@@ -128,8 +128,8 @@ class GenerationRun:
     def _run(self) -> Iterator[Step]:
         engine, settings = self.engine, self.settings
         model = engine.loaded.model
-        with engine.lock, torch.inference_mode(), LayerTimer(model, engine.loaded.info.layers,
-                                                             engine.loaded.device, self.instrument) as timer:
+        with engine.lock, torch.inference_mode(), LayerTimer(model, engine.loaded.info.layers, engine.loaded.device,
+                                                             self.instrument, self.cancel) as timer:
             self.timer = timer
             generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
             stream = TextStream(engine.loaded.tokenizer)
@@ -145,14 +145,11 @@ class GenerationRun:
                     self.stop_reason = "cancelled"
                     return
                 timer.start_step()
-                if index == 0:
-                    logits, cache = prefill(model, sequence)
-                    if not settings.kv_cache:
-                        cache = None
-                elif settings.kv_cache:
-                    logits = decode_step(model, sequence[:, -1:], cache)
-                else:
-                    logits = recompute_step(model, sequence)
+                try:
+                    logits, cache = self._forward(index, sequence, cache)
+                except RunCancelled:          # Stop pressed in the middle of a forward pass
+                    self.stop_reason = "cancelled"
+                    return
                 tokens = sample(logits, settings, generator)                     # (B,)
                 # Finished rows keep emitting EOS, as padding, while the others go on.
                 tokens = torch.where(finished, pad, tokens)
@@ -168,6 +165,16 @@ class GenerationRun:
                     self.stop_reason = "eos"
                     return
             self.stop_reason = "length"
+
+    def _forward(self, index: int, sequence: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """Step `index` on (B, S) `sequence`: prefill, a cached decode step, or a full recompute."""
+        model = self.engine.loaded.model
+        if index == 0:
+            logits, cache = prefill(model, sequence)
+            return logits, cache if self.settings.kv_cache else None
+        if self.settings.kv_cache:
+            return decode_step(model, sequence[:, -1:], cache), cache
+        return recompute_step(model, sequence), None
 
     def _record(self, index: int, times: StepTimes, context_len: int, cache: Any, token: int, text: str) -> Step:
         info = self.engine.loaded.info

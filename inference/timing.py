@@ -6,6 +6,7 @@ submodules when it is entered and are removed in `finally`. Between `start_step(
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -62,11 +63,18 @@ class _Clock:
         return (end - start) * 1e3
 
 
-class LayerTimer:
-    """Times each decoder layer, its attention and its MLP, step by step."""
+class RunCancelled(Exception):
+    """Raised from a layer's hook when the run was cancelled in the middle of a forward pass."""
 
-    def __init__(self, model: nn.Module, num_layers: int, device: torch.device, enabled: bool = True):
+
+class LayerTimer:
+    """Times each decoder layer, its attention and its MLP, step by step. With a `cancel` event, a
+    layer about to start raises RunCancelled once it is set, so Stop need not wait for a long prefill."""
+
+    def __init__(self, model: nn.Module, num_layers: int, device: torch.device, enabled: bool = True,
+                 cancel: threading.Event | None = None):
         self.enabled = enabled
+        self.cancel = cancel
         self.layers = find_decoder_layers(model, num_layers)
         self.clock = _Clock(device)
         n = len(self.layers)
@@ -104,7 +112,11 @@ class LayerTimer:
         pair = self._stamps[kind][i]
         stamp = self.clock.stamp
 
+        cancel = self.cancel if kind == "layer" else None
+
         def pre(*_: object) -> None:
+            if cancel is not None and cancel.is_set():
+                raise RunCancelled
             pair[0] = stamp()
 
         def post(*_: object) -> None:

@@ -246,11 +246,17 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     """Build a dataclass from its dict, turning JSON lists back into the tuples the class holds."""
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    values = {}
+    for name, value in data.items():
+        is_list_field = str(fields[name].type).startswith("tuple")
+        if is_list_field != isinstance(value, list):
+            raise ValueError(f"{cls.__name__}.{name}: expected {'a list' if is_list_field else 'a single value'}, "
+                             f"got {value!r:.40}")
+        values[name] = tuple(value) if is_list_field else value
     return cls(**values)
 
 

@@ -136,3 +136,12 @@ def test_prompt_longer_than_the_context_is_refused(tiny_engine: Engine) -> None:
     limit = tiny_engine.loaded.info.max_context
     with pytest.raises(ValueError, match=f"at most {limit}"):
         tiny_engine.generate([5] * limit, GenerationSettings(max_new_tokens=1))
+
+
+def test_cancel_during_prefill_stops_inside_the_forward_pass(tiny_engine: Engine) -> None:
+    cancel = threading.Event()
+    cancel.set()                      # as if Stop came while the prompt was still going through
+    run = tiny_engine.generate(PROMPT, GenerationSettings(max_new_tokens=5), cancel=cancel)
+    assert run.run_to_end().steps == () and run.stop_reason == "cancelled"
+    model = tiny_engine.loaded.model
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == 0

@@ -1,0 +1,57 @@
+"""Several students at once through the real API: everyone gets their own answer, the queue drains,
+a client that leaves mid-run frees the model, and nothing leaks."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from gradio_client import Client
+
+import app
+
+QUESTIONS = {"What is the capital of France?": "Paris", "What is the capital of Japan?": "Tokyo"}
+
+
+def rss_mib() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def ask(url: str, prompt: str) -> str:
+    return Client(url, verbose=False).predict(prompt, 12, 0, 1, 0, True, 1, api_name="/run")[3]
+
+
+def test_concurrent_students_each_get_their_own_answer(app_url: str) -> None:
+    ask(app_url, "Hi")                                   # warm up the server before measuring memory
+    before = rss_mib()
+    prompts = list(QUESTIONS) * 2
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(lambda p: ask(app_url, p), prompts))
+    for prompt, answer in zip(prompts, answers):
+        expected = QUESTIONS[prompt]
+        others = [city for city in QUESTIONS.values() if city != expected]
+        assert expected in answer and not any(city in answer for city in others), f"{prompt!r} got {answer!r}"
+    engine = app.get_engine()
+    assert not engine.lock.locked(), "the queue did not drain"
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in engine.loaded.model.modules()) == 0
+    assert rss_mib() - before < 200, f"memory grew by {rss_mib() - before:.0f} MiB over four runs"
+
+
+def test_a_client_that_leaves_mid_run_frees_the_model(app_url: str, monkeypatch) -> None:
+    engine = app.get_engine()
+    runs = []
+    real_generate = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: runs.append(real_generate(*a, **k)) or runs[-1])
+    leaving = Client(app_url, verbose=False).submit("Write a long story about a lighthouse.", 400, 0, 1, 0, True, 1,
+                                                    api_name="/run")
+    deadline = time.time() + 60
+    while len(leaving.outputs()) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(leaving.outputs()) >= 3, "the long run never started streaming"
+    leaving.cancel()
+    assert "Paris" in ask(app_url, "What is the capital of France?")
+    abandoned = runs[0]
+    assert abandoned.stop_reason == "cancelled" and len(abandoned.steps) < 399, \
+        f"the abandoned run went on: {len(abandoned.steps)} steps, {abandoned.stop_reason}"

@@ -1,0 +1,165 @@
+"""Bad input, hostile traces, faults and many users: clear messages, and the next run still works."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import app
+from inference.engine import Engine
+from inference.settings import GenerationSettings
+from inference.trace import Trace
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
+ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                        max_leaves=12)
+ANY_INPUT = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+
+
+@given(ANY_INPUT, ANY_INPUT, ANY_INPUT, ANY_INPUT, ANY_INPUT, ANY_INPUT)
+def test_settings_from_anything_are_valid_or_a_clear_value_error(max_new, temperature, top_p, seed, kv, batch) -> None:
+    try:
+        result = app.settings_from_inputs(max_new, temperature, top_p, seed, kv, batch)
+    except ValueError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert isinstance(result, GenerationSettings)
+    assert 1 <= result.max_new_tokens and 1 <= result.batch_size and 0 < result.top_p <= 1
+    assert math.isfinite(result.temperature) and result.temperature >= 0
+
+
+@given(st.integers(1, 4096), st.floats(0, 10), st.floats(0.01, 1), st.integers(0, 2**31), st.booleans(), st.integers(1, 64))
+def test_every_setting_in_range_is_accepted(max_new, temperature, top_p, seed, kv, batch) -> None:
+    s = app.settings_from_inputs(max_new, temperature, top_p, seed, kv, batch)
+    assert (s.max_new_tokens, s.batch_size, s.kv_cache) == (max_new, batch, kv)
+
+
+@pytest.fixture(scope="module")
+def example() -> dict:
+    return json.loads(EXAMPLE.read_text())
+
+
+def _mutate(data: dict, path: list, value: object) -> dict:
+    copy = json.loads(json.dumps(data))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return copy
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from([["model", "layers"], ["device", "peak_flops"], ["steps", 0, "ms"], ["steps", 3, "layer_ms"],
+                        ["steps", 2, "phase"], ["summary"], ["steps"], ["prompt_tokens"], ["settings", "batch_size"],
+                        ["steps", 1, "text"], ["schema"], ["steps", 5, "kv_bytes"]]), ANY_JSON)
+def test_a_mangled_trace_loads_valid_or_is_refused_with_a_value_error(example: dict, path: list, value: object) -> None:
+    try:
+        trace = Trace.from_json(json.dumps(_mutate(example, path, value)))
+    except ValueError as exc:
+        assert str(exc)
+        return
+    trace.validate()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"schema": "phasescope.trace/1"', "not valid JSON"),
+    ('{"schema": "something/else"}', "expected schema"),
+    ('[1, 2, 3]', "not a PhaseScope trace"),
+    ("", "not valid JSON"),
+])
+def test_malformed_traces_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Trace.from_json(text)
+
+
+def test_nan_and_negative_times_are_refused(example: dict) -> None:
+    with pytest.raises(ValueError, match="finite numbers only"):
+        Trace.from_json(EXAMPLE.read_text().replace('"ms": ', '"ms": NaN, "x": ', 1))
+    with pytest.raises(ValueError, match="ms must be a finite number of at least 0"):
+        Trace.from_json(json.dumps(_mutate(example, ["steps", 4, "ms"], -3.0)))
+
+
+def test_loading_a_huge_file_is_refused_before_reading_it(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(app.MAX_TRACE_UPLOAD_BYTES + 1)
+    with pytest.raises(gr.Error, match="traces up to"):
+        app.load_trace(str(huge))
+
+
+def test_loading_a_good_trace_draws_it(example: dict, tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(example))
+    message, status, headline, text, state = app.load_trace(str(good))
+    assert json.loads(message)["kind"] == "full" and "loaded from good.json" in status
+    assert text == Trace.from_json(state).text
+
+
+def _drain(prompt: str, max_new_tokens: int = 8) -> tuple:
+    *_, final = app.run_generation(prompt, max_new_tokens, 0, 1, 0, True, 1, app.CancelFlag())
+    return final
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n\t ", "x" * 100_001])
+def test_bad_prompts_give_a_message(real_engine: Engine, prompt: str) -> None:
+    app._engine = real_engine
+    with pytest.raises(gr.Error):
+        _drain(prompt)
+
+
+def test_odd_text_runs_and_comes_back_as_text(real_engine: Engine) -> None:
+    app._engine = real_engine
+    for prompt in ("\x00\x07 control", "emoji 🙂🚀 and مرحبا بالعالم", "a" * 3000):
+        dashboard, status, headline, text, state = _drain(prompt, 4)
+        assert "Done" in status and isinstance(text, str)
+
+
+def test_a_fault_mid_decode_ends_that_run_with_a_message_and_the_next_run_is_correct(real_engine: Engine) -> None:
+    app._engine = real_engine
+    expected = _drain("What is the capital of France?", 10)[3]
+    calls = {"n": 0}
+
+    def fail_on_third_decode(*_: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise MemoryError("injected out-of-memory")
+
+    handle = real_engine.loaded.model.lm_head.register_forward_pre_hook(fail_on_third_decode)
+    try:
+        with pytest.raises(gr.Error, match="injected out-of-memory"):
+            _drain("What is the capital of France?", 10)
+    finally:
+        handle.remove()
+    model = real_engine.loaded.model
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+    assert not real_engine.lock.locked()
+    assert _drain("What is the capital of France?", 10)[3] == expected
+
+
+def test_stop_from_another_thread_ends_the_run_and_frees_the_engine(real_engine: Engine) -> None:
+    app._engine = real_engine
+    cancel = app.CancelFlag()
+    updates = app.run_generation("Write a long story about a lighthouse.", 300, 0, 1, 0, True, 1, cancel)
+    for i, update in enumerate(updates):
+        if i == 3:
+            threading.Timer(0.05, cancel.set).start()
+    assert "stopped" in update[1]
+    assert not real_engine.lock.locked()
+
+
+def test_closing_the_tab_mid_run_frees_the_engine(real_engine: Engine) -> None:
+    """Gradio closes the generator when a client goes away; the engine must be free right after."""
+    app._engine = real_engine
+    updates = app.run_generation("Write a long story about a lighthouse.", 300, 0, 1, 0, True, 1, app.CancelFlag())
+    for i, _ in zip(range(4), updates):
+        pass
+    updates.close()
+    assert not real_engine.lock.locked()
+    assert "Paris" in _drain("What is the capital of France?", 10)[3]
