@@ -22,13 +22,19 @@ from inference.engine import Engine, load_engine
 from inference.loading import DEFAULT_MODEL
 from inference.settings import GenerationSettings
 from inference.trace import Trace, steps_csv
+from inference import experiments
+from inference.whatif import GPUS, PRESETS, Gpu, estimate
+from viz import experiments as viz_experiments
 from viz import live, summary
+from viz.claims import claims_html
 from viz.dashboard import DASHBOARD_CSS, dashboard_js, dashboard_template
+from viz.figures import roofline_figure
 
 UPDATES_PER_S = 15                 # live redraws per second: smooth, and cheap next to a decode step
 MAX_RUN_SECONDS = float(os.environ.get("PHASESCOPE_MAX_RUN_SECONDS", "120"))   # one user cannot hold the model
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_PROMPT = "Explain in three sentences why the sky is blue."
+THIS_MACHINE = "this machine (measured roofs)"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 CSS = (Path(__file__).resolve().parent / "assets" / "style.css").read_text()
 
@@ -203,6 +209,145 @@ def load_trace(path: str | None) -> tuple:
                     summary.done_status_html(trace, f" (loaded from {Path(path).name})"), trace, trace.to_json())
 
 
+def _experiment(claim: str, run: Any, figure: Any, claims: dict, progress: gr.Progress) -> tuple:
+    """Run one experiment on the engine thread; show its figure and verdict and tick its claim."""
+    try:
+        result = ENGINE_THREAD.call(lambda: run(lambda fraction, text: progress(fraction, desc=text)))
+    except ValueError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    verdict = result.verdict()
+    claims = {**(claims or {}), claim: verdict}
+    return figure(result), verdict, claims, claims_html(claims)
+
+
+def experiment_sweep(lengths: list, new_tokens: float, claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
+    lengths = sorted({int(n) for n in lengths or []})
+    if len(lengths) < 2:
+        raise gr.Error("Pick at least two prompt lengths to compare.", print_exception=False)
+    engine = get_engine()
+    return _experiment("sweep", lambda p: experiments.run_sweep(engine, lengths, int(new_tokens), p),
+                       viz_experiments.sweep_figure, claims, progress)
+
+
+def experiment_race(prompt_tokens: float, new_tokens: float, claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
+    engine = get_engine()
+    return _experiment("race", lambda p: experiments.run_cache_race(engine, int(prompt_tokens), int(new_tokens), p),
+                       viz_experiments.race_figure, claims, progress)
+
+
+def experiment_batch(sizes: list, claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
+    sizes = sorted({int(b) for b in sizes or []})
+    if len(sizes) < 2:
+        raise gr.Error("Pick at least two batch sizes to compare.", print_exception=False)
+    engine = get_engine()
+    return _experiment("batch", lambda p: experiments.run_batch_sweep(engine, sizes, progress=p),
+                       viz_experiments.batch_figure, claims, progress)
+
+
+def experiment_dtype(claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
+    options = dict(_engine_options)
+    return _experiment("dtype", lambda p: experiments.run_dtype_comparison(
+        options["model"], options["device"], ["float32", "bfloat16"], progress=p),
+        viz_experiments.dtype_figure, claims, progress)
+
+
+def explain_roofline(trace_json: str | None, claims: dict) -> tuple:
+    if not trace_json:
+        raise gr.Error("Run a prompt on the Live run tab first: this reads its measurements.", print_exception=False)
+    trace = Trace.from_json(trace_json)
+    verdict = experiments.roofline_verdict(trace)
+    claims = {**(claims or {}), "roofline": verdict}
+    return roofline_figure(trace), verdict, claims, claims_html(claims)
+
+
+def what_if(models: list, gpus: list, prompt_tokens: float, context: float, batch: float, calibrate: bool,
+            trace_json: str | None) -> str:
+    prefill_eff = decode_eff = 1.0
+    note = "roofline times at 100% of datasheet peaks (bf16, dense)"
+    if calibrate and trace_json:
+        trace = Trace.from_json(trace_json)
+        prefill_eff = min(1.0, trace.steps[0].achieved_flops / trace.device.peak_flops)
+        decode = trace.decode_steps
+        if decode:
+            decode_eff = min(1.0, sum(s.bytes for s in decode) / (sum(s.ms for s in decode) / 1e3)
+                             / trace.device.peak_bytes_per_s)
+        note = (f"roofline times scaled by this machine's measured efficiency (prefill {prefill_eff:.0%} of its "
+                f"compute roof, decode {decode_eff:.0%} of its memory roof), bf16")
+    chosen = [GPUS[g] for g in gpus or [] if g in GPUS]
+    if THIS_MACHINE in (gpus or []):
+        d = get_engine().device_info
+        chosen.append(Gpu(THIS_MACHINE, d.peak_flops, d.peak_bytes_per_s, os.sysconf("SC_PHYS_PAGES") *
+                          os.sysconf("SC_PAGE_SIZE")))
+    try:
+        rows = [estimate(PRESETS[m], g, int(prompt_tokens), int(context), int(batch), prefill_eff, decode_eff)
+                for m in models or [] if m in PRESETS for g in chosen]
+    except (ValueError, ZeroDivisionError) as exc:
+        raise gr.Error(f"Could not estimate: {exc}", print_exception=False) from None
+    if not rows:
+        raise gr.Error("Pick at least one model and one GPU.", print_exception=False)
+    return viz_experiments.whatif_table_html(rows, note)
+
+
+def build_experiments_tab(trace_state: gr.State, claims: gr.State) -> None:
+    """One sub-tab per claim; each button measures on the model in front of the student."""
+    panel = gr.HTML(claims_html({}), elem_id="ps-claims")
+    engine_queue = dict(concurrency_limit=1, concurrency_id="engine")
+
+    def result_area() -> tuple:
+        return gr.Plot(show_label=False), gr.Markdown()
+
+    with gr.Tabs():
+        with gr.Tab("1 · Prompt length"):
+            gr.Markdown("Runs the model on prompts of several lengths (exact token counts, a fixed text) and plots "
+                        "time to first token and decode time per token against prompt length.")
+            lengths = gr.CheckboxGroup([16, 64, 256, 512, 1024, 2048], value=[16, 256, 1024], label="prompt tokens")
+            new_tokens = gr.Slider(2, 32, value=8, step=1, label="new tokens per run")
+            button = gr.Button("Run the sweep", variant="primary")
+            plot, verdict = result_area()
+            button.click(experiment_sweep, [lengths, new_tokens, claims], [plot, verdict, claims, panel],
+                         api_name="sweep", **engine_queue)
+        with gr.Tab("2 · KV cache"):
+            gr.Markdown("The same prompt twice: with the KV cache, and recomputing the whole sequence every step.")
+            prompt_tokens = gr.Slider(16, 512, value=64, step=16, label="prompt tokens")
+            race_tokens = gr.Slider(8, 96, value=48, step=8, label="new tokens")
+            button = gr.Button("Race them", variant="primary")
+            plot, verdict = result_area()
+            button.click(experiment_race, [prompt_tokens, race_tokens, claims], [plot, verdict, claims, panel],
+                         api_name="race", **engine_queue)
+        with gr.Tab("3 · Batch size"):
+            gr.Markdown("B copies of a 32-token prompt decode together: step time against throughput.")
+            sizes = gr.CheckboxGroup([1, 2, 4, 8, 16], value=[1, 2, 4, 8, 16], label="batch sizes")
+            button = gr.Button("Measure", variant="primary")
+            plot, verdict = result_area()
+            button.click(experiment_batch, [sizes, claims], [plot, verdict, claims, panel], api_name="batch",
+                         **engine_queue)
+        with gr.Tab("4 · Roofline"):
+            gr.Markdown("Reads your last run on the Live run tab: where prefill and decode sit under this device's roofs.")
+            button = gr.Button("Explain my last run", variant="primary")
+            plot, verdict = result_area()
+            button.click(explain_roofline, [trace_state, claims], [plot, verdict, claims, panel], api_name="roofline")
+        with gr.Tab("5 · Bytes per weight"):
+            gr.Markdown("Loads the model again in float32 and in bfloat16 (half the bytes per weight) and runs the "
+                        "same 256-token prompt on each.")
+            button = gr.Button("Compare float32 and bfloat16", variant="primary")
+            plot, verdict = result_area()
+            button.click(experiment_dtype, [claims], [plot, verdict, claims, panel], api_name="dtype", **engine_queue)
+        with gr.Tab("6 · Big models"):
+            gr.Markdown("What the same arithmetic predicts for large models on large GPUs: **estimates** from public "
+                        "configs and datasheet peaks, not measurements.")
+            models = gr.CheckboxGroup(list(PRESETS), value=["Llama-3.1-8B", "Llama-3.1-70B"], label="models")
+            gpus = gr.CheckboxGroup([*GPUS, THIS_MACHINE], value=["H100 SXM", "L4"], label="devices")
+            with gr.Row():
+                whatif_prompt = gr.Number(1024, precision=0, minimum=1, label="prompt tokens")
+                context = gr.Number(4096, precision=0, minimum=1, label="context for decode")
+                whatif_batch = gr.Number(1, precision=0, minimum=1, maximum=1024, label="batch")
+            calibrate = gr.Checkbox(False, label="scale by the efficiency measured in my last run")
+            button = gr.Button("Estimate", variant="primary")
+            table = gr.HTML()
+            button.click(what_if, [models, gpus, whatif_prompt, context, whatif_batch, calibrate, trace_state], table,
+                         api_name="whatif")
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="PhaseScope: prefill and decode, live") as demo:
         gr.HTML('<div class="ps-header"><h1>PhaseScope</h1><p>Watch a real language model answer: first '
@@ -210,37 +355,42 @@ def build_demo() -> gr.Blocks:
                 '<b style="color:#1a73e8">decode</b> writes one token per step, reading every weight again.</p></div>')
         cancel = gr.State(CancelFlag)
         trace_state = gr.State(None)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=300):
-                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=3, max_lines=8)
-                with gr.Row():
-                    run_button = gr.Button("Run", variant="primary", elem_id="ps-run")
-                    stop_button = gr.Button("Stop", variant="stop", elem_id="ps-stop")
-                status = gr.HTML(elem_id="ps-status")
-                text = gr.Textbox(label="Generated text", lines=6, max_lines=14, interactive=False,
-                                  elem_id="ps-text")
-                headline = gr.HTML(elem_id="ps-headline")
-                with gr.Accordion("Settings", open=False, elem_id="ps-settings"):
-                    max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="ps-max-new")
-                    temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
-                    top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
-                    seed = gr.Number(0, precision=0, label="Seed", minimum=0)
-                    kv_cache = gr.Checkbox(True, label="KV cache (off: recompute the whole sequence each step)")
-                    batch_size = gr.Slider(1, 16, value=1, step=1, label="Batch size (copies of the prompt)")
-                with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
-                    speed = gr.Slider(0.1, 1.0, value=0.5, step=0.1, label="Replay speed (x real time)", elem_id="ps-speed")
-                    replay_button = gr.Button("Replay", elem_id="ps-replay")
-                    export_button = gr.Button("Export JSON + CSV")
-                    files = gr.File(label="Exported files", file_count="multiple", interactive=False)
-                    upload = gr.File(label="Load a trace (JSON)", file_types=[".json"], type="filepath")
-            with gr.Column(scale=3):
-                dashboard = gr.HTML(value="", html_template=dashboard_template(), css_template=DASHBOARD_CSS,
-                                    js_on_load=dashboard_js(), elem_id="ps-dashboard",
-                                    head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>')
+        claims = gr.State({})
+        with gr.Tabs():
+            with gr.Tab("Live run", id="live"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=300):
+                        prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=3, max_lines=8)
+                        with gr.Row():
+                            run_button = gr.Button("Run", variant="primary", elem_id="ps-run")
+                            stop_button = gr.Button("Stop", variant="stop", elem_id="ps-stop")
+                        status = gr.HTML(elem_id="ps-status")
+                        text = gr.Textbox(label="Generated text", lines=6, max_lines=14, interactive=False,
+                                          elem_id="ps-text")
+                        headline = gr.HTML(elem_id="ps-headline")
+                        with gr.Accordion("Settings", open=False, elem_id="ps-settings"):
+                            max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="ps-max-new")
+                            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
+                            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
+                            seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                            kv_cache = gr.Checkbox(True, label="KV cache (off: recompute the whole sequence each step)")
+                            batch_size = gr.Slider(1, 16, value=1, step=1, label="Batch size (copies of the prompt)")
+                        with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
+                            speed = gr.Slider(0.1, 1.0, value=0.5, step=0.1, label="Replay speed (x real time)", elem_id="ps-speed")
+                            replay_button = gr.Button("Replay", elem_id="ps-replay")
+                            export_button = gr.Button("Export JSON + CSV")
+                            files = gr.File(label="Exported files", file_count="multiple", interactive=False)
+                            upload = gr.File(label="Load a trace (JSON)", file_types=[".json"], type="filepath")
+                    with gr.Column(scale=3):
+                        dashboard = gr.HTML(value="", html_template=dashboard_template(), css_template=DASHBOARD_CSS,
+                                            js_on_load=dashboard_js(), elem_id="ps-dashboard",
+                                            head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>')
+            with gr.Tab("Experiments", id="experiments"):
+                build_experiments_tab(trace_state, claims)
         outputs = [dashboard, status, headline, text, trace_state]
-        run_button.click(run_generation, [prompt, max_new_tokens, temperature, top_p, seed, kv_cache,
-                                                 batch_size, cancel], outputs, api_name="run",
-                           concurrency_limit=1, concurrency_id="engine")
+        run_button.click(run_generation, [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size,
+                                          cancel], outputs, api_name="run", concurrency_limit=1,
+                         concurrency_id="engine")
         prompt.submit(run_generation, [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size,
                                        cancel], outputs, api_name=False, concurrency_limit=1,
                       concurrency_id="engine")

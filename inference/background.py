@@ -14,10 +14,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable
+from concurrent.futures import Future
+from typing import Callable, TypeVar
 
 from inference.engine import GenerationRun
 from inference.trace import Step, Trace
+
+T = TypeVar("T")
 
 
 class EngineThread:
@@ -32,6 +35,21 @@ class EngineThread:
             self._jobs.put(job)
         else:
             threading.Thread(target=job, name="phasescope-run", daemon=True).start()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread and return its result (or raise its exception)."""
+        if not self.serving:
+            return fn()
+        future: Future[T] = Future()
+
+        def job() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._jobs.put(job)
+        return future.result()
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         """Run submitted jobs on this thread until `stop` is set (or forever)."""

@@ -35,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="one short run per prompt length (prefill grows, decode stays flat)")
     sweep.add_argument("--prompt-tokens", required=True, type=_int_list, help="comma-separated, e.g. 16,128,512,1024")
     _common(sweep, default_new_tokens=16)
+    race = commands.add_parser("race", help="the same prompt with and without the KV cache")
+    race.add_argument("--prompt-tokens", type=int, default=64)
+    _common(race, default_new_tokens=48)
+    batch = commands.add_parser("batch", help="decode step time and throughput against batch size")
+    batch.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 4, 8, 16], help="comma-separated")
+    batch.add_argument("--prompt-tokens", type=int, default=32)
+    _common(batch, default_new_tokens=12)
+    dtypes = commands.add_parser("dtype", help="the same prompt in float32 and bfloat16")
+    dtypes.add_argument("--prompt-tokens", type=int, default=256)
+    _common(dtypes, default_new_tokens=16)
+    whatif = commands.add_parser("whatif", help="estimates for large models on large GPUs (roofline, no model run)")
+    whatif.add_argument("--prompt-tokens", type=int, default=1024)
+    whatif.add_argument("--context", type=int, default=4096, help="tokens in the sequence for the decode estimate")
+    whatif.add_argument("--json", type=Path, metavar="OUT.json")
     return parser
 
 
@@ -61,9 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args)
-        return _sweep(args)
+        commands = {"run": _run, "sweep": _sweep, "race": _race, "batch": _batch, "dtype": _dtype, "whatif": _whatif}
+        return commands[args.command](args)
     except ValueError as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
     except KeyboardInterrupt:
@@ -121,6 +134,71 @@ def _sweep(args: argparse.Namespace) -> int:
         traces.append(trace)
     if args.json:
         _write(args.json, sweep_to_json(traces, indent=1))
+    return 0
+
+
+def _race(args: argparse.Namespace) -> int:
+    from inference.engine import load_engine
+    from inference.experiments import run_cache_race
+
+    _check_prompt_tokens([args.prompt_tokens])
+    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    race = run_cache_race(engine, args.prompt_tokens, _settings(args).max_new_tokens)
+    print(race.verdict())
+    if args.json:
+        _write(args.json, sweep_to_json([race.cached, race.recomputed], indent=1))
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from inference.engine import load_engine
+    from inference.experiments import run_batch_sweep
+    from inference.settings import MAX_BATCH_SIZE
+
+    _check_prompt_tokens([args.prompt_tokens])
+    if max(args.batch_sizes) > MAX_BATCH_SIZE:
+        raise ValueError(f"batch sizes go up to {MAX_BATCH_SIZE}, got {max(args.batch_sizes)}")
+    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    result = run_batch_sweep(engine, args.batch_sizes, args.prompt_tokens, _settings(args).max_new_tokens)
+    print(f"{'batch':>5}  {'decode ms/step':>14}  {'tokens/s':>9}")
+    for b, ms, tps in zip(result.batch_sizes, result.step_ms, result.tokens_per_s):
+        print(f"{b:>5}  {ms:>14.1f}  {tps:>9.1f}")
+    print(result.verdict())
+    if args.json:
+        _write(args.json, sweep_to_json(list(result.traces), indent=1))
+    return 0
+
+
+def _dtype(args: argparse.Namespace) -> int:
+    from inference.experiments import run_dtype_comparison
+
+    _check_prompt_tokens([args.prompt_tokens])
+    result = run_dtype_comparison(args.model, args.device, ["float32", "bfloat16"], args.prompt_tokens,
+                                  _settings(args).max_new_tokens)
+    print(result.verdict())
+    if args.json:
+        _write(args.json, sweep_to_json(list(result.traces), indent=1))
+    return 0
+
+
+def _whatif(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from inference.whatif import GPUS, PRESETS, estimate
+
+    _check_prompt_tokens([args.prompt_tokens, args.context])
+    rows = [estimate(p, g, args.prompt_tokens, args.context) for p in PRESETS.values() for g in GPUS.values()]
+    print(f"ESTIMATES from datasheet roofs at 100% efficiency, bf16, prompt {args.prompt_tokens}, context {args.context}")
+    print(f"{'model':<16} {'GPU':<10} {'weights GB':>10} {'KV/token kB':>11} {'TTFT ms':>8} {'ms/token':>8} "
+          f"{'batch to compute-bound':>22} {'fits':>5}")
+    for e in rows:
+        print(f"{e.model:<16} {e.gpu:<10} {e.weight_bytes / 1e9:>10.1f} {e.kv_bytes_per_token / 1e3:>11.0f} "
+              f"{e.ttft_ms:>8.1f} {e.decode_ms_per_token:>8.2f} {e.compute_bound_batch:>22.0f} "
+              f"{'yes' if e.fits else 'no':>5}")
+    if args.json:
+        _write(args.json, json.dumps({"schema": "phasescope.whatif/1", "estimates": [dataclasses.asdict(e) for e in rows]},
+                                     indent=1))
     return 0
 
 

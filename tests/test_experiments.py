@@ -1,0 +1,79 @@
+"""Each experiment on the real bundled model, at small sizes: the direction a student would see.
+Comparisons are within one run of the experiment; no absolute time thresholds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradio_client import Client
+
+from inference.engine import Engine
+from inference.experiments import roofline_verdict, run_batch_sweep, run_cache_race, run_sweep
+from inference.trace import Trace
+from inference.whatif import GPUS, PRESETS, estimate
+from viz.experiments import batch_figure, race_figure, sweep_figure
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
+
+
+def test_the_pause_grows_with_the_prompt_and_the_stream_does_not(real_engine: Engine) -> None:
+    result = run_sweep(real_engine, [16, 1024], new_tokens=4)
+    ttft_growth = result.ttft_ms[1] / result.ttft_ms[0]
+    decode_growth = result.decode_ms[1] / result.decode_ms[0]
+    assert ttft_growth > 5, f"TTFT grew only {ttft_growth:.1f}x from 16 to 1024 prompt tokens"
+    assert decode_growth < ttft_growth / 3, f"decode grew {decode_growth:.2f}x, TTFT {ttft_growth:.1f}x"
+    assert result.ttft_fit[0] > 0 and result.holds and result.verdict().startswith("✔")
+    assert list(sweep_figure(result).data[0].x) == [16, 1024]
+
+
+def test_without_the_cache_steps_grow_and_the_total_is_larger(real_engine: Engine) -> None:
+    race = run_cache_race(real_engine, prompt_tokens=64, new_tokens=32)
+    cached, recomputed = race.growth
+    assert recomputed > cached, f"recomputed steps grew {recomputed:.2f}x, cached {cached:.2f}x"
+    assert [s.tokens_in for s in race.recomputed.decode_steps][-1] == 64 + 31
+    assert sum(s.ms for s in race.recomputed.steps) > sum(s.ms for s in race.cached.steps)
+    assert race.cached.text == race.recomputed.text, "cache on and off must write the same greedy text"
+    assert len(race_figure(race).data) == 4
+
+
+def test_batch_8_costs_well_under_8_times_batch_1_per_step(real_engine: Engine) -> None:
+    result = run_batch_sweep(real_engine, [1, 8], prompt_tokens=32, new_tokens=6)
+    ratio = result.step_ms[1] / result.step_ms[0]
+    assert ratio < 4, f"a batch-8 decode step took {ratio:.1f}x a batch-1 step"
+    assert result.tokens_per_s[1] > result.tokens_per_s[0]
+    assert result.compute_bound_batch > 1
+    assert list(batch_figure(result).data[0].x) == [1, 8]
+
+
+def test_whatif_equals_a_hand_calculation_from_the_config() -> None:
+    # Llama-3.1-8B config.json: 32 layers, hidden 4096, 32 heads, 8 KV heads, head_dim 128,
+    # intermediate 14336, vocab 128256, untied embeddings.
+    attention = 4096 * 4096 * 2 + 4096 * 1024 * 2            # q, o + k, v (8 KV heads x 128)
+    mlp = 3 * 4096 * 14336
+    params = 32 * (attention + mlp + 2 * 4096) + 2 * 128256 * 4096 + 4096
+    preset = PRESETS["Llama-3.1-8B"]
+    assert preset.params == params == 8_030_261_248
+    e = estimate(preset, GPUS["H100 SXM"], prompt_tokens=1024, context=4096)
+    assert e.weight_bytes == 2 * params
+    assert e.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2 == 131_072
+    assert e.kv_bytes_at_context == 131_072 * 4096
+    # Decode is bandwidth-bound: every matrix (the LM head included; the embedding table only
+    # gives one row) and the cached K/V are read once per step, at 3.35 TB/s.
+    streamed = 2 * (32 * (attention + mlp) + 128256 * 4096) + 131_072 * 4095
+    assert streamed / 3.35e12 * 1e3 < e.decode_ms_per_token < 1.02 * streamed / 3.35e12 * 1e3
+    assert e.fits and not estimate(PRESETS["Llama-3.1-70B"], GPUS["H100 SXM"], 1024, 4096).fits
+
+
+def test_the_smallest_preset_matches_the_real_model(real_engine: Engine) -> None:
+    assert PRESETS["SmolLM2-135M"].params == real_engine.loaded.info.params
+    assert PRESETS["SmolLM2-135M"].model_info("float32").matmul_params == real_engine.loaded.info.matmul_params
+
+
+def test_roofline_verdict_reads_the_run() -> None:
+    verdict = roofline_verdict(Trace.from_json(EXAMPLE.read_text()))
+    assert "bandwidth-bound" in verdict and verdict.startswith("✔")
+
+
+def test_whatif_through_the_page_api_is_labelled_an_estimate(app_url: str) -> None:
+    table = Client(app_url, verbose=False).predict(["Llama-3.1-8B"], ["H100 SXM", "T4"], 1024, 4096, 1, False, None,
+                                                   api_name="/whatif")
+    assert "Estimates" in table and "not measurements" in table and table.count("<tr>") == 3

@@ -1,0 +1,83 @@
+"""Figures for the experiments (inference/experiments.py): each from its typed result, pure."""
+from __future__ import annotations
+
+import html
+import itertools
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from inference.experiments import BatchResult, CacheRace, DtypeResult, SweepResult
+from inference.whatif import Estimate
+from viz.charts import DECODE, PREFILL
+
+_LAYOUT = dict(height=340, margin=dict(l=60, r=60, t=40, b=50), paper_bgcolor="rgba(0,0,0,0)",
+               plot_bgcolor="rgba(0,0,0,0)", font=dict(size=13), legend=dict(orientation="h", y=1.12, x=0))
+
+
+def sweep_figure(result: SweepResult) -> go.Figure:
+    slope, intercept = result.ttft_fit
+    xs = result.prompt_tokens
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(name="TTFT (prefill)", x=xs, y=result.ttft_ms, mode="markers",
+                             marker=dict(color=PREFILL, size=11)), secondary_y=False)
+    fig.add_trace(go.Scatter(name=f"fit: {slope:.2f} ms per prompt token", x=[0, max(xs)],
+                             y=[intercept, intercept + slope * max(xs)], mode="lines",
+                             line=dict(color=PREFILL, dash="dash")), secondary_y=False)
+    fig.add_trace(go.Scatter(name="decode ms/token (median)", x=xs, y=result.decode_ms, mode="lines+markers",
+                             marker=dict(color=DECODE, size=9), line=dict(color=DECODE)), secondary_y=True)
+    fig.update_layout(**_LAYOUT, xaxis_title="prompt tokens")
+    fig.update_yaxes(title_text="TTFT (ms)", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="decode ms per token", rangemode="tozero", secondary_y=True)
+    return fig
+
+
+def race_figure(race: CacheRace) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("ms per step", "cumulative ms"))
+    for trace, name, color in ((race.cached, "KV cache on", DECODE), (race.recomputed, "recompute (cache off)", PREFILL)):
+        steps = [s.index for s in trace.steps]
+        ms = [s.ms for s in trace.steps]
+        fig.add_trace(go.Scatter(name=name, x=steps, y=ms, mode="lines+markers", marker=dict(color=color, size=4),
+                                 line=dict(color=color), legendgroup=name), row=1, col=1)
+        fig.add_trace(go.Scatter(name=name, x=steps, y=list(itertools.accumulate(ms)), mode="lines",
+                                 line=dict(color=color, width=3), legendgroup=name, showlegend=False), row=1, col=2)
+    fig.update_layout(**_LAYOUT)
+    fig.update_xaxes(title_text="step (0 = prefill)")
+    fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def batch_figure(result: BatchResult) -> go.Figure:
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(name="decode step (ms, median)", x=result.batch_sizes, y=result.step_ms,
+                             mode="lines+markers", marker=dict(color=DECODE, size=9), line=dict(color=DECODE)),
+                  secondary_y=False)
+    fig.add_trace(go.Bar(name="throughput (tokens/s)", x=result.batch_sizes, y=result.tokens_per_s,
+                         marker=dict(color="rgba(24,128,56,0.45)")), secondary_y=True)
+    fig.update_layout(**_LAYOUT, xaxis_title="batch size", xaxis_type="log")
+    fig.update_yaxes(title_text="ms per decode step", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="tokens/s", rangemode="tozero", secondary_y=True)
+    return fig
+
+
+def dtype_figure(result: DtypeResult) -> go.Figure:
+    dtypes = [t.model.dtype for t in result.traces]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("decode ms per token", "TTFT (ms)"))
+    fig.add_trace(go.Bar(x=dtypes, y=[t.summary.decode_ms_median for t in result.traces], marker_color=DECODE,
+                         name="decode"), row=1, col=1)
+    fig.add_trace(go.Bar(x=dtypes, y=[t.summary.ttft_ms for t in result.traces], marker_color=PREFILL,
+                         name="prefill"), row=1, col=2)
+    fig.update_layout(**_LAYOUT, showlegend=False)
+    return fig
+
+
+def whatif_table_html(estimates: list[Estimate], note: str) -> str:
+    head = ("<tr><th>model</th><th>GPU</th><th>weights</th><th>KV per token</th><th>KV at context</th>"
+            "<th>TTFT</th><th>ms/token</th><th>batch to compute-bound</th><th>fits</th></tr>")
+    rows = "".join(
+        f"<tr><td>{html.escape(e.model)}</td><td>{html.escape(e.gpu)}</td><td>{e.weight_bytes / 1e9:.1f} GB</td>"
+        f"<td>{e.kv_bytes_per_token / 1e3:,.0f} kB</td><td>{e.kv_bytes_at_context / 1e9:.2f} GB</td>"
+        f"<td>{e.ttft_ms:,.1f} ms</td><td>{e.decode_ms_per_token:,.2f} ms</td><td>{e.compute_bound_batch:,.0f}</td>"
+        f"<td>{'yes' if e.fits else 'no'}</td></tr>" for e in estimates)
+    return (f'<div class="ps-whatif"><p><b>Estimates</b>, not measurements: {html.escape(note)}</p>'
+            f"<table>{head}{rows}</table></div>")
