@@ -328,7 +328,7 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State) -> None:
             button.click(explain_roofline, [trace_state, claims], [plot, verdict, claims, panel], api_name="roofline")
         with gr.Tab("5 · Bytes per weight"):
             gr.Markdown("Loads the model again in float32 and in bfloat16 (half the bytes per weight) and runs the "
-                        "same 256-token prompt on each.")
+                        "same 32-token prompt on each (short, so that weight bytes dominate decode).")
             button = gr.Button("Compare float32 and bfloat16", variant="primary")
             plot, verdict = result_area()
             button.click(experiment_dtype, [claims], [plot, verdict, claims, panel], api_name="dtype", **engine_queue)

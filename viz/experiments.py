@@ -41,7 +41,7 @@ def race_figure(race: CacheRace) -> go.Figure:
                                  line=dict(color=color), legendgroup=name), row=1, col=1)
         fig.add_trace(go.Scatter(name=name, x=steps, y=list(itertools.accumulate(ms)), mode="lines",
                                  line=dict(color=color, width=3), legendgroup=name, showlegend=False), row=1, col=2)
-    fig.update_layout(**_LAYOUT)
+    fig.update_layout(**{**_LAYOUT, "margin": dict(l=60, r=20, t=70, b=50), "legend": dict(orientation="h", y=1.22, x=0)})
     fig.update_xaxes(title_text="step (0 = prefill)")
     fig.update_yaxes(rangemode="tozero")
     return fig
@@ -54,7 +54,7 @@ def batch_figure(result: BatchResult) -> go.Figure:
                   secondary_y=False)
     fig.add_trace(go.Bar(name="throughput (tokens/s)", x=result.batch_sizes, y=result.tokens_per_s,
                          marker=dict(color="rgba(24,128,56,0.45)")), secondary_y=True)
-    fig.update_layout(**_LAYOUT, xaxis_title="batch size", xaxis_type="log")
+    fig.update_layout(**_LAYOUT, xaxis_title="batch size", xaxis_type="category")
     fig.update_yaxes(title_text="ms per decode step", rangemode="tozero", secondary_y=False)
     fig.update_yaxes(title_text="tokens/s", rangemode="tozero", secondary_y=True)
     return fig
