@@ -73,18 +73,17 @@ class SweepResult:
     def decode_tokens_per_s(self) -> float:
         return statistics.median(t.summary.decode_tokens_per_s for t in self.traces)
 
-    def verdict(self) -> str:
-        ttft_growth = self.ttft_ms[-1] / self.ttft_ms[0]
-        decode_growth = self.decode_ms[-1] / self.decode_ms[0]
-        holds = ttft_growth > 2 * decode_growth
-        return (f"{'✔' if holds else '✘'} From {self.prompt_tokens[0]} to {self.prompt_tokens[-1]} prompt tokens the "
-                f"pause grew {ttft_growth:.1f}x ({self.ttft_fit[0]:.2f} ms per prompt token) while decode changed "
-                f"{decode_growth:.2f}x. Prefill ran {self.prefill_tokens_per_s:,.0f} tokens/s, decode "
-                f"{self.decode_tokens_per_s:.1f} tokens/s: {self.prefill_tokens_per_s / self.decode_tokens_per_s:.0f}x.")
-
     @property
     def holds(self) -> bool:
         return self.ttft_ms[-1] / self.ttft_ms[0] > 2 * self.decode_ms[-1] / self.decode_ms[0]
+
+    def verdict(self) -> str:
+        ttft_growth = self.ttft_ms[-1] / self.ttft_ms[0]
+        decode_growth = self.decode_ms[-1] / self.decode_ms[0]
+        return (f"{'✔' if self.holds else '✘'} From {self.prompt_tokens[0]} to {self.prompt_tokens[-1]} prompt tokens the "
+                f"pause grew {ttft_growth:.1f}x ({self.ttft_fit[0]:.2f} ms per prompt token) while decode changed "
+                f"{decode_growth:.2f}x. Prefill ran {self.prefill_tokens_per_s:,.0f} tokens/s, decode "
+                f"{self.decode_tokens_per_s:.1f} tokens/s: {self.prefill_tokens_per_s / self.decode_tokens_per_s:.0f}x.")
 
 
 def run_sweep(engine: Engine, prompt_tokens: list[int], new_tokens: int = 8, progress: Progress = _quiet) -> SweepResult:

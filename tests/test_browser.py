@@ -107,3 +107,42 @@ def test_html_in_the_prompt_is_shown_as_text_and_never_runs(page) -> None:
     assert page.dialogs == [], f"a script ran: {page.dialogs}"
     assert page.evaluate("() => document.querySelectorAll('img[src=\"x\"], #ps-dashboard script').length") == 0
     assert page.input_value("textarea") == hostile
+
+
+def test_odd_text_streams_as_text(page) -> None:
+    odd = "Répète: 🙂🚀 مرحبا بالعالم \u202e reversed \u0007 " + "x" * 400
+    run_prompt(page, odd, 8)
+    page.wait_for_selector(DONE, timeout=120_000)
+    assert page.input_value("textarea") == odd
+    assert page.errors == [], f"page errors: {page.errors}"
+
+
+def test_a_hostile_trace_upload_is_refused_with_a_message_and_nothing_is_drawn(page, tmp_path: Path) -> None:
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text('{"schema": "phasescope.trace/1", "model": {"name": "<img src=x onerror=alert(3)>"}, '
+                       '"steps": [{"ms": NaN}]}')
+    page.click("#ps-replay-box .label-wrap")
+    page.set_input_files("#ps-replay-box input[type=file]", str(hostile))
+    page.wait_for_selector("text=Could not load that trace", timeout=30_000)
+    assert chart_points(page, "latency", 1) == -1, "a refused trace was drawn"
+    assert page.dialogs == []
+    run_prompt(page, "What is the capital of France?", 12)          # and the next run still works
+    page.wait_for_selector(DONE, timeout=120_000)
+    assert "Paris" in page.input_value("#ps-text textarea")
+
+
+@pytest.mark.parametrize("width, height, scheme", [(390, 844, "light"), (1280, 800, "dark")])
+def test_phone_width_and_dark_theme_render_without_errors(browser, app_url: str, width: int, height: int,
+                                                          scheme: str) -> None:
+    page = browser.new_page(viewport={"width": width, "height": height}, color_scheme=scheme)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{app_url}?__theme={scheme}")
+    page.wait_for_function("() => window.Plotly !== undefined")
+    page.fill("textarea", "Hi")
+    page.click("#ps-run")
+    page.wait_for_selector(DONE, timeout=120_000)
+    assert chart_points(page, "latency", 1) >= 0
+    page.screenshot(path=str(SCREENSHOTS / f"{scheme}-{width}.png"), full_page=True)
+    page.close()
+    assert errors == []
