@@ -62,6 +62,40 @@ _engine_options = {"model": os.environ.get("PHASESCOPE_MODEL", DEFAULT_MODEL),
                    "dtype": os.environ.get("PHASESCOPE_DTYPE", "auto")}
 
 
+def allowed_models() -> list[str]:
+    """Models this server offers: the one it started with, the bundled default, and any listed in
+    PHASESCOPE_ALLOWED_MODELS (comma-separated). Nothing else, unless any model is allowed."""
+    listed = [m.strip() for m in os.environ.get("PHASESCOPE_ALLOWED_MODELS", "").split(",") if m.strip()]
+    return list(dict.fromkeys([_engine_options["model"], DEFAULT_MODEL, *listed]))
+
+
+def any_model_allowed() -> bool:
+    """Only for local use (`--allow-any-model` or PHASESCOPE_ALLOW_ANY_MODEL=1): any hub id or folder."""
+    return os.environ.get("PHASESCOPE_ALLOW_ANY_MODEL") == "1"
+
+
+def switch_model(name: str) -> str:
+    """Load `name` for everyone (there is one shared model); on any failure keep the current one."""
+    global _engine
+    name = (name or "").strip()
+    if not name:
+        raise gr.Error("Choose a model.", print_exception=False)
+    if name not in allowed_models() and not any_model_allowed():
+        raise gr.Error(f"{name!r} is not one of this server's models: {', '.join(allowed_models())}",
+                       print_exception=False)
+    current = get_engine()
+    if name == current.loaded.info.name:
+        return summary.model_status_html(current.loaded.info, current.device_info)
+    try:
+        engine = ENGINE_THREAD.call(lambda: load_engine(name, _engine_options["device"], _engine_options["dtype"]))
+    except ValueError as exc:
+        raise gr.Error(f"{exc}. Still using {current.loaded.info.name}.", print_exception=False) from None
+    with _engine_lock:
+        _engine = engine
+        _engine_options["model"] = name
+    return summary.model_status_html(engine.loaded.info, engine.device_info)
+
+
 def get_engine(progress: Any = print) -> Engine:
     """The one shared, read-only engine, loaded on first use."""
     global _engine
@@ -369,6 +403,11 @@ def build_demo() -> gr.Blocks:
                                           elem_id="ps-text")
                         headline = gr.HTML(elem_id="ps-headline")
                         with gr.Accordion("Settings", open=False, elem_id="ps-settings"):
+                            with gr.Row():
+                                model = gr.Dropdown(allowed_models(), value=_engine_options["model"], label="Model",
+                                                    allow_custom_value=any_model_allowed(), scale=3)
+                                load_button = gr.Button("Load", scale=1, min_width=60)
+                            model_status = gr.HTML()
                             max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="ps-max-new")
                             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
                             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
@@ -395,6 +434,8 @@ def build_demo() -> gr.Blocks:
                                        cancel], outputs, api_name=False, concurrency_limit=1,
                       concurrency_id="engine")
         stop_button.click(stop_generation, [cancel], None, queue=False, api_name="stop")
+        load_button.click(switch_model, [model], model_status, api_name="model", concurrency_limit=1,
+                          concurrency_id="engine")
         replay_button.click(replay, [trace_state, speed], outputs, api_name="replay")
         export_button.click(export, [trace_state], files, api_name="export")
         upload.upload(load_trace, [upload], outputs, api_name="load")
@@ -415,10 +456,16 @@ def main() -> None:
     parser.add_argument("--model", default=_engine_options["model"])
     parser.add_argument("--device", default=_engine_options["device"], choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default=_engine_options["dtype"], choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--allow-any-model", action="store_true",
+                        help="let the page load any hub id or folder (local use only; never on a public server)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
     _engine_options.update(model=args.model, device=args.device, dtype=args.dtype)
+    if args.allow_any_model:
+        os.environ["PHASESCOPE_ALLOW_ANY_MODEL"] = "1"
+    global demo
+    demo = build_demo()          # again: the model list and --allow-any-model shape the page
     try:
         get_engine(progress=lambda message: print(message, flush=True))
     except ValueError as exc:

@@ -163,3 +163,40 @@ def test_closing_the_tab_mid_run_frees_the_engine(real_engine: Engine) -> None:
     updates.close()
     assert not real_engine.lock.locked()
     assert "Paris" in _drain("What is the capital of France?", 10)[3]
+
+
+def test_a_model_off_the_list_is_refused_and_the_current_one_keeps_working(real_engine: Engine, monkeypatch) -> None:
+    monkeypatch.setattr(app, "_engine", real_engine)
+    monkeypatch.delenv("PHASESCOPE_ALLOW_ANY_MODEL", raising=False)
+    with pytest.raises(gr.Error, match="not one of this server's models"):
+        app.switch_model("someone/else-model")
+    assert "Paris" in _drain("What is the capital of France?", 10)[3]
+
+
+def test_an_unloadable_model_gives_a_message_and_the_current_one_keeps_working(real_engine: Engine, monkeypatch,
+                                                                                tmp_path: Path) -> None:
+    monkeypatch.setattr(app, "_engine", real_engine)
+    monkeypatch.setenv("PHASESCOPE_ALLOW_ANY_MODEL", "1")
+    (tmp_path / "config.json").write_text('{"model_type": "nonsense"}')
+    for name in (str(tmp_path / "missing"), str(tmp_path)):
+        with pytest.raises(gr.Error, match="could not load model.*Still using SmolLM2-135M-Instruct"):
+            app.switch_model(name)
+    assert app.get_engine() is real_engine
+    assert "Paris" in _drain("What is the capital of France?", 10)[3]
+
+
+def test_switching_to_another_local_model_runs_it(real_engine: Engine, monkeypatch, tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    monkeypatch.setattr(app, "_engine", real_engine)
+    monkeypatch.setitem(app._engine_options, "dtype", "float32")
+    monkeypatch.setitem(app._engine_options, "model", app._engine_options["model"])   # restored afterwards
+    monkeypatch.setenv("PHASESCOPE_ALLOW_ANY_MODEL", "1")
+    config = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=real_engine.loaded.info.vocab, max_position_embeddings=512)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    real_engine.loaded.tokenizer.save_pretrained(tmp_path)
+    status = app.switch_model(str(tmp_path))
+    assert "float32" in status and app.get_engine().loaded.info.layers == 2
+    *_, final = app.run_generation("Hi", 4, 0, 1, 0, True, 1, app.CancelFlag())
+    assert Trace.from_json(final[4]).model.layers == 2

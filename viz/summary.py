@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from inference.trace import Trace
+from inference.trace import DeviceInfo, ModelInfo, Trace
 
 
 def _card(label: str, value: str, note: str) -> str:
@@ -55,6 +55,12 @@ def done_status_html(trace: Trace, note: str = "") -> str:
     reasons = {"eos": "the model ended its answer", "length": "reached max new tokens", "cancelled": "stopped"}
     text = f"Done: {len(trace.steps)} tokens, {reasons.get(trace.summary.stop_reason, trace.summary.stop_reason)}"
     return f'<div class="ps-status ps-done">{html.escape(text)}{html.escape(note)}</div>'
+
+
+def model_status_html(model: ModelInfo, device: DeviceInfo) -> str:
+    text = (f"{model.name}: {model.params / 1e6:,.0f}M parameters, {model.dtype}, {model.weight_bytes / 1e6:,.0f} MB "
+            f"of weights, on {device.type} ({device.name})")
+    return f'<div class="ps-status ps-done">{html.escape(text)}</div>'
 
 
 def error_html(message: str) -> str:
