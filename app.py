@@ -107,7 +107,7 @@ def get_engine(progress: Any = print) -> Engine:
 
 
 def settings_from_inputs(max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any, kv_cache: Any,
-                         batch_size: Any) -> GenerationSettings:
+                         batch_size: Any, kernel: Any = "fast") -> GenerationSettings:
     """Page (or API) inputs -> settings; ValueError with a readable message for anything off."""
     def number(name: str, value: Any, kind: type) -> Any:
         try:
@@ -125,7 +125,7 @@ def settings_from_inputs(max_new_tokens: Any, temperature: Any, top_p: Any, seed
     return GenerationSettings(max_new_tokens=number("max_new_tokens", max_new_tokens, int),
                               temperature=number("temperature", temperature, float),
                               top_p=number("top_p", top_p, float), seed=number("seed", seed, int),
-                              kv_cache=kv_cache, batch_size=number("batch_size", batch_size, int))
+                              kv_cache=kv_cache, batch_size=number("batch_size", batch_size, int), kernel=kernel)
 
 
 def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) -> tuple:
@@ -134,13 +134,13 @@ def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) ->
 
 @gpu
 def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
-                   kv_cache: bool, batch_size: float, cancel: threading.Event) -> Iterator[tuple]:
+                   kv_cache: bool, batch_size: float, cancel: threading.Event, kernel: str = "fast") -> Iterator[tuple]:
     """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S."""
     from inference.prompts import chat_prompt_ids
 
     engine = get_engine()
     try:
-        settings = settings_from_inputs(max_new_tokens, temperature, top_p, seed, kv_cache, batch_size)
+        settings = settings_from_inputs(max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, kernel)
         run = engine.generate(chat_prompt_ids(engine.loaded.tokenizer, prompt), settings, cancel=cancel,
                               prompt=prompt)
     except ValueError as exc:
@@ -414,6 +414,9 @@ def build_demo() -> gr.Blocks:
                             seed = gr.Number(0, precision=0, label="Seed", minimum=0)
                             kv_cache = gr.Checkbox(True, label="KV cache (off: recompute the whole sequence each step)")
                             batch_size = gr.Slider(1, 16, value=1, step=1, label="Batch size (copies of the prompt)")
+                            kernel = gr.Radio([("fast: decode kernel on every core", "fast"),
+                                               ("eager: plain PyTorch (the reference)", "eager")], value="fast",
+                                              label="Decode kernel (CPU)")
                         with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
                             speed = gr.Slider(0.1, 1.0, value=0.5, step=0.1, label="Replay speed (x real time)", elem_id="ps-speed")
                             replay_button = gr.Button("Replay", elem_id="ps-replay")
@@ -427,12 +430,10 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Experiments", id="experiments"):
                 build_experiments_tab(trace_state, claims)
         outputs = [dashboard, status, headline, text, trace_state]
-        run_button.click(run_generation, [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size,
-                                          cancel], outputs, api_name="run", concurrency_limit=1,
+        run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel]
+        run_button.click(run_generation, run_inputs, outputs, api_name="run", concurrency_limit=1,
                          concurrency_id="engine")
-        prompt.submit(run_generation, [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size,
-                                       cancel], outputs, api_name=False, concurrency_limit=1,
-                      concurrency_id="engine")
+        prompt.submit(run_generation, run_inputs, outputs, api_name=False, concurrency_limit=1, concurrency_id="engine")
         stop_button.click(stop_generation, [cancel], None, queue=False, api_name="stop")
         load_button.click(switch_model, [model], model_status, api_name="model", concurrency_limit=1,
                           concurrency_id="engine")

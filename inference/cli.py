@@ -58,6 +58,8 @@ def _common(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="auto: bfloat16 on CUDA, and on a CPU where it measured faster")
+    parser.add_argument("--kernel", default="fast", choices=("fast", "eager"),
+                        help="fast: multi-core decode kernel on CPU (default); eager: plain PyTorch, the reference")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the trace (or sweep) as JSON")
 
 
@@ -86,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _settings(args: argparse.Namespace) -> GenerationSettings:
     return GenerationSettings(max_new_tokens=args.max_new_tokens, kv_cache=not getattr(args, "no_kv_cache", False),
                               batch_size=getattr(args, "batch_size", 1), temperature=getattr(args, "temperature", 0.0),
-                              top_p=getattr(args, "top_p", 1.0), seed=getattr(args, "seed", 0))
+                              top_p=getattr(args, "top_p", 1.0), seed=getattr(args, "seed", 0),
+                              kernel=getattr(args, "kernel", "fast"))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -143,7 +146,7 @@ def _race(args: argparse.Namespace) -> int:
 
     _check_prompt_tokens([args.prompt_tokens])
     engine = load_engine(args.model, args.device, args.dtype, _progress)
-    race = run_cache_race(engine, args.prompt_tokens, _settings(args).max_new_tokens)
+    race = run_cache_race(engine, args.prompt_tokens, _settings(args).max_new_tokens, kernel=args.kernel)
     print(race.verdict())
     if args.json:
         _write(args.json, sweep_to_json([race.cached, race.recomputed], indent=1))
@@ -159,7 +162,8 @@ def _batch(args: argparse.Namespace) -> int:
     if max(args.batch_sizes) > MAX_BATCH_SIZE:
         raise ValueError(f"batch sizes go up to {MAX_BATCH_SIZE}, got {max(args.batch_sizes)}")
     engine = load_engine(args.model, args.device, args.dtype, _progress)
-    result = run_batch_sweep(engine, args.batch_sizes, args.prompt_tokens, _settings(args).max_new_tokens)
+    result = run_batch_sweep(engine, args.batch_sizes, args.prompt_tokens, _settings(args).max_new_tokens,
+                             kernel=args.kernel)
     print(f"{'batch':>5}  {'decode ms/step':>14}  {'tokens/s':>9}")
     for b, ms, tps in zip(result.batch_sizes, result.step_ms, result.tokens_per_s):
         print(f"{b:>5}  {ms:>14.1f}  {tps:>9.1f}")
@@ -174,7 +178,7 @@ def _dtype(args: argparse.Namespace) -> int:
 
     _check_prompt_tokens([args.prompt_tokens])
     result = run_dtype_comparison(args.model, args.device, ["float32", "bfloat16"], args.prompt_tokens,
-                                  _settings(args).max_new_tokens)
+                                  _settings(args).max_new_tokens, kernel=args.kernel)
     print(result.verdict())
     if args.json:
         _write(args.json, sweep_to_json(list(result.traces), indent=1))

@@ -7,6 +7,7 @@ no hooks) that the tests hold the fast one to.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any, Iterator
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from inference.cost_model import step_cost
 from inference.device import device_info
+from inference.kernels import fast_available, fast_mode, install_fast_linears, set_fast
 from inference.kv_cache import kv_cache_bytes
 from inference.loading import LoadedModel
 from inference.settings import GenerationSettings
@@ -128,8 +130,8 @@ class GenerationRun:
     def _run(self) -> Iterator[Step]:
         engine, settings = self.engine, self.settings
         model = engine.loaded.model
-        with engine.lock, torch.inference_mode(), LayerTimer(model, engine.loaded.info.layers, engine.loaded.device,
-                                                             self.instrument, self.cancel) as timer:
+        with engine.lock, torch.inference_mode(), fast_mode(model, settings.kernel == "fast"), \
+                LayerTimer(model, engine.loaded.info.layers, engine.loaded.device, self.instrument, self.cancel) as timer:
             self.timer = timer
             generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
             stream = TextStream(engine.loaded.tokenizer)
@@ -192,11 +194,18 @@ class GenerationRun:
 class Engine:
     """A loaded model, its device's roofs, and a lock: one run at a time (hooks are global)."""
 
-    def __init__(self, loaded: LoadedModel, device: DeviceInfo | None = None):
+    def __init__(self, loaded: LoadedModel, device: DeviceInfo | None = None, fast_kernels: bool = True):
         self.loaded = loaded
         dtype = next(loaded.model.parameters()).dtype
         self.device_info = device or device_info(loaded.device, dtype)
         self.lock = threading.Lock()
+        if fast_kernels and loaded.device.type == "cpu":
+            install_fast_linears(loaded.model)
+        set_fast(loaded.model, False)      # outside our runs the model is plain PyTorch (model.generate too)
+
+    @property
+    def fast_kernels(self) -> bool:
+        return fast_available(self.loaded.model)
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, instrument: bool = True, prompt: str = "",
@@ -204,6 +213,8 @@ class Engine:
         """A run to iterate. `instrument=False` times whole steps only (the benchmark's baseline);
         `stop_at_eos=False` always generates max_new_tokens (for fair timing)."""
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
+        if settings.kernel == "fast" and not self.fast_kernels:
+            settings = dataclasses.replace(settings, kernel="eager")     # the trace says what really ran
         return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos)
 
     def warm_up(self) -> None:

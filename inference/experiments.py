@@ -86,8 +86,9 @@ class SweepResult:
                 f"{self.decode_tokens_per_s:.1f} tokens/s: {self.prefill_tokens_per_s / self.decode_tokens_per_s:.0f}x.")
 
 
-def run_sweep(engine: Engine, prompt_tokens: list[int], new_tokens: int = 8, progress: Progress = _quiet) -> SweepResult:
-    settings = GenerationSettings(max_new_tokens=new_tokens)
+def run_sweep(engine: Engine, prompt_tokens: list[int], new_tokens: int = 8, progress: Progress = _quiet,
+              kernel: str = "fast") -> SweepResult:
+    settings = GenerationSettings(max_new_tokens=new_tokens, kernel=kernel)
     traces = []
     for i, trace in enumerate(prompt_length_sweep(engine, sorted(prompt_tokens), settings)):
         traces.append(trace)
@@ -127,10 +128,11 @@ class CacheRace:
 
 
 def run_cache_race(engine: Engine, prompt_tokens: int = 64, new_tokens: int = 48,
-                   progress: Progress = _quiet) -> CacheRace:
-    cached = _run(engine, prompt_tokens, GenerationSettings(max_new_tokens=new_tokens))
+                   progress: Progress = _quiet, kernel: str = "fast") -> CacheRace:
+    cached = _run(engine, prompt_tokens, GenerationSettings(max_new_tokens=new_tokens, kernel=kernel))
     progress(0.5, "cached run done")
-    recomputed = _run(engine, prompt_tokens, GenerationSettings(max_new_tokens=new_tokens, kv_cache=False))
+    recomputed = _run(engine, prompt_tokens, GenerationSettings(max_new_tokens=new_tokens, kv_cache=False,
+                                                                kernel=kernel))
     progress(1.0, "recomputing run done")
     return CacheRace(cached, recomputed)
 
@@ -173,10 +175,11 @@ class BatchResult:
 
 
 def run_batch_sweep(engine: Engine, batch_sizes: list[int], prompt_tokens: int = 32, new_tokens: int = 12,
-                    progress: Progress = _quiet) -> BatchResult:
+                    progress: Progress = _quiet, kernel: str = "fast") -> BatchResult:
     traces = []
     for i, b in enumerate(sorted(batch_sizes)):
-        traces.append(_run(engine, prompt_tokens, GenerationSettings(max_new_tokens=new_tokens, batch_size=b)))
+        settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=b, kernel=kernel)
+        traces.append(_run(engine, prompt_tokens, settings))
         progress((i + 1) / len(batch_sizes), f"batch {b} done")
     return BatchResult(tuple(traces))
 
@@ -222,7 +225,7 @@ class DtypeResult:
 
 
 def run_dtype_comparison(model: str, device: str, dtypes: list[str], prompt_tokens: int = 32,
-                         new_tokens: int = 24, progress: Progress = _quiet) -> DtypeResult:
+                         new_tokens: int = 24, progress: Progress = _quiet, kernel: str = "fast") -> DtypeResult:
     """The same prompt on a fresh copy of the model per dtype (loaded one at a time). The prompt is
     short so that weight bytes dominate decode; on these CPUs bfloat16 attention over a long context
     is slow, and a 256-token prompt measured only 1.03x (vs 1.7x at 32)."""
@@ -231,7 +234,7 @@ def run_dtype_comparison(model: str, device: str, dtypes: list[str], prompt_toke
     traces = []
     for i, dtype in enumerate(dtypes):
         engine = load_engine(model, device, dtype)
-        traces.append(_run(engine, prompt_tokens, GenerationSettings(max_new_tokens=new_tokens)))
+        traces.append(_run(engine, prompt_tokens, GenerationSettings(max_new_tokens=new_tokens, kernel=kernel)))
         del engine
         progress((i + 1) / len(dtypes), f"{dtype} done")
     return DtypeResult(tuple(traces))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_BATCH_SIZE = 64
+KERNELS = ("fast", "eager")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class GenerationSettings:
     temperature: float = 0.0        # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    kernel: str = "fast"            # "fast": multi-core decode kernel where available; "eager": plain PyTorch
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
@@ -29,6 +31,8 @@ class GenerationSettings:
             raise ValueError(f"kv_cache must be true or false, got {self.kv_cache!r}")
         _check_float("temperature", self.temperature, 0.0, 10.0)
         _check_float("top_p", self.top_p, 0.0, 1.0)
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         if self.top_p == 0.0:
             raise ValueError("top_p must be above 0 (it is the share of probability kept), got 0")
 

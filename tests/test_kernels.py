@@ -1,0 +1,59 @@
+"""The fast decode kernel: same numbers as PyTorch's Linear, same greedy tokens, same per-layer view."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.engine import Engine
+from inference.kernels import FastLinear, build_error, kernel_module
+from inference.prompts import chat_prompt_ids
+from inference.settings import GenerationSettings
+from inference.loading import LoadedModel, model_info
+from tests.conftest import TEST_DEVICE, DigitTokenizer, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    module = kernel_module()
+    assert module is not None, f"the decode kernel did not build: {build_error()}"
+    return module
+
+
+@pytest.mark.parametrize("rows, k, n", [(1, 576, 1536), (3, 100, 70), (1, 1536, 576), (8, 64, 49152)])
+def test_kernel_matches_linear_in_float32(kernel, rows: int, k: int, n: int) -> None:
+    torch.manual_seed(rows * k)
+    x, w = torch.randn(rows, k), torch.randn(n, k)
+    torch.testing.assert_close(kernel.gemv(x, w), torch.nn.functional.linear(x, w), rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_matches_linear_in_bfloat16_to_bf16_rounding(kernel) -> None:
+    torch.manual_seed(1)
+    x, w = torch.randn(2, 576).bfloat16(), torch.randn(1536, 576).bfloat16()
+    reference = torch.nn.functional.linear(x.float(), w.float())            # exact products, float32 sums
+    torch.testing.assert_close(kernel.gemv(x, w).float(), reference, rtol=1e-2, atol=2e-2)
+
+
+def test_fast_and_eager_write_the_same_greedy_tokens_on_the_real_model(real_engine: Engine) -> None:
+    assert real_engine.fast_kernels
+    for prompt in ("What is the capital of France?", "Explain in three sentences why the sky is blue."):
+        ids = chat_prompt_ids(real_engine.loaded.tokenizer, prompt)
+        runs = {k: real_engine.generate(ids, GenerationSettings(max_new_tokens=40, kernel=k)).run_to_end()
+                for k in ("eager", "fast")}
+        assert [s.token_id for s in runs["fast"].steps] == [s.token_id for s in runs["eager"].steps], prompt
+        assert runs["fast"].settings.kernel == "fast" and runs["eager"].settings.kernel == "eager"
+        assert all(len(s.layer_ms) == 30 and sum(s.layer_ms) <= s.ms for s in runs["fast"].steps)
+
+
+def test_outside_a_run_the_model_is_plain_pytorch(real_engine: Engine) -> None:
+    ids = chat_prompt_ids(real_engine.loaded.tokenizer, "Hi")
+    real_engine.generate(ids, GenerationSettings(max_new_tokens=3)).run_to_end()
+    wrapped = [m for m in real_engine.loaded.model.modules() if isinstance(m, FastLinear)]
+    assert len(wrapped) == 30 * 7 + 1 and not any(m.enabled for m in wrapped)
+
+
+def test_a_run_without_the_kernel_says_so_in_its_trace() -> None:
+    model = tiny_llama()
+    loaded = LoadedModel(model, DigitTokenizer(), model_info(model, "tiny"), torch.device("cpu"))
+    engine = Engine(loaded, TEST_DEVICE, fast_kernels=False)
+    trace = engine.generate([1, 5, 9], GenerationSettings(max_new_tokens=3, kernel="fast")).run_to_end()
+    assert trace.settings.kernel == "eager"
