@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -61,11 +60,14 @@ def roofs_reached(engine: Engine, ids: list[int], kernel: str) -> tuple[float, f
 
 
 def startup_and_memory() -> list[str]:
-    """Load times in fresh processes: dequantizing the GGUF vs reading the cached safetensors.
-    The memory run goes first: RUSAGE_CHILDREN keeps the largest child so far."""
-    subprocess.run([sys.executable, "-m", "inference", "run", "What is the capital of France?", "--max-new-tokens",
-                    "32"], env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, check=True)
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    """Load times in fresh processes: dequantizing the GGUF vs reading the cached safetensors; and
+    the peak memory of a whole `run`, as the run process itself reports it (RUSAGE_SELF)."""
+    code = ("import resource, runpy, sys; sys.argv = ['inference', 'run', 'What is the capital of France?', "
+            "'--max-new-tokens', '32']\ntry:\n    runpy.run_module('inference', run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                         capture_output=True, text=True, check=True).stdout
+    peak_mib = int(out.split("PEAK")[-1]) / 1024
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "PHASESCOPE_CACHE": cache, "HF_HUB_OFFLINE": "1"}
         code = ("import time,torch; t=time.perf_counter(); from inference.loading import load_model; "
