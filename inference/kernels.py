@@ -39,7 +39,8 @@ def kernel_module() -> Any:
                                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                                verbose=False)
             except Exception as exc:       # no compiler, no ninja, an unusual CPU: keep the eager path
-                _build_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
+                lines = str(exc).strip().splitlines() or [""]
+                _build_error = f"{type(exc).__name__}: {lines[-1][:200]}"
         return _module
 
 
