@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # a classroom page calls no one home
+
 import gradio as gr
 import plotly
 

@@ -4,11 +4,18 @@
 shares its weight. For a decode step (a few rows) it calls the multi-core kernel in gemv.cpp; for
 anything else (prefill, CUDA, other dtypes) it calls the ordinary Linear. The decoder layers and
 their attention/MLP modules are untouched, so the per-layer timing hooks see the same structure.
-The kernel is compiled on first use (about 35 s, once) and cached beside the model.
+The kernel is compiled on first use (about 35 s, once) and cached beside the model; later starts
+import the cached library directly.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
+import os
+import platform
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +27,8 @@ from inference.loading import cache_dir
 
 FAST_ROWS = 8              # at most this many rows (batch x new tokens) take the kernel
 _SOURCE = Path(__file__).resolve().parent / "gemv.cpp"
+_NAME = "phasescope_gemv"
+_FLAGS = ("-O3", "-march=native", "-fopenmp")
 _module: Any = None
 _build_error: str | None = None
 _build_lock = threading.Lock()
@@ -31,17 +40,42 @@ def kernel_module() -> Any:
     with _build_lock:
         if _module is None and _build_error is None:
             try:
-                from torch.utils.cpp_extension import load
-
-                folder = cache_dir() / "torch_extensions" / f"torch-{torch.__version__}"
-                folder.mkdir(parents=True, exist_ok=True)
-                _module = load("phasescope_gemv", sources=[str(_SOURCE)], build_directory=str(folder),
-                               extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                               verbose=False)
+                library = _library_path()
+                _module = _import(library) if library.is_file() else _build(library)
             except Exception as exc:       # no compiler, no ninja, an unusual CPU: keep the eager path
                 lines = str(exc).strip().splitlines() or [""]
                 _build_error = f"{type(exc).__name__}: {lines[-1][:200]}"
         return _module
+
+
+def _library_path() -> Path:
+    """One built library per source text, flags, torch version and CPU (it is built with -march=native)."""
+    from inference.device import _cpu_name
+
+    key = "|".join([_SOURCE.read_text(), " ".join(_FLAGS), torch.__version__, _cpu_name(), platform.machine()])
+    return cache_dir() / "kernels" / f"{_NAME}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def _build(library: Path) -> Any:
+    """Compile in a private folder, then move the library into place in one step: a build that is
+    interrupted, or two at once, never leaves a half-written library or a stale lock behind."""
+    from torch.utils.cpp_extension import load
+
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        source = Path(tmp) / _SOURCE.name
+        shutil.copyfile(_SOURCE, source)
+        module = load(_NAME, sources=[str(source)], build_directory=tmp, extra_cflags=list(_FLAGS),
+                      extra_ldflags=["-fopenmp"], verbose=False)
+        os.replace(Path(tmp) / f"{_NAME}.so", library)
+    return module
+
+
+def _import(library: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(_NAME, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_error() -> str | None:
