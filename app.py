@@ -19,12 +19,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # a classroom pag
 import gradio as gr
 import plotly
 
+from inference import experiments
 from inference.background import ENGINE_THREAD, BackgroundRun
 from inference.engine import Engine, load_engine
 from inference.loading import DEFAULT_MODEL
 from inference.settings import GenerationSettings
 from inference.trace import Trace, steps_csv
-from inference import experiments
 from inference.whatif import GPUS, PRESETS, Gpu, estimate
 from viz import experiments as viz_experiments
 from viz import live, summary
@@ -48,6 +48,7 @@ except ImportError:
         return fn
 
 gr.set_static_paths([PLOTLY_JS])    # plotly.js from the installed package: the page works offline
+
 
 class CancelFlag(threading.Event):
     """One per browser session (a gr.State): Stop sets it, the session's run polls it. Gradio
