@@ -304,10 +304,8 @@ def what_if(models: list, gpus: list, prompt_tokens: float, context: float, batc
     if calibrate and trace_json:
         trace = Trace.from_json(trace_json)
         prefill_eff = min(1.0, trace.steps[0].achieved_flops / trace.device.peak_flops)
-        decode = trace.decode_steps
-        if decode:
-            decode_eff = min(1.0, sum(s.bytes for s in decode) / (sum(s.ms for s in decode) / 1e3)
-                             / trace.device.peak_bytes_per_s)
+        if trace.decode_steps:
+            decode_eff = min(1.0, trace.decode_bytes_per_s / trace.device.peak_bytes_per_s)
         note = (f"roofline times scaled by this machine's measured efficiency (prefill {prefill_eff:.0%} of its "
                 f"compute roof, decode {decode_eff:.0%} of its memory roof), bf16")
     chosen = [GPUS[g] for g in gpus or [] if g in GPUS]

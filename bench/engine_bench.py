@@ -52,8 +52,7 @@ def engine_rate(engine: Engine, ids: list[int], instrument: bool, kernel: str) -
 def roofs_reached(engine: Engine, ids: list[int], kernel: str) -> tuple[float, float]:
     """(decode bytes/s over the bandwidth roof, 512-token prefill FLOP/s over the compute roof)."""
     settings = GenerationSettings(max_new_tokens=NEW_TOKENS, kernel=kernel)
-    decode = engine.generate(ids, settings, stop_at_eos=False).run_to_end().decode_steps
-    bytes_per_s = sum(s.bytes for s in decode) / (sum(s.ms for s in decode) / 1e3)
+    bytes_per_s = engine.generate(ids, settings, stop_at_eos=False).run_to_end().decode_bytes_per_s
     long_prefill = engine.generate(fixed_length_prompt_ids(engine.loaded.tokenizer, 512),
                                    GenerationSettings(max_new_tokens=1, kernel=kernel)).run_to_end().steps[0]
     return bytes_per_s / engine.device_info.peak_bytes_per_s, long_prefill.achieved_flops / engine.device_info.peak_flops

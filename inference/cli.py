@@ -227,9 +227,10 @@ def _progress(message: str) -> None:
 def format_summary(trace: Trace) -> str:
     """What happened in each phase, in a few lines a student can read."""
     m, d, s = trace.model, trace.device, trace.summary
+    if not trace.steps:
+        return f"no token was generated (stopped: {s.stop_reason} during prefill)"
     prefill = trace.steps[0]
-    decode = trace.decode_steps
-    decode_gbs = sum(x.bytes for x in decode) / (sum(x.ms for x in decode) / 1e3) if decode else 0.0
+    decode_gbs = trace.decode_bytes_per_s
     lines = [
         f"model     {m.name}: {m.params / 1e6:.1f}M params, {m.dtype}, {m.weight_bytes / 1e6:.1f} MB of weights",
         f"device    {d.type}: {d.name}; roofs {d.peak_flops / 1e9:,.0f} GFLOP/s, {d.peak_bytes_per_s / 1e9:,.1f} GB/s ({d.source})",
@@ -238,7 +239,7 @@ def format_summary(trace: Trace) -> str:
         f"prefill   TTFT {s.ttft_ms:.1f} ms: {prefill.achieved_flops / 1e9:,.1f} GFLOP/s achieved, "
         f"{100 * prefill.achieved_flops / d.peak_flops:.0f}% of the compute roof",
     ]
-    if decode:
+    if trace.decode_steps:
         lines += [
             f"decode    {s.decode_ms_median:.1f} ms/token median, {s.decode_ms_p90:.1f} p90, "
             f"{s.decode_tokens_per_s:.1f} tokens/s",

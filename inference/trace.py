@@ -131,6 +131,13 @@ class Trace:
     def decode_steps(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if s.phase == "decode")
 
+    @property
+    def decode_bytes_per_s(self) -> float:
+        """Bytes the decode steps moved (cost model) over the time they took (measured)."""
+        decode = self.decode_steps
+        seconds = sum(s.ms for s in decode) / 1e3
+        return sum(s.bytes for s in decode) / seconds if seconds else 0.0
+
     def prefix(self, n: int) -> Trace:
         """The trace as it stood after its first n steps (for replays and live views)."""
         steps = self.steps[:n]

@@ -16,9 +16,7 @@ def _card(label: str, value: str, note: str) -> str:
 def headline_numbers(trace: Trace) -> dict[str, float]:
     """The five numbers the page shows in large type (all measured, the bandwidth via the cost model)."""
     s, d = trace.summary, trace.device
-    decode = trace.decode_steps
-    decode_s = sum(x.ms for x in decode) / 1e3
-    bytes_per_s = sum(x.bytes for x in decode) / decode_s if decode_s else 0.0
+    bytes_per_s = trace.decode_bytes_per_s
     return {"ttft_ms": s.ttft_ms, "decode_ms_median": s.decode_ms_median, "tokens_per_s": s.decode_tokens_per_s,
             "kv_bytes": float(s.kv_bytes_final), "bandwidth_share": bytes_per_s / d.peak_bytes_per_s}
 
