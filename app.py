@@ -6,6 +6,7 @@ heavy happens at import: the engine loads at launch, or on the first run when im
 from __future__ import annotations
 
 import argparse
+import bisect
 import itertools
 import os
 import tempfile
@@ -151,8 +152,9 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     cancel.clear()
     seq = itertools.count()
     # Draw the empty charts before the engine starts, so that work never competes with prefill.
-    yield _outputs(live.full_message(run.trace(), next(seq)),
-                   summary.prefill_status_html(len(run.prompt_ids), 0, engine.loaded.info.layers, 0.0), run.trace())
+    empty = run.trace()
+    yield _outputs(live.full_message(empty, next(seq)),
+                   summary.prefill_status_html(len(run.prompt_ids), 0, engine.loaded.info.layers, 0.0), empty)
     background = BackgroundRun(run)
     try:
         yield from _stream(background, engine, seq)
@@ -188,10 +190,10 @@ def _stream(background: BackgroundRun, engine: Engine, seq: Iterator[int]) -> It
                        gr.skip(), gr.skip(), gr.skip())
             continue
         if have > sent:
-            partial = run.trace().prefix(have)
+            partial = run.trace()              # every step so far (the engine may have added one since)
             yield _outputs(live.extend_message(partial, sent, next(seq)),
-                           summary.decode_status_html(have, elapsed), partial)
-            sent = have
+                           summary.decode_status_html(len(partial.steps), elapsed), partial)
+            sent = len(partial.steps)
 
 
 def stop_generation(cancel: threading.Event) -> None:
@@ -206,12 +208,13 @@ def replay(trace_json: str | None, speed: float) -> Iterator[tuple]:
     speed = min(1.0, max(0.1, float(speed)))
     seq = itertools.count()
     ends = list(itertools.accumulate(s.ms for s in trace.steps))
-    yield _outputs(live.full_message(trace.prefix(0), next(seq)), summary.decode_status_html(0, 0.0), trace.prefix(0))
+    empty = trace.prefix(0)
+    yield _outputs(live.full_message(empty, next(seq)), summary.decode_status_html(0, 0.0), empty)
     start, sent = time.perf_counter(), 0
     while sent < len(trace.steps):
         time.sleep(1 / UPDATES_PER_S)
         now_ms = (time.perf_counter() - start) * 1e3 * speed
-        have = sum(1 for end in ends if end <= now_ms)
+        have = bisect.bisect_right(ends, now_ms)          # steps finished by now
         if have > sent:
             partial = trace.prefix(have)
             yield _outputs(live.extend_message(partial, sent, next(seq)),

@@ -27,7 +27,7 @@ class EngineThread:
     """Executes jobs on the thread that called `serve_forever`, one at a time."""
 
     def __init__(self) -> None:
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self.serving = False
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -60,8 +60,7 @@ class EngineThread:
                     job = self._jobs.get(timeout=0.2)
                 except queue.Empty:
                     continue
-                if job is not None:
-                    job()
+                job()
         finally:
             self.serving = False
 

@@ -69,7 +69,7 @@ def device_info(device: torch.device, dtype: torch.dtype) -> DeviceInfo:
                       facts["bytes_per_s"], f"measured (microbenchmark, {facts['threads']} threads)")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -82,7 +82,7 @@ def _cpu_name() -> str:
 def _cpu_measurements() -> dict:
     """Measured once per CPU model, thread count and torch version, then read from disk."""
     threads = torch.get_num_threads()
-    key = f"{_cpu_name()}|{threads}|{torch.__version__}"
+    key = f"{cpu_name()}|{threads}|{torch.__version__}"
     path = cache_dir() / "device-peaks.json"
     try:
         cached = json.loads(path.read_text())
@@ -93,7 +93,7 @@ def _cpu_measurements() -> dict:
     cpu = torch.device("cpu")
     fp32_flops, bytes_per_s = _measure_peaks(cpu, torch.float32)
     bf16_flops, _ = _measure_peaks(cpu, torch.bfloat16, measure_bandwidth=False)
-    facts = {"key": key, "name": f"{_cpu_name()} ({threads} threads)", "threads": threads,
+    facts = {"key": key, "name": f"{cpu_name()} ({threads} threads)", "threads": threads,
              "fp32_flops": fp32_flops, "bf16_flops": bf16_flops, "bytes_per_s": bytes_per_s,
              "bf16_matvec_speedup": _matvec_time(torch.float32) / _matvec_time(torch.bfloat16)}
     try:

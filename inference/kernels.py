@@ -50,9 +50,9 @@ def kernel_module() -> Any:
 
 def _library_path() -> Path:
     """One built library per source text, flags, torch version and CPU (it is built with -march=native)."""
-    from inference.device import _cpu_name
+    from inference.device import cpu_name
 
-    key = "|".join([_SOURCE.read_text(), " ".join(_FLAGS), torch.__version__, _cpu_name(), platform.machine()])
+    key = "|".join([_SOURCE.read_text(), " ".join(_FLAGS), torch.__version__, cpu_name(), platform.machine()])
     return cache_dir() / "kernels" / f"{_NAME}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
