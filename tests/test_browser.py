@@ -44,9 +44,18 @@ def page(browser, app_url: str) -> Iterator[object]:
 
 def run_prompt(page, prompt: str, max_new_tokens: int) -> None:
     page.fill("textarea", prompt)
-    page.click("#ps-settings .label-wrap")
-    page.fill("#ps-max-new input[type=number]", str(max_new_tokens))
-    page.press("#ps-max-new input[type=number]", "Enter")
+    number, slider = "#ps-max-new input[type=number]", "#ps-max-new input[type=range]"
+    if not page.is_visible(number):
+        page.click("#ps-settings .label-wrap")
+    # A value typed while the just-opened accordion is still mounting the slider is reset to the
+    # default (seen: 400 became 64), so type it until the slider holds it.
+    for _ in range(20):
+        page.fill(number, str(max_new_tokens))
+        page.press(number, "Enter")
+        if page.input_value(slider) == str(max_new_tokens):
+            break
+        page.wait_for_timeout(250)
+    assert page.input_value(slider) == str(max_new_tokens), "the max-new-tokens slider did not take the value"
     page.click("#ps-run")
 
 
@@ -79,6 +88,14 @@ def test_a_run_streams_text_and_fills_every_chart(page) -> None:
 def test_stop_ends_a_run_early(page) -> None:
     run_prompt(page, "Write a long story about a dragon who learns to bake bread.", 400)
     page.wait_for_function("() => document.querySelector('#ps-text textarea').value.length > 20", timeout=120_000)
+    # Mid-run, the deltas merged so far (before any final whole redraw) hold one point per step.
+    steps, counts = page.evaluate("""() => {
+        const d = [...document.querySelectorAll('#ps-dashboard, #ps-dashboard *')].find((e) => e.dataset.steps);
+        const n = (id, i, a) => document.querySelector(`[data-chart=${id}]`).data[i][a].length;
+        return [Number(d.dataset.steps), [n('latency', 1, 'x'), n('timeline', 1, 'x'), n('roofline', 1, 'y'),
+                                          n('kv', 5, 'y'), n('heatmap', 2, 'z')]];
+    }""")
+    assert steps > 1 and counts == [steps - 1, steps - 1, steps - 1, steps + 1, steps], (steps, counts)
     page.click("#ps-stop")
     page.wait_for_selector(DONE, timeout=30_000)
     assert "stopped" in page.inner_text(DONE)

@@ -3,10 +3,11 @@
 - `base(trace)`: the empty figure (layout, axes, roofs, and one trace per series);
 - `columns(trace, start)`: the values that steps[start:] append to each series;
 - `overlay(trace)`: updates that depend on every step so far (median lines, TTFT marker, colour
-  caps), as {"layout": {...}} for Plotly.relayout and {"restyle": {...}} for Plotly.restyle.
+  caps), as {"layout": {top-level layout keys}} and {"restyle": {attribute: one value per trace}}.
 
 A whole figure is base + columns(trace, 0) + overlay, and the live page sends exactly the same
-columns as small deltas (Plotly.extendTraces), so what streams is what a reload would draw.
+columns as small deltas (assets/dashboard.js appends them to each trace's arrays), so what streams
+is what a reload would draw.
 """
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ _PARTS = (("layer_ms", "whole layer"), ("attn_ms", "attention"), ("mlp_ms", "MLP
 
 
 def _heatmap_base(trace: Trace) -> go.Figure:
-    # transpose=True: each row of z is one step, so appending a step appends a row (extendTraces).
+    # transpose=True: each row of z is one step, so appending a step appends a row.
     fig = go.Figure([go.Heatmap(name=label, x=[], z=[], y=list(range(trace.model.layers)), transpose=True,
                                 visible=(i == 0), colorscale="Viridis", colorbar=dict(title="ms<br>(decode<br>range)", thickness=12),
                                 hovertemplate=f"step %{{x}}, layer %{{y}}: %{{z:.2f}} ms ({label})<extra></extra>")

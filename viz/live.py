@@ -1,4 +1,4 @@
-"""Messages for the live dashboard: a whole redraw, or small deltas appended with extendTraces.
+"""Messages for the live dashboard: a whole redraw, or small deltas the page appends to its charts.
 
 Each message is JSON for the page's one dashboard component. Deltas carry `start` (the first
 step they hold) so the browser can tell a gap; every run ends with a whole redraw, so what is
