@@ -1,4 +1,5 @@
-// Matrix-vector products for decode on CPU, spread over all cores.
+// Matrix-vector products for decode on CPU, spread over all cores, and two fused decode blocks
+// (a Llama attention and MLP for one new token) built from them.
 //
 // PyTorch's single-row Linear (MKL sgemv, oneDNN for bf16) runs on one core here and reaches about
 // a third of the memory bandwidth; decode is nothing but such products. This kernel splits the
@@ -7,8 +8,11 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 namespace {
 
@@ -19,6 +23,24 @@ inline float to_float(uint16_t bf16) {  // bfloat16 is the top half of a float32
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+inline void store(float v, float* out) { *out = v; }
+
+inline void store(float v, uint16_t* out) {  // round to nearest even, as PyTorch does
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if (std::isnan(v)) { *out = 0x7FC0; return; }
+  bits += 0x7FFF + ((bits >> 16) & 1);
+  *out = uint16_t(bits >> 16);
+}
+
+// The value PyTorch would hold after storing v as a W (what an eager op's output is rounded to).
+template <typename W>
+inline float rounded(float v) {
+  W w;
+  store(v, &w);
+  return to_float(w);
 }
 
 // y[m, n] = w[n, :] . x[m, :] for rows n in [begin, end): each weight row is read once and used
@@ -46,7 +68,193 @@ void rows_dot(const W* w, const float* x, float* y, int64_t M, int64_t K, int64_
   }
 }
 
+
+// Several weight matrices that share one input, in one parallel pass: fewer, larger pieces of
+// work and one synchronisation instead of one per matrix.
+template <typename W>
+struct Product {
+  const W* w;
+  int64_t rows;
+  float* y;  // (M, rows)
+};
+
+template <typename W>
+void products(const std::vector<Product<W>>& ps, const float* x, int64_t M, int64_t K) {
+  int64_t total = 0;
+  for (const auto& p : ps) total += p.rows;
+  at::parallel_for(0, total, 64, [&](int64_t b, int64_t e) {
+    int64_t offset = 0;
+    for (const auto& p : ps) {
+      const int64_t lo = std::max(b, offset), hi = std::min(e, offset + p.rows);
+      if (lo < hi) rows_dot(p.w, x, p.y, M, K, p.rows, lo - offset, hi - offset);
+      offset += p.rows;
+    }
+  });
+}
+
+template <typename W>
+const W* data(const torch::Tensor& t) { return reinterpret_cast<const W*>(t.data_ptr()); }
+
+template <typename W>
+W* mutable_data(torch::Tensor& t) { return reinterpret_cast<W*>(t.data_ptr()); }
+
+template <typename W>
+std::vector<float> floats(const torch::Tensor& t) {
+  std::vector<float> out(t.numel());
+  const W* p = data<W>(t);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = to_float(p[i]);
+  return out;
+}
+
+template <typename W>
+torch::Tensor to_tensor(const std::vector<float>& v, int64_t M, int64_t N, const torch::Tensor& like) {
+  auto out = torch::empty({M, N}, like.options());
+  W* p = mutable_data<W>(out);
+  for (int64_t i = 0; i < M * N; ++i) store(v[i], p + i);
+  return out;
+}
+
+// One decode step of Llama attention for M rows (one new token each) at position `pos`:
+// q/k/v projections, rotary embedding, K and V written into the caches at `pos`, attention over
+// positions 0..pos, output projection. Each intermediate is rounded to W where eager PyTorch
+// stores it in W, so the numbers follow the eager path.
+template <typename W>
+torch::Tensor attention_step(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wk,
+                             const torch::Tensor& wv, const torch::Tensor& wo, const torch::Tensor& cos,
+                             const torch::Tensor& sin, torch::Tensor& kc, torch::Tensor& vc, int64_t pos,
+                             double scaling) {
+  const int64_t M = x.size(0), K = x.size(1), Hk = kc.size(1), cap = kc.size(2), D = kc.size(3);
+  const int64_t Hq = wq.size(0) / D, group = Hq / Hk, half = D / 2;
+  const std::vector<float> xf = floats<W>(x), cf = floats<W>(cos), sf = floats<W>(sin);
+  std::vector<float> q(M * Hq * D), k(M * Hk * D), v(M * Hk * D);
+  products<W>({{data<W>(wq), Hq * D, q.data()}, {data<W>(wk), Hk * D, k.data()}, {data<W>(wv), Hk * D, v.data()}},
+              xf.data(), M, K);
+  W* kp = mutable_data<W>(kc);
+  W* vp = mutable_data<W>(vc);
+  auto rotate = [&](float* h, const float* c, const float* s) {  // x * cos + rotate_half(x) * sin
+    std::vector<float> r(D);
+    for (int64_t j = 0; j < D; ++j) {
+      const float other = j < half ? -h[j + half] : h[j - half];
+      r[j] = rounded<W>(rounded<W>(h[j] * c[j]) + rounded<W>(other * s[j]));
+    }
+    std::memcpy(h, r.data(), D * sizeof(float));
+  };
+  for (int64_t m = 0; m < M; ++m) {
+    const float* c = cf.data() + m * D;
+    const float* s = sf.data() + m * D;
+    for (int64_t i = 0; i < Hq * D; ++i) q[m * Hq * D + i] = rounded<W>(q[m * Hq * D + i]);
+    for (int64_t h = 0; h < Hq; ++h) rotate(q.data() + (m * Hq + h) * D, c, s);
+    for (int64_t h = 0; h < Hk; ++h) {
+      float* kh = k.data() + (m * Hk + h) * D;
+      for (int64_t j = 0; j < D; ++j) kh[j] = rounded<W>(kh[j]);
+      rotate(kh, c, s);
+      const int64_t at = ((m * Hk + h) * cap + pos) * D;
+      for (int64_t j = 0; j < D; ++j) {
+        store(kh[j], kp + at + j);
+        store(v[(m * Hk + h) * D + j], vp + at + j);
+      }
+    }
+  }
+  std::vector<float> attended(M * Hq * D);
+  const int64_t T = pos + 1;
+  at::parallel_for(0, M * Hq, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> score(T);
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t m = i / Hq, h = i % Hq, g = h / group;
+      const float* qh = q.data() + i * D;
+      const W* keys = kp + (m * Hk + g) * cap * D;
+      const W* values = vp + (m * Hk + g) * cap * D;
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t t = 0; t < T; ++t) {
+        float dot = 0;
+        for (int64_t j = 0; j < D; ++j) dot += qh[j] * to_float(keys[t * D + j]);
+        score[t] = dot * float(scaling);
+        top = std::max(top, score[t]);
+      }
+      float total = 0;
+      for (int64_t t = 0; t < T; ++t) total += (score[t] = std::exp(score[t] - top));
+      float* out = attended.data() + i * D;
+      std::fill(out, out + D, 0.0f);
+      for (int64_t t = 0; t < T; ++t) {
+        const float p = score[t] / total;
+        for (int64_t j = 0; j < D; ++j) out[j] += p * to_float(values[t * D + j]);
+      }
+      for (int64_t j = 0; j < D; ++j) out[j] = rounded<W>(out[j]);
+    }
+  });
+  std::vector<float> y(M * K);
+  products<W>({{data<W>(wo), K, y.data()}}, attended.data(), M, Hq * D);
+  return to_tensor<W>(y, M, K, x);
+}
+
+// One decode step of a Llama MLP: down(silu(gate(x)) * up(x)), gate and up in one pass.
+template <typename W>
+torch::Tensor mlp_step(const torch::Tensor& x, const torch::Tensor& wg, const torch::Tensor& wu,
+                       const torch::Tensor& wd) {
+  const int64_t M = x.size(0), K = x.size(1), I = wg.size(0);
+  const std::vector<float> xf = floats<W>(x);
+  std::vector<float> g(M * I), u(M * I);
+  products<W>({{data<W>(wg), I, g.data()}, {data<W>(wu), I, u.data()}}, xf.data(), M, K);
+  for (int64_t i = 0; i < M * I; ++i) {
+    const float gate = rounded<W>(g[i]);
+    g[i] = rounded<W>(rounded<W>(gate / (1.0f + std::exp(-gate))) * rounded<W>(u[i]));
+  }
+  std::vector<float> y(M * K);
+  products<W>({{data<W>(wd), K, y.data()}}, g.data(), M, I);
+  return to_tensor<W>(y, M, K, x);
+}
+
+// Llama's RMSNorm for a few rows: w * (x / sqrt(mean(x^2) + eps)), normalised in float32.
+template <typename W>
+torch::Tensor rmsnorm_step(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  const int64_t M = x.size(0), K = x.size(1);
+  auto out = torch::empty_like(x);
+  const W* xp = data<W>(x);
+  const W* wp = data<W>(weight);
+  W* op = mutable_data<W>(out);
+  for (int64_t m = 0; m < M; ++m) {
+    float squares = 0;
+    for (int64_t k = 0; k < K; ++k) squares += to_float(xp[m * K + k]) * to_float(xp[m * K + k]);
+    const float inverse = 1.0f / std::sqrt(squares / float(K) + float(eps));
+    for (int64_t k = 0; k < K; ++k)
+      store(to_float(wp[k]) * rounded<W>(to_float(xp[m * K + k]) * inverse), op + m * K + k);
+  }
+  return out;
+}
+
+void check_block(const torch::Tensor& x, std::initializer_list<torch::Tensor> weights) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu() && x.size(0) <= 8, "fused step: bad input");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16, "fused step: dtype");
+  for (const auto& w : weights)
+    TORCH_CHECK(w.is_contiguous() && w.scalar_type() == x.scalar_type() && w.device().is_cpu(), "fused step: weight");
+}
+
 }  // namespace
+
+torch::Tensor attention(torch::Tensor x, torch::Tensor wq, torch::Tensor wk, torch::Tensor wv, torch::Tensor wo,
+                        torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc, int64_t pos,
+                        double scaling) {
+  check_block(x, {wq, wk, wv, wo, cos, sin, kc, vc});
+  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == x.size(0) && pos < kc.size(2) && vc.sizes() == kc.sizes(),
+              "attention: bad cache");
+  TORCH_CHECK(cos.size(0) == x.size(0) && cos.size(1) == kc.size(3), "attention: bad rotary");
+  if (x.scalar_type() == torch::kFloat32)
+    return attention_step<float>(x, wq, wk, wv, wo, cos, sin, kc, vc, pos, scaling);
+  return attention_step<uint16_t>(x, wq, wk, wv, wo, cos, sin, kc, vc, pos, scaling);
+}
+
+torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor weight, double eps) {
+  check_block(x, {weight});
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1), "rmsnorm: bad weight");
+  if (x.scalar_type() == torch::kFloat32) return rmsnorm_step<float>(x, weight, eps);
+  return rmsnorm_step<uint16_t>(x, weight, eps);
+}
+
+torch::Tensor mlp(torch::Tensor x, torch::Tensor wg, torch::Tensor wu, torch::Tensor wd) {
+  check_block(x, {wg, wu, wd});
+  if (x.scalar_type() == torch::kFloat32) return mlp_step<float>(x, wg, wu, wd);
+  return mlp_step<uint16_t>(x, wg, wu, wd);
+}
 
 // x: (M, K) float32 or bfloat16; w: (N, K) of the same dtype, contiguous -> (M, N) in x's dtype.
 torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
@@ -69,4 +277,9 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
   return y.to(x.scalar_type());
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("gemv", &gemv, "multi-core matrix-vector product"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gemv", &gemv, "multi-core matrix-vector product");
+  m.def("attention", &attention, "one decode step of Llama attention, K and V written into the cache");
+  m.def("mlp", &mlp, "one decode step of a Llama MLP");
+  m.def("rmsnorm", &rmsnorm, "Llama's RMSNorm for a few rows");
+}

@@ -1,11 +1,15 @@
-"""The fast decode path on CPU: Linear layers whose single-row products use every core.
+"""The fast decode path on CPU: products that use every core, and fused decode blocks.
 
 `install_fast_linears(model)` wraps each nn.Linear (the LM head included) in a `FastLinear` that
 shares its weight. For a decode step (a few rows) it calls the multi-core kernel in gemv.cpp; for
-anything else (prefill, CUDA, other dtypes) it calls the ordinary Linear. The decoder layers and
-their attention/MLP modules are untouched, so the per-layer timing hooks see the same structure.
-The kernel is compiled on first use (about 35 s, once) and cached beside the model; later starts
-import the cached library directly.
+anything else (prefill, CUDA, other dtypes) it calls the ordinary Linear. On Llama-style models it
+also gives each attention and MLP module a fused decode step (one C++ call for the whole block:
+projections, rotary, cache write and attention, or gate/up/down), because at this model's size a
+decode step's many small PyTorch operations cost as much as reading the weights. The modules stay
+where they are and are still called as modules, so the per-layer and attention/MLP timing hooks
+see the same structure; anything the fused step does not cover falls back to the module's own
+forward. The kernel is compiled on first use (about 35 s, once) and cached beside the model; later
+starts import the cached library directly.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -107,9 +111,109 @@ class FastLinear(nn.Module):
         return y.reshape(*x.shape[:-1], w.shape[0])
 
 
+def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
+            and x.numel() // x.shape[-1] <= FAST_ROWS)
+
+
+def _kv_slot(layer: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """Room for one more position in a DynamicCache layer: (K buffer, V buffer, position).
+
+    The layer's keys/values become views of preallocated buffers (grown by half when full), so a
+    step writes one position in place instead of concatenating the whole cache again; they stay
+    ordinary (batch, kv_heads, seq_len, head_dim) tensors that the rest of transformers and
+    kv_cache_bytes read as before."""
+    from transformers.cache_utils import DynamicLayer
+
+    keys = getattr(layer, "keys", None)
+    if type(layer) is not DynamicLayer or keys is None or keys.dim() != 4 or keys.shape[0] != batch:
+        return None
+    n = keys.shape[-2]
+    k_buf, v_buf = getattr(layer, "_phasescope_buffers", (None, None))
+    if k_buf is None or k_buf.data_ptr() != keys.data_ptr() or k_buf.shape[-2] <= n or k_buf.shape[:2] != keys.shape[:2]:
+        capacity = n + max(256, n // 2)
+        k_buf = keys.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
+        v_buf = layer.values.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
+        k_buf[:, :, :n].copy_(keys)
+        v_buf[:, :, :n].copy_(layer.values)
+        layer._phasescope_buffers = (k_buf, v_buf)
+    layer.keys, layer.values = k_buf[:, :, :n + 1], v_buf[:, :, :n + 1]
+    return k_buf, v_buf, n
+
+
+# The fused forwards hold their weights (the same Parameter objects) instead of looking them up
+# through the module tree on every call: at ~200 calls per step, those lookups add up.
+
+def _fused_attention(module: nn.Module, kernel: Any) -> Callable[..., Any]:
+    original = module.forward
+    weights = tuple(getattr(module, name).weight for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    layer_idx, scaling = module.layer_idx, module.scaling
+
+    def forward(hidden_states: torch.Tensor, position_embeddings: Any = None, attention_mask: Any = None,
+                cache: Any = None, **kwargs: Any) -> Any:
+        cache = cache if cache is not None else kwargs.get("past_key_values")
+        batch = hidden_states.shape[0]
+        slot = None
+        if (module.phasescope_fused and cache is not None and attention_mask is None and hidden_states.dim() == 3
+                and hidden_states.shape[1] == 1 and _small(hidden_states, weights[0])
+                and position_embeddings is not None and layer_idx < len(cache.layers)):
+            slot = _kv_slot(cache.layers[layer_idx], batch)
+        if slot is None:
+            return original(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
+        # (B or 1, 1, head_dim): one row of angles per sequence (shared when the positions are)
+        cos, sin = (t.reshape(-1, t.shape[-1]).expand(batch, -1).contiguous() for t in position_embeddings)
+        out = kernel.attention(hidden_states.reshape(batch, -1).contiguous(), *weights, cos, sin, *slot, scaling)
+        return out.reshape(batch, 1, -1), None
+
+    return forward
+
+
+def _fused_mlp(module: nn.Module, kernel: Any) -> Callable[..., Any]:
+    original = module.forward
+    weights = tuple(getattr(module, name).weight for name in ("gate_proj", "up_proj", "down_proj"))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not (module.phasescope_fused and _small(x, weights[0])):
+            return original(x)
+        rows = x.numel() // x.shape[-1]
+        return kernel.mlp(x.reshape(rows, -1).contiguous(), *weights).reshape(*x.shape[:-1], -1)
+
+    return forward
+
+
+def _fused_rmsnorm(module: nn.Module, kernel: Any) -> Callable[..., Any]:
+    original = module.forward
+    weight, eps = module.weight, module.variance_epsilon
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not (module.phasescope_fused and _small(x, weight)):
+            return original(x)
+        rows = x.numel() // x.shape[-1]
+        return kernel.rmsnorm(x.reshape(rows, -1).contiguous(), weight, eps).reshape(x.shape)
+
+    return forward
+
+
+def _fusable(module: nn.Module) -> Callable[[nn.Module, Any], Callable[..., Any]] | None:
+    """The fused decode step for a Llama attention, MLP (without biases) or RMSNorm, else None."""
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
+
+    if type(module) is LlamaRMSNorm:
+        return _fused_rmsnorm
+    linears = [m for m in module.children() if isinstance(m, (nn.Linear, FastLinear))]
+    if any(getattr(m, "bias", None) is not None or getattr(getattr(m, "linear", None), "bias", None) is not None
+           for m in linears):
+        return None
+    if type(module) is LlamaAttention:
+        return _fused_attention
+    if type(module) is LlamaMLP and module.config.hidden_act == "silu":
+        return _fused_mlp
+    return None
+
+
 def install_fast_linears(model: nn.Module) -> int:
-    """Wrap every nn.Linear in `model` (idempotent); returns how many were wrapped, 0 if the kernel
-    is unavailable."""
+    """Wrap every nn.Linear in `model` and fuse Llama attention/MLP decode steps (idempotent);
+    returns how many Linears were wrapped, 0 if the kernel is unavailable."""
     kernel = kernel_module()
     if kernel is None:
         return 0
@@ -117,6 +221,11 @@ def install_fast_linears(model: nn.Module) -> int:
                if isinstance(child, nn.Linear) and not isinstance(parent, FastLinear)]
     for parent, name, child in targets:
         setattr(parent, name, FastLinear(child, kernel))
+    for module in model.modules():
+        fuse = _fusable(module)
+        if fuse is not None and not hasattr(module, "phasescope_fused"):
+            module.phasescope_fused = False
+            module.forward = fuse(module, kernel)
     return len(targets)
 
 
@@ -124,6 +233,8 @@ def set_fast(model: nn.Module, enabled: bool) -> None:
     for module in model.modules():
         if isinstance(module, FastLinear):
             module.enabled = enabled
+        if hasattr(module, "phasescope_fused"):
+            module.phasescope_fused = enabled
 
 
 @contextlib.contextmanager

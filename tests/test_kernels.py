@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from inference.engine import Engine
-from inference.kernels import FastLinear, build_error, kernel_module
+from inference.kernels import FastLinear, build_error, install_fast_linears, kernel_module, set_fast
 from inference.prompts import chat_prompt_ids
 from inference.settings import GenerationSettings
 from inference.loading import LoadedModel, model_info
@@ -57,3 +57,39 @@ def test_a_run_without_the_kernel_says_so_in_its_trace() -> None:
     engine = Engine(loaded, TEST_DEVICE, fast_kernels=False)
     trace = engine.generate([1, 5, 9], GenerationSettings(max_new_tokens=3, kernel="fast")).run_to_end()
     assert trace.settings.kernel == "eager"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_decode_steps_match_the_eager_model_and_write_the_cache_in_place(kernel, monkeypatch, dtype, batch) -> None:
+    import inference.kernels as kernels
+
+    model = tiny_llama().to(dtype)
+    install_fast_linears(model)
+    slots = []
+    real_slot = kernels._kv_slot
+    monkeypatch.setattr(kernels, "_kv_slot", lambda layer, b: slots.append(real_slot(layer, b)) or slots[-1])
+    torch.manual_seed(batch)
+    prompt = torch.randint(3, 100, (batch, 9))              # rows differ: each attends to its own cache
+    results = {}
+    with torch.inference_mode():
+        for fused in (False, True):
+            set_fast(model, fused)
+            out = model(input_ids=prompt, use_cache=True)           # prefill: too many rows, always eager
+            cache, logits, addresses = out.cache, [], []
+            for _ in range(3):
+                token = out.logits[:, -1:].argmax(-1)
+                out = model(input_ids=token, cache=cache, use_cache=True)
+                logits.append(out.logits[:, -1].float())
+                addresses.append(cache.layers[0].keys.data_ptr())
+            results[fused] = (torch.stack(logits), [layer.keys.float() for layer in cache.layers], addresses)
+    set_fast(model, False)
+    layers = model.config.num_hidden_layers
+    assert len(slots) == 3 * layers and all(slot is not None for slot in slots), "the fused attention did not run"
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(results[True][0], results[False][0], **tolerance)
+    for fused_keys, eager_keys in zip(results[True][1], results[False][1]):
+        assert fused_keys.shape == eager_keys.shape == (batch, model.config.num_key_value_heads, 12, 16)
+        torch.testing.assert_close(fused_keys, eager_keys, **tolerance)
+    first, *later = results[True][2]
+    assert all(address == first for address in later), "each step should write into the same buffer"
