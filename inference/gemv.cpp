@@ -231,29 +231,48 @@ void check_block(const torch::Tensor& x, std::initializer_list<torch::Tensor> we
 
 }  // namespace
 
+// The fused blocks take x as (..., K), as the modules receive it, and return (..., N): the
+// leading dimensions are the rows (a batch of sequences, one new token each).
+torch::Tensor as_rows(const torch::Tensor& x) { return x.reshape({-1, x.size(-1)}).contiguous(); }
+
+torch::Tensor shaped_like(const torch::Tensor& y, const torch::Tensor& x) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = y.size(1);
+  return y.view(sizes);
+}
+
+// cos, sin: (rows or 1, ..., head_dim) as the model's rotary embedding gives them.
 torch::Tensor attention(torch::Tensor x, torch::Tensor wq, torch::Tensor wk, torch::Tensor wv, torch::Tensor wo,
                         torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc, int64_t pos,
                         double scaling) {
-  check_block(x, {wq, wk, wv, wo, cos, sin, kc, vc});
-  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == x.size(0) && pos < kc.size(2) && vc.sizes() == kc.sizes(),
-              "attention: bad cache");
-  TORCH_CHECK(cos.size(0) == x.size(0) && cos.size(1) == kc.size(3), "attention: bad rotary");
-  if (x.scalar_type() == torch::kFloat32)
-    return attention_step<float>(x, wq, wk, wv, wo, cos, sin, kc, vc, pos, scaling);
-  return attention_step<uint16_t>(x, wq, wk, wv, wo, cos, sin, kc, vc, pos, scaling);
+  const auto rows = as_rows(x);
+  const int64_t M = rows.size(0), D = kc.size(3);
+  TORCH_CHECK(cos.size(-1) == D && sin.sizes() == cos.sizes() && (cos.numel() == D || cos.numel() == M * D),
+              "attention: bad rotary");
+  const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
+  check_block(rows, {wq, wk, wv, wo, c, s, kc, vc});
+  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == M && pos < kc.size(2) && vc.sizes() == kc.sizes(), "attention: bad cache");
+  const auto y = rows.scalar_type() == torch::kFloat32
+      ? attention_step<float>(rows, wq, wk, wv, wo, c, s, kc, vc, pos, scaling)
+      : attention_step<uint16_t>(rows, wq, wk, wv, wo, c, s, kc, vc, pos, scaling);
+  return shaped_like(y, x);
 }
 
 torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor weight, double eps) {
-  check_block(x, {weight});
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1), "rmsnorm: bad weight");
-  if (x.scalar_type() == torch::kFloat32) return rmsnorm_step<float>(x, weight, eps);
-  return rmsnorm_step<uint16_t>(x, weight, eps);
+  const auto rows = as_rows(x);
+  check_block(rows, {weight});
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == rows.size(1), "rmsnorm: bad weight");
+  const auto y = rows.scalar_type() == torch::kFloat32 ? rmsnorm_step<float>(rows, weight, eps)
+                                                       : rmsnorm_step<uint16_t>(rows, weight, eps);
+  return shaped_like(y, x);
 }
 
 torch::Tensor mlp(torch::Tensor x, torch::Tensor wg, torch::Tensor wu, torch::Tensor wd) {
-  check_block(x, {wg, wu, wd});
-  if (x.scalar_type() == torch::kFloat32) return mlp_step<float>(x, wg, wu, wd);
-  return mlp_step<uint16_t>(x, wg, wu, wd);
+  const auto rows = as_rows(x);
+  check_block(rows, {wg, wu, wd});
+  const auto y = rows.scalar_type() == torch::kFloat32 ? mlp_step<float>(rows, wg, wu, wd)
+                                                       : mlp_step<uint16_t>(rows, wg, wu, wd);
+  return shaped_like(y, x);
 }
 
 // x: (M, K) float32 or bfloat16; w: (N, K) of the same dtype, contiguous -> (M, N) in x's dtype.

@@ -111,9 +111,13 @@ class FastLinear(nn.Module):
         return y.reshape(*x.shape[:-1], w.shape[0])
 
 
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
-            and x.numel() // x.shape[-1] <= FAST_ROWS)
+    """A few rows on CPU in the weight's dtype, which the kernels take (called ~200 times a step)."""
+    dtype = x.dtype
+    return x.is_cpu and dtype == weight.dtype and dtype in _KERNEL_DTYPES and x.numel() <= FAST_ROWS * x.shape[-1]
 
 
 def _kv_slot(layer: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
@@ -137,7 +141,7 @@ def _kv_slot(layer: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, int] |
         k_buf[:, :, :n].copy_(keys)
         v_buf[:, :, :n].copy_(layer.values)
         layer._phasescope_buffers = (k_buf, v_buf)
-    layer.keys, layer.values = k_buf[:, :, :n + 1], v_buf[:, :, :n + 1]
+    layer.keys, layer.values = k_buf.narrow(2, 0, n + 1), v_buf.narrow(2, 0, n + 1)
     return k_buf, v_buf, n
 
 
@@ -160,10 +164,7 @@ def _fused_attention(module: nn.Module, kernel: Any) -> Callable[..., Any]:
             slot = _kv_slot(cache.layers[layer_idx], batch)
         if slot is None:
             return original(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
-        # (B or 1, 1, head_dim): one row of angles per sequence (shared when the positions are)
-        cos, sin = (t.reshape(-1, t.shape[-1]).expand(batch, -1).contiguous() for t in position_embeddings)
-        out = kernel.attention(hidden_states.reshape(batch, -1).contiguous(), *weights, cos, sin, *slot, scaling)
-        return out.reshape(batch, 1, -1), None
+        return kernel.attention(hidden_states, *weights, *position_embeddings, *slot, scaling), None
 
     return forward
 
@@ -175,8 +176,7 @@ def _fused_mlp(module: nn.Module, kernel: Any) -> Callable[..., Any]:
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not (module.phasescope_fused and _small(x, weights[0])):
             return original(x)
-        rows = x.numel() // x.shape[-1]
-        return kernel.mlp(x.reshape(rows, -1).contiguous(), *weights).reshape(*x.shape[:-1], -1)
+        return kernel.mlp(x, *weights)
 
     return forward
 
@@ -188,8 +188,7 @@ def _fused_rmsnorm(module: nn.Module, kernel: Any) -> Callable[..., Any]:
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not (module.phasescope_fused and _small(x, weight)):
             return original(x)
-        rows = x.numel() // x.shape[-1]
-        return kernel.rmsnorm(x.reshape(rows, -1).contiguous(), weight, eps).reshape(x.shape)
+        return kernel.rmsnorm(x, weight, eps)
 
     return forward
 
