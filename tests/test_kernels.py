@@ -70,7 +70,7 @@ def test_fused_decode_steps_match_the_eager_model_and_write_the_cache_in_place(k
     real_slot = kernels._kv_slot
     monkeypatch.setattr(kernels, "_kv_slot", lambda layer, b: slots.append(real_slot(layer, b)) or slots[-1])
     torch.manual_seed(batch)
-    prompt = torch.randint(3, 100, (batch, 9))              # rows differ: each attends to its own cache
+    prompt = torch.randint(3, 100, (batch, 150))     # rows differ: each attends to its own (long) cache
     results = {}
     with torch.inference_mode():
         for fused in (False, True):
@@ -89,7 +89,7 @@ def test_fused_decode_steps_match_the_eager_model_and_write_the_cache_in_place(k
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(results[True][0], results[False][0], **tolerance)
     for fused_keys, eager_keys in zip(results[True][1], results[False][1]):
-        assert fused_keys.shape == eager_keys.shape == (batch, model.config.num_key_value_heads, 12, 16)
+        assert fused_keys.shape == eager_keys.shape == (batch, model.config.num_key_value_heads, 153, 16)
         torch.testing.assert_close(fused_keys, eager_keys, **tolerance)
     first, *later = results[True][2]
     assert all(address == first for address in later), "each step should write into the same buffer"
