@@ -418,7 +418,7 @@ def build_demo() -> gr.Blocks:
                             seed = gr.Number(0, precision=0, label="Seed", minimum=0)
                             kv_cache = gr.Checkbox(True, label="KV cache (off: recompute the whole sequence each step)")
                             batch_size = gr.Slider(1, 16, value=1, step=1, label="Batch size (copies of the prompt)")
-                            kernel = gr.Radio([("fast: decode kernel on every core", "fast"),
+                            kernel = gr.Radio([("fast: fused decode kernels on every core", "fast"),
                                                ("eager: plain PyTorch (the reference)", "eager")], value="fast",
                                               label="Decode kernel (CPU)")
                         with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
