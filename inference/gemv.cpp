@@ -1,5 +1,5 @@
-// Matrix-vector products for decode on CPU, spread over all cores, and two fused decode blocks
-// (a Llama attention and MLP for one new token) built from them.
+// Matrix-vector products for decode on CPU, spread over all cores, and a fused decode step of a
+// whole Llama decoder layer (one new token per row) built from them.
 //
 // PyTorch's single-row Linear (MKL sgemv, oneDNN for bf16) runs on one core here and reaches about
 // a third of the memory bandwidth; decode is nothing but such products. This kernel splits the
@@ -11,7 +11,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -258,23 +260,6 @@ torch::Tensor shaped_like(const torch::Tensor& y, const torch::Tensor& x) {
   return y.view(sizes);
 }
 
-// cos, sin: (rows or 1, ..., head_dim) as the model's rotary embedding gives them.
-torch::Tensor attention(torch::Tensor x, torch::Tensor wq, torch::Tensor wk, torch::Tensor wv, torch::Tensor wo,
-                        torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc, int64_t pos,
-                        double scaling) {
-  const auto rows = as_rows(x);
-  const int64_t M = rows.size(0), D = kc.size(3);
-  TORCH_CHECK(cos.size(-1) == D && sin.sizes() == cos.sizes() && (cos.numel() == D || cos.numel() == M * D),
-              "attention: bad rotary");
-  const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
-  check_block(rows, {wq, wk, wv, wo, c, s, kc, vc});
-  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == M && pos < kc.size(2) && vc.sizes() == kc.sizes(), "attention: bad cache");
-  const auto y = rows.scalar_type() == torch::kFloat32
-      ? attention_step<float>(rows, wq, wk, wv, wo, c, s, kc, vc, pos, scaling)
-      : attention_step<uint16_t>(rows, wq, wk, wv, wo, c, s, kc, vc, pos, scaling);
-  return shaped_like(y, x);
-}
-
 torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor weight, double eps) {
   const auto rows = as_rows(x);
   check_block(rows, {weight});
@@ -284,12 +269,52 @@ torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor weight, double eps) {
   return shaped_like(y, x);
 }
 
-torch::Tensor mlp(torch::Tensor x, torch::Tensor wg, torch::Tensor wu, torch::Tensor wd) {
+// The clock Python's time.perf_counter() reads on Linux, in seconds, so these stamps and the
+// layer hooks' stamps can be subtracted from each other.
+double monotonic_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+
+template <typename W>
+std::tuple<torch::Tensor, double, double, double, double> layer_step(
+    const torch::Tensor& x, const torch::Tensor& norm1, double eps1, const torch::Tensor& wq, const torch::Tensor& wk,
+    const torch::Tensor& wv, const torch::Tensor& wo, const torch::Tensor& cos, const torch::Tensor& sin,
+    torch::Tensor& kc, torch::Tensor& vc, int64_t pos, double scaling, const torch::Tensor& norm2, double eps2,
+    const torch::Tensor& wg, const torch::Tensor& wu, const torch::Tensor& wd) {
+  const auto h = rmsnorm_step<W>(x, norm1, eps1);
+  const double attn_start = monotonic_seconds();
+  const auto attended = attention_step<W>(h, wq, wk, wv, wo, cos, sin, kc, vc, pos, scaling);
+  const double attn_end = monotonic_seconds();
+  const auto mid = x + attended;                      // the residual adds are PyTorch's own (same rounding)
+  const auto h2 = rmsnorm_step<W>(mid, norm2, eps2);
+  const double mlp_start = monotonic_seconds();
+  const auto out = mid + mlp_step<W>(h2, wg, wu, wd);
+  return {out, attn_start, attn_end, mlp_start, monotonic_seconds()};
+}
+
+// One decode step of a whole Llama decoder layer for a few rows, one new token each:
+//   mid = x + attention(rmsnorm1(x)), out = mid + mlp(rmsnorm2(mid)),
+// with K and V written into the caches at `pos`. x: (..., hidden); cos, sin: (rows or 1, ...,
+// head_dim) as the model's rotary embedding gives them. Returns out and the perf_counter stamps at
+// which the attention and the MLP started and ended (the modules are not called, so no hook can).
+std::tuple<torch::Tensor, double, double, double, double> layer(
+    torch::Tensor x, torch::Tensor norm1, double eps1, torch::Tensor wq, torch::Tensor wk, torch::Tensor wv,
+    torch::Tensor wo, torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc, int64_t pos,
+    double scaling, torch::Tensor norm2, double eps2, torch::Tensor wg, torch::Tensor wu, torch::Tensor wd) {
   const auto rows = as_rows(x);
-  check_block(rows, {wg, wu, wd});
-  const auto y = rows.scalar_type() == torch::kFloat32 ? mlp_step<float>(rows, wg, wu, wd)
-                                                       : mlp_step<uint16_t>(rows, wg, wu, wd);
-  return shaped_like(y, x);
+  const int64_t M = rows.size(0), D = kc.size(3);
+  TORCH_CHECK(cos.size(-1) == D && sin.sizes() == cos.sizes() && (cos.numel() == D || cos.numel() == M * D),
+              "layer: bad rotary");
+  const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
+  check_block(rows, {norm1, wq, wk, wv, wo, c, s, kc, vc, norm2, wg, wu, wd});
+  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == M && pos < kc.size(2) && vc.sizes() == kc.sizes(), "layer: bad cache");
+  auto result = rows.scalar_type() == torch::kFloat32
+      ? layer_step<float>(rows, norm1, eps1, wq, wk, wv, wo, c, s, kc, vc, pos, scaling, norm2, eps2, wg, wu, wd)
+      : layer_step<uint16_t>(rows, norm1, eps1, wq, wk, wv, wo, c, s, kc, vc, pos, scaling, norm2, eps2, wg, wu, wd);
+  std::get<0>(result) = shaped_like(std::get<0>(result), x);
+  return result;
 }
 
 // x: (M, K) float32 or bfloat16; w: (N, K) of the same dtype, contiguous -> (M, N) in x's dtype.
@@ -315,7 +340,6 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "multi-core matrix-vector product");
-  m.def("attention", &attention, "one decode step of Llama attention, K and V written into the cache");
-  m.def("mlp", &mlp, "one decode step of a Llama MLP");
+  m.def("layer", &layer, "one decode step of a Llama decoder layer, K and V written into the cache");
   m.def("rmsnorm", &rmsnorm, "Llama's RMSNorm for a few rows");
 }

@@ -3,12 +3,12 @@
 `install_fast_linears(model)` wraps each nn.Linear (the LM head included) in a `FastLinear` that
 shares its weight. For a decode step (a few rows) it calls the multi-core kernel in gemv.cpp; for
 anything else (prefill, CUDA, other dtypes) it calls the ordinary Linear. On Llama-style models it
-also gives each attention and MLP module a fused decode step (one C++ call for the whole block:
-projections, rotary, cache write and attention, or gate/up/down), because at this model's size a
-decode step's many small PyTorch operations cost as much as reading the weights. The modules stay
-where they are and are still called as modules, so the per-layer and attention/MLP timing hooks
-see the same structure; anything the fused step does not cover falls back to the module's own
-forward. The kernel is compiled on first use (about 35 s, once) and cached beside the model; later
+also gives each decoder layer a fused decode step (one C++ call for norms, projections, rotary,
+cache write, attention and MLP), because at this model's size a decode step's many small PyTorch
+operations cost as much as reading the weights. The layer is still called as a module, so its
+timing hooks work as before; the attention and MLP times come back from the kernel as stamps on
+the same clock (see timing.record_blocks). Anything the fused step does not cover falls back to
+the layer's own forward. The kernel is compiled on first use (about 35 s, once) and cached beside the model; later
 starts import the cached library directly.
 """
 from __future__ import annotations
@@ -148,35 +148,35 @@ def _kv_slot(layer: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, int] |
 # The fused forwards hold their weights (the same Parameter objects) instead of looking them up
 # through the module tree on every call: at ~200 calls per step, those lookups add up.
 
-def _fused_attention(module: nn.Module, kernel: Any) -> Callable[..., Any]:
-    original = module.forward
-    weights = tuple(getattr(module, name).weight for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
-    layer_idx, scaling = module.layer_idx, module.scaling
+def _fused_layer(layer: nn.Module, kernel: Any) -> Callable[..., Any]:
+    """A decode step of a whole Llama decoder layer in one call. The layer is still called as a
+    module (its hooks time it and can cancel the run); its attention and MLP are not, so their
+    start and end stamps come back from the kernel and go to the running LayerTimer."""
+    from inference import timing
 
-    def forward(hidden_states: torch.Tensor, position_embeddings: Any = None, attention_mask: Any = None,
-                cache: Any = None, **kwargs: Any) -> Any:
+    original = layer.forward
+    attn, mlp = layer.self_attn, layer.mlp
+    norm1, norm2 = layer.input_layernorm, layer.post_attention_layernorm
+    attn_weights = tuple(getattr(attn, name).weight for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    mlp_weights = tuple(getattr(mlp, name).weight for name in ("gate_proj", "up_proj", "down_proj"))
+    index, scaling = attn.layer_idx, attn.scaling
+
+    def forward(hidden_states: torch.Tensor, attention_mask: Any = None, position_ids: Any = None,
+                cache: Any = None, use_cache: Any = False, position_embeddings: Any = None, **kwargs: Any) -> Any:
         cache = cache if cache is not None else kwargs.get("past_key_values")
-        batch = hidden_states.shape[0]
         slot = None
-        if (module.phasescope_fused and cache is not None and attention_mask is None and hidden_states.dim() == 3
-                and hidden_states.shape[1] == 1 and _small(hidden_states, weights[0])
-                and position_embeddings is not None and layer_idx < len(cache.layers)):
-            slot = _kv_slot(cache.layers[layer_idx], batch)
+        if (layer.phasescope_fused and cache is not None and attention_mask is None and hidden_states.dim() == 3
+                and hidden_states.shape[1] == 1 and _small(hidden_states, attn_weights[0])
+                and position_embeddings is not None and index < len(cache.layers)):
+            slot = _kv_slot(cache.layers[index], hidden_states.shape[0])
         if slot is None:
-            return original(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
-        return kernel.attention(hidden_states, *weights, *position_embeddings, *slot, scaling), None
-
-    return forward
-
-
-def _fused_mlp(module: nn.Module, kernel: Any) -> Callable[..., Any]:
-    original = module.forward
-    weights = tuple(getattr(module, name).weight for name in ("gate_proj", "up_proj", "down_proj"))
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if not (module.phasescope_fused and _small(x, weights[0])):
-            return original(x)
-        return kernel.mlp(x, *weights)
+            return original(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                            use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
+        out, attn_start, attn_end, mlp_start, mlp_end = kernel.layer(
+            hidden_states, norm1.weight, norm1.variance_epsilon, *attn_weights, *position_embeddings, *slot, scaling,
+            norm2.weight, norm2.variance_epsilon, *mlp_weights)
+        timing.record_blocks(index, (attn_start, attn_end), (mlp_start, mlp_end))
+        return out
 
     return forward
 
@@ -194,20 +194,21 @@ def _fused_rmsnorm(module: nn.Module, kernel: Any) -> Callable[..., Any]:
 
 
 def _fusable(module: nn.Module) -> Callable[[nn.Module, Any], Callable[..., Any]] | None:
-    """The fused decode step for a Llama attention, MLP (without biases) or RMSNorm, else None."""
-    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
+    """The fused decode step for a Llama decoder layer (no biases, SiLU MLP) or RMSNorm, else None."""
+    from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaMLP,
+                                                          LlamaRMSNorm)
 
     if type(module) is LlamaRMSNorm:
         return _fused_rmsnorm
-    linears = [m for m in module.children() if isinstance(m, (nn.Linear, FastLinear))]
-    if any(getattr(m, "bias", None) is not None or getattr(getattr(m, "linear", None), "bias", None) is not None
-           for m in linears):
+    if type(module) is not LlamaDecoderLayer:
         return None
-    if type(module) is LlamaAttention:
-        return _fused_attention
-    if type(module) is LlamaMLP and module.config.hidden_act == "silu":
-        return _fused_mlp
-    return None
+    parts = (module.self_attn, module.mlp, module.input_layernorm, module.post_attention_layernorm)
+    if tuple(map(type, parts)) != (LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRMSNorm):
+        return None
+    linears = [m for part in parts[:2] for m in part.children() if isinstance(m, FastLinear)]
+    if len(linears) != 7 or any(m.linear.bias is not None for m in linears) or module.mlp.config.hidden_act != "silu":
+        return None
+    return _fused_layer
 
 
 def install_fast_linears(model: nn.Module) -> int:

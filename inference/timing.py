@@ -63,6 +63,18 @@ class _Clock:
         return (end - start) * 1e3
 
 
+_active: LayerTimer | None = None     # the timer of the run in progress (one run at a time)
+
+
+def record_blocks(layer: int, attn: tuple[float, float], mlp: tuple[float, float]) -> None:
+    """Start and end perf_counter stamps of a layer's attention and MLP, from a fused layer that does
+    not call those modules (so their hooks cannot fire); ignored when no instrumented run is active."""
+    timer = _active
+    if timer is not None:
+        timer._stamps["attn"][layer][:] = attn
+        timer._stamps["mlp"][layer][:] = mlp
+
+
 class RunCancelled(Exception):
     """Raised from a layer's hook when the run was cancelled in the middle of a forward pass."""
 
@@ -86,8 +98,10 @@ class LayerTimer:
         self.layers_done = 0        # layers finished in this step so far (a live progress count)
 
     def __enter__(self) -> LayerTimer:
+        global _active
         if not self.enabled:        # whole-step timing only: the uninstrumented baseline
             return self
+        _active = self if not self.clock.cuda else None
         try:
             for i, layer in enumerate(self.layers):
                 self._hook(layer, "layer", i)
@@ -104,6 +118,9 @@ class LayerTimer:
         self.remove()
 
     def remove(self) -> None:
+        global _active
+        if _active is self:
+            _active = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

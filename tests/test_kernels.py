@@ -42,6 +42,9 @@ def test_fast_and_eager_write_the_same_greedy_tokens_on_the_real_model(real_engi
         assert [s.token_id for s in runs["fast"].steps] == [s.token_id for s in runs["eager"].steps], prompt
         assert runs["fast"].settings.kernel == "fast" and runs["eager"].settings.kernel == "eager"
         assert all(len(s.layer_ms) == 30 and sum(s.layer_ms) <= s.ms for s in runs["fast"].steps)
+        for step in runs["fast"].decode_steps:        # the fused layer's own attention/MLP stamps
+            assert all(0 < attn and 0 < mlp and attn + mlp <= layer
+                       for attn, mlp, layer in zip(step.attn_ms, step.mlp_ms, step.layer_ms)), step.index
 
 
 def test_outside_a_run_the_model_is_plain_pytorch(real_engine: Engine) -> None:
