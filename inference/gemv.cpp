@@ -7,6 +7,7 @@
 // independent lanes (so the compiler vectorizes the loop without reordering any lane's sum).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <omp.h>
 
 #include <cmath>
 #include <cstdint>
@@ -130,56 +131,104 @@ torch::Tensor to_tensor(const std::vector<float>& v, int64_t M, int64_t N, const
   return out;
 }
 
-// One decode step of Llama attention for M rows (one new token each) at position `pos`:
-// q/k/v projections, rotary embedding, K and V written into the caches at `pos`, attention over
-// positions 0..pos, output projection. Each intermediate is rounded to W where eager PyTorch
-// stores it in W, so the numbers follow the eager path.
+// Inside a parallel region: this thread's equal share of the rows of `ps` (no barrier).
 template <typename W>
-torch::Tensor attention_step(const torch::Tensor& x, const torch::Tensor& wq, const torch::Tensor& wk,
-                             const torch::Tensor& wv, const torch::Tensor& wo, const torch::Tensor& cos,
-                             const torch::Tensor& sin, torch::Tensor& kc, torch::Tensor& vc, int64_t pos,
-                             double scaling) {
+void share(const std::vector<Product<W>>& ps, const float* x, int64_t M, int64_t K) {
+  int64_t total = 0;
+  for (const auto& p : ps) total += p.rows;
+  const int64_t threads = omp_get_num_threads(), chunk = (total + threads - 1) / threads;
+  const int64_t b = std::min(total, omp_get_thread_num() * chunk), e = std::min(total, b + chunk);
+  int64_t offset = 0;
+  for (const auto& p : ps) {
+    const int64_t lo = std::max(b, offset), hi = std::min(e, offset + p.rows);
+    if (lo < hi) rows_dot(p.w, x, p.y, M, K, p.rows, lo - offset, hi - offset);
+    offset += p.rows;
+  }
+}
+
+// RMSNorm of M rows of K floats: w * round(x / sqrt(mean(x^2) + eps)), each result rounded to W.
+template <typename W>
+void norm_rows(const float* x, const W* w, float eps, int64_t M, int64_t K, float* out) {
+  for (int64_t m = 0; m < M; ++m) {
+    float squares = 0;
+    for (int64_t k = 0; k < K; ++k) squares += x[m * K + k] * x[m * K + k];
+    const float inverse = 1.0f / std::sqrt(squares / float(K) + eps);
+    for (int64_t k = 0; k < K; ++k) out[m * K + k] = rounded<W>(to_float(w[k]) * rounded<W>(x[m * K + k] * inverse));
+  }
+}
+
+// The clock Python's time.perf_counter() reads on Linux, in seconds, so these stamps and the
+// layer hooks' stamps can be subtracted from each other.
+double monotonic_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+
+// One decode step of a Llama decoder layer for M rows (one new token each) at position `pos`:
+//   mid = x + o(attention(rotary(q, k, v)(rmsnorm1(x)))), out = mid + down(silu(gate(h)) * up(h)),
+//   h = rmsnorm2(mid),
+// with K and V written into the caches at `pos`. Every intermediate is rounded to W where eager
+// PyTorch stores it in W, so the numbers follow the eager path. The whole layer is one parallel
+// region: the threads share each product's rows and meet at barriers, rather than starting a
+// new team for each of the five products (at this model's size a product takes ~10-50 us).
+// Returns out and the stamps at which the attention and the MLP started and ended.
+template <typename W>
+std::tuple<torch::Tensor, double, double, double, double> layer_step(
+    const torch::Tensor& x, const torch::Tensor& norm1, double eps1, const torch::Tensor& wq, const torch::Tensor& wk,
+    const torch::Tensor& wv, const torch::Tensor& wo, const torch::Tensor& cos, const torch::Tensor& sin,
+    torch::Tensor& kc, torch::Tensor& vc, int64_t pos, double scaling, const torch::Tensor& norm2, double eps2,
+    const torch::Tensor& wg, const torch::Tensor& wu, const torch::Tensor& wd) {
   const int64_t M = x.size(0), K = x.size(1), Hk = kc.size(1), cap = kc.size(2), D = kc.size(3);
-  const int64_t Hq = wq.size(0) / D, group = Hq / Hk, half = D / 2;
+  const int64_t Hq = wq.size(0) / D, group = Hq / Hk, half = D / 2, I = wg.size(0), T = pos + 1;
   const std::vector<float> xf = floats<W>(x), cf = floats<W>(cos), sf = floats<W>(sin);
-  std::vector<float> q(M * Hq * D), k(M * Hk * D), v(M * Hk * D);
-  products<W>({{data<W>(wq), Hq * D, q.data()}, {data<W>(wk), Hk * D, k.data()}, {data<W>(wv), Hk * D, v.data()}},
-              xf.data(), M, K);
+  std::vector<float> h(M * K), q(M * Hq * D), k(M * Hk * D), v(M * Hk * D), attended(M * Hq * D), o(M * K);
+  std::vector<float> mid(M * K), h2(M * K), g(M * I), u(M * I), down(M * K);
   W* kp = mutable_data<W>(kc);
   W* vp = mutable_data<W>(vc);
-  auto rotate = [&](float* h, const float* c, const float* s) {  // x * cos + rotate_half(x) * sin
-    std::vector<float> r(D);
+  auto rotate = [&](float* r, const float* c, const float* s) {  // r * cos + rotate_half(r) * sin
+    float tmp[512];
     for (int64_t j = 0; j < D; ++j) {
-      const float other = j < half ? -h[j + half] : h[j - half];
-      r[j] = rounded<W>(rounded<W>(h[j] * c[j]) + rounded<W>(other * s[j]));
+      const float other = j < half ? -r[j + half] : r[j - half];
+      tmp[j] = rounded<W>(rounded<W>(r[j] * c[j]) + rounded<W>(other * s[j]));
     }
-    std::memcpy(h, r.data(), D * sizeof(float));
+    std::memcpy(r, tmp, D * sizeof(float));
   };
-  for (int64_t m = 0; m < M; ++m) {
-    const float* c = cf.data() + m * D;
-    const float* s = sf.data() + m * D;
-    for (int64_t i = 0; i < Hq * D; ++i) q[m * Hq * D + i] = rounded<W>(q[m * Hq * D + i]);
-    for (int64_t h = 0; h < Hq; ++h) rotate(q.data() + (m * Hq + h) * D, c, s);
-    for (int64_t h = 0; h < Hk; ++h) {
-      float* kh = k.data() + (m * Hk + h) * D;
-      for (int64_t j = 0; j < D; ++j) kh[j] = rounded<W>(kh[j]);
-      rotate(kh, c, s);
-      const int64_t at = ((m * Hk + h) * cap + pos) * D;
-      for (int64_t j = 0; j < D; ++j) {
-        store(kh[j], kp + at + j);
-        store(v[(m * Hk + h) * D + j], vp + at + j);
+  double stamps[4];
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+#pragma omp single
+    {
+      norm_rows<W>(xf.data(), data<W>(norm1), float(eps1), M, K, h.data());
+      stamps[0] = monotonic_seconds();
+    }
+    share<W>({{data<W>(wq), Hq * D, q.data()}, {data<W>(wk), Hk * D, k.data()}, {data<W>(wv), Hk * D, v.data()}},
+             h.data(), M, K);
+#pragma omp barrier
+#pragma omp single
+    for (int64_t m = 0; m < M; ++m) {             // rotary, then K and V into the cache at `pos`
+      const float* c = cf.data() + m * D;
+      const float* s = sf.data() + m * D;
+      for (int64_t i = 0; i < Hq * D; ++i) q[m * Hq * D + i] = rounded<W>(q[m * Hq * D + i]);
+      for (int64_t hd = 0; hd < Hq; ++hd) rotate(q.data() + (m * Hq + hd) * D, c, s);
+      for (int64_t hd = 0; hd < Hk; ++hd) {
+        float* kh = k.data() + (m * Hk + hd) * D;
+        for (int64_t j = 0; j < D; ++j) kh[j] = rounded<W>(kh[j]);
+        rotate(kh, c, s);
+        const int64_t at = ((m * Hk + hd) * cap + pos) * D;
+        for (int64_t j = 0; j < D; ++j) {
+          store(kh[j], kp + at + j);
+          store(v[(m * Hk + hd) * D + j], vp + at + j);
+        }
       }
     }
-  }
-  std::vector<float> attended(M * Hq * D);
-  const int64_t T = pos + 1;
-  at::parallel_for(0, M * Hq, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> score(T);
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t m = i / Hq, h = i % Hq, g = h / group;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M * Hq; ++i) {        // each query head over its K/V group's positions
+      std::vector<float> score(T);
+      const int64_t m = i / Hq, gk = (i % Hq) / group;
       const float* qh = q.data() + i * D;
-      const W* keys = kp + (m * Hk + g) * cap * D;
-      const W* values = vp + (m * Hk + g) * cap * D;
+      const W* keys = kp + (m * Hk + gk) * cap * D;
+      const W* values = vp + (m * Hk + gk) * cap * D;
       float top = -std::numeric_limits<float>::infinity();
       for (int64_t t = 0; t < T; ++t) {
         score[t] = dot(qh, keys + t * D, D) * float(scaling);
@@ -200,27 +249,29 @@ torch::Tensor attention_step(const torch::Tensor& x, const torch::Tensor& wq, co
       }
       for (int64_t j = 0; j < D; ++j) out[j] = rounded<W>(out[j]);
     }
-  });
-  std::vector<float> y(M * K);
-  products<W>({{data<W>(wo), K, y.data()}}, attended.data(), M, Hq * D);
-  return to_tensor<W>(y, M, K, x);
-}
-
-// One decode step of a Llama MLP: down(silu(gate(x)) * up(x)), gate and up in one pass.
-template <typename W>
-torch::Tensor mlp_step(const torch::Tensor& x, const torch::Tensor& wg, const torch::Tensor& wu,
-                       const torch::Tensor& wd) {
-  const int64_t M = x.size(0), K = x.size(1), I = wg.size(0);
-  const std::vector<float> xf = floats<W>(x);
-  std::vector<float> g(M * I), u(M * I);
-  products<W>({{data<W>(wg), I, g.data()}, {data<W>(wu), I, u.data()}}, xf.data(), M, K);
-  for (int64_t i = 0; i < M * I; ++i) {
-    const float gate = rounded<W>(g[i]);
-    g[i] = rounded<W>(rounded<W>(gate / (1.0f + std::exp(-gate))) * rounded<W>(u[i]));
+    share<W>({{data<W>(wo), K, o.data()}}, attended.data(), M, Hq * D);
+#pragma omp barrier
+#pragma omp single
+    {
+      stamps[1] = monotonic_seconds();
+      for (int64_t i = 0; i < M * K; ++i) mid[i] = rounded<W>(xf[i] + rounded<W>(o[i]));
+      norm_rows<W>(mid.data(), data<W>(norm2), float(eps2), M, K, h2.data());
+      stamps[2] = monotonic_seconds();
+    }
+    share<W>({{data<W>(wg), I, g.data()}, {data<W>(wu), I, u.data()}}, h2.data(), M, K);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M * I; ++i) {
+      const float gate = rounded<W>(g[i]);
+      g[i] = rounded<W>(rounded<W>(gate / (1.0f + std::exp(-gate))) * rounded<W>(u[i]));
+    }
+    share<W>({{data<W>(wd), K, down.data()}}, g.data(), M, I);
   }
-  std::vector<float> y(M * K);
-  products<W>({{data<W>(wd), K, y.data()}}, g.data(), M, I);
-  return to_tensor<W>(y, M, K, x);
+  stamps[3] = monotonic_seconds();
+  auto out = torch::empty({M, K}, x.options());
+  W* op = mutable_data<W>(out);
+  for (int64_t i = 0; i < M * K; ++i) store(mid[i] + rounded<W>(down[i]), op + i);
+  return {out, stamps[0], stamps[1], stamps[2], stamps[3]};
 }
 
 // Llama's RMSNorm for a few rows: w * (x / sqrt(mean(x^2) + eps)), normalised in float32.
@@ -269,31 +320,6 @@ torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor weight, double eps) {
   return shaped_like(y, x);
 }
 
-// The clock Python's time.perf_counter() reads on Linux, in seconds, so these stamps and the
-// layer hooks' stamps can be subtracted from each other.
-double monotonic_seconds() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
-}
-
-template <typename W>
-std::tuple<torch::Tensor, double, double, double, double> layer_step(
-    const torch::Tensor& x, const torch::Tensor& norm1, double eps1, const torch::Tensor& wq, const torch::Tensor& wk,
-    const torch::Tensor& wv, const torch::Tensor& wo, const torch::Tensor& cos, const torch::Tensor& sin,
-    torch::Tensor& kc, torch::Tensor& vc, int64_t pos, double scaling, const torch::Tensor& norm2, double eps2,
-    const torch::Tensor& wg, const torch::Tensor& wu, const torch::Tensor& wd) {
-  const auto h = rmsnorm_step<W>(x, norm1, eps1);
-  const double attn_start = monotonic_seconds();
-  const auto attended = attention_step<W>(h, wq, wk, wv, wo, cos, sin, kc, vc, pos, scaling);
-  const double attn_end = monotonic_seconds();
-  const auto mid = x + attended;                      // the residual adds are PyTorch's own (same rounding)
-  const auto h2 = rmsnorm_step<W>(mid, norm2, eps2);
-  const double mlp_start = monotonic_seconds();
-  const auto out = mid + mlp_step<W>(h2, wg, wu, wd);
-  return {out, attn_start, attn_end, mlp_start, monotonic_seconds()};
-}
-
 // One decode step of a whole Llama decoder layer for a few rows, one new token each:
 //   mid = x + attention(rmsnorm1(x)), out = mid + mlp(rmsnorm2(mid)),
 // with K and V written into the caches at `pos`. x: (..., hidden); cos, sin: (rows or 1, ...,
@@ -309,7 +335,8 @@ std::tuple<torch::Tensor, double, double, double, double> layer(
               "layer: bad rotary");
   const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
   check_block(rows, {norm1, wq, wk, wv, wo, c, s, kc, vc, norm2, wg, wu, wd});
-  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == M && pos < kc.size(2) && vc.sizes() == kc.sizes(), "layer: bad cache");
+  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == M && pos < kc.size(2) && vc.sizes() == kc.sizes() && D <= 512,
+              "layer: bad cache");
   auto result = rows.scalar_type() == torch::kFloat32
       ? layer_step<float>(rows, norm1, eps1, wq, wk, wv, wo, c, s, kc, vc, pos, scaling, norm2, eps2, wg, wu, wd)
       : layer_step<uint16_t>(rows, norm1, eps1, wq, wk, wv, wo, c, s, kc, vc, pos, scaling, norm2, eps2, wg, wu, wd);
