@@ -24,7 +24,7 @@ run: $(STAMP)
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) chromium
 	$(PY) -m bench
 
 clean:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the benchmarks: wall-clock decode rates and medians."""
+"""Small helpers shared by the benchmarks (and the browser tests): decode rates, medians, Chromium."""
 from __future__ import annotations
 
 import statistics
@@ -25,6 +25,12 @@ def interleaved_medians(variants: dict[str, Callable[[], float]], repeats: int) 
         for name, fn in variants.items():
             results[name].append(fn())
     return {name: statistics.median(values) for name, values in results.items()}
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
 
 
 def row(label: str, value: str, note: str = "") -> str:

@@ -62,7 +62,7 @@ def device_info(device: torch.device, dtype: torch.dtype) -> DeviceInfo:
         for fragment, flops16, flops32, bandwidth in GPU_TABLE:
             if fragment in name:
                 return DeviceInfo("cuda", name, flops16 if bf16 else flops32, bandwidth, "datasheet table")
-        flops, bandwidth = _measure_peaks(device, dtype)
+        flops, bandwidth = measure_peaks(device, dtype)
         return DeviceInfo("cuda", name, flops, bandwidth, "measured (microbenchmark)")
     facts = _cpu_measurements()
     return DeviceInfo("cpu", facts["name"], facts["bf16_flops" if bf16 else "fp32_flops"],
@@ -91,8 +91,8 @@ def _cpu_measurements() -> dict:
     except (OSError, ValueError):
         pass
     cpu = torch.device("cpu")
-    fp32_flops, bytes_per_s = _measure_peaks(cpu, torch.float32)
-    bf16_flops, _ = _measure_peaks(cpu, torch.bfloat16, measure_bandwidth=False)
+    fp32_flops, bytes_per_s = measure_peaks(cpu, torch.float32)
+    bf16_flops, _ = measure_peaks(cpu, torch.bfloat16, measure_bandwidth=False)
     facts = {"key": key, "name": f"{cpu_name()} ({threads} threads)", "threads": threads,
              "fp32_flops": fp32_flops, "bf16_flops": bf16_flops, "bytes_per_s": bytes_per_s,
              "bf16_matvec_speedup": _matvec_time(torch.float32) / _matvec_time(torch.bfloat16)}
@@ -118,7 +118,7 @@ def _best_seconds(fn: Callable[[], object], device: torch.device, repeats: int =
     return best
 
 
-def _measure_peaks(device: torch.device, dtype: torch.dtype, measure_bandwidth: bool = True) -> tuple[float, float]:
+def measure_peaks(device: torch.device, dtype: torch.dtype, measure_bandwidth: bool = True) -> tuple[float, float]:
     """(FLOP/s of a large matrix product, bytes/s of a large read) on `device`."""
     n = 4096 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device).to(dtype)

@@ -7,10 +7,10 @@ from typing import Iterator
 
 import pytest
 
+from bench.common import CHROMIUM as DEFAULT_CHROMIUM, CHROMIUM_FLAGS
+
 pytestmark = pytest.mark.browser
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM = shutil.which("chromium") or DEFAULT_CHROMIUM
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "out" / "screenshots"
 DONE = "#ps-status .ps-done"
 
@@ -22,7 +22,7 @@ def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
 
