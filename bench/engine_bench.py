@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,25 +51,28 @@ def engine_rate(engine: Engine, ids: list[int], instrument: bool, kernel: str) -
     return decode_rate(stamps(engine.generate(ids, settings, instrument=instrument, stop_at_eos=False)))
 
 
-def roofs_reached(engine: Engine, ids: list[int], kernel: str) -> tuple[float, float, float]:
-    """(decode bytes/s over the cached bandwidth roof, the same over a bandwidth measured right now,
-    512-token prefill FLOP/s over the compute roof). On a shared machine the cached roof may have
-    been measured at a quieter moment; the fresh one sees the same neighbours as the run."""
-    settings = GenerationSettings(max_new_tokens=NEW_TOKENS, kernel=kernel)
-    bytes_per_s = engine.generate(ids, settings, stop_at_eos=False).run_to_end().decode_bytes_per_s
-    _, bandwidth_now = measure_peaks(torch.device("cpu"), torch.float32)
-    long_prefill = engine.generate(fixed_length_prompt_ids(engine.loaded.tokenizer, 512),
-                                   GenerationSettings(max_new_tokens=1, kernel=kernel)).run_to_end().steps[0]
-    return (bytes_per_s / engine.device_info.peak_bytes_per_s, bytes_per_s / bandwidth_now,
-            long_prefill.achieved_flops / engine.device_info.peak_flops)
+def bytes_per_decode_token(engine: Engine, ids: list[int]) -> float:
+    """Bytes a decode step moves at this prompt length, from the cost model (weights dominate)."""
+    trace = engine.generate(ids, GenerationSettings(max_new_tokens=NEW_TOKENS), stop_at_eos=False).run_to_end()
+    return statistics.median(step.bytes for step in trace.decode_steps)
+
+
+def prefill_share(engine: Engine, kernel: str) -> float:
+    """512-token prefill FLOP/s over the measured matmul FLOP/s."""
+    step = engine.generate(fixed_length_prompt_ids(engine.loaded.tokenizer, 512),
+                           GenerationSettings(max_new_tokens=1, kernel=kernel)).run_to_end().steps[0]
+    return step.achieved_flops / engine.device_info.peak_flops
 
 
 def startup_and_memory() -> list[str]:
     """Load times in fresh processes: dequantizing the GGUF vs reading the cached safetensors; and
-    the peak memory of a whole `run`, as the run process itself reports it (RUSAGE_SELF)."""
-    code = ("import resource, runpy, sys; sys.argv = ['inference', 'run', 'What is the capital of France?', "
+    the peak memory of a whole `run`, as the run process itself reports it (VmHWM)."""
+    # VmHWM, not ru_maxrss: Linux carries a forked child's pre-exec peak (this big process's) into
+    # ru_maxrss, which read 1296 MiB in a full run against 649 MiB alone.
+    code = ("import runpy, sys; sys.argv = ['inference', 'run', 'What is the capital of France?', "
             "'--max-new-tokens', '32']\ntry:\n    runpy.run_module('inference', run_name='__main__')\n"
-            "except SystemExit:\n    pass\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "except SystemExit:\n    pass\n"
+            "print('PEAK', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"},
                          capture_output=True, text=True, check=True).stdout
     peak_mib = int(out.split("PEAK")[-1]) / 1024
@@ -97,8 +101,11 @@ def main(repeats: int = 5) -> list[str]:
             "fast": lambda: engine_rate(engine, ids, instrument=True, kernel="fast"),
             "bare fast": lambda: engine_rate(engine, ids, instrument=False, kernel="fast"),
         }, repeats)
-        eager_bw, eager_bw_now, eager_compute = roofs_reached(engine, ids, "eager")
-        fast_bw, fast_bw_now, fast_compute = roofs_reached(engine, ids, "fast")
+        # Shares of the bandwidth roof from the interleaved median rates: the cached roof may come
+        # from a quieter moment, so also against a bandwidth measured now, next to these runs.
+        per_token = bytes_per_decode_token(engine, ids)
+        _, bandwidth_now = measure_peaks(torch.device("cpu"), torch.float32)
+        eager_compute, fast_compute = prefill_share(engine, "eager"), prefill_share(engine, "fast")
         d = engine.device_info
         lines += [
             row(f"{dtype}: decode tokens/s, eager engine / model.generate",
@@ -109,9 +116,11 @@ def main(repeats: int = 5) -> list[str]:
             row(f"{dtype}: instrumented / uninstrumented tokens/s (eager, fast)",
                 f"{rates['eager'] / rates['bare eager']:.3f}, {rates['fast'] / rates['bare fast']:.3f}",
                 f"{rates['bare eager']:.1f}, {rates['bare fast']:.1f} tok/s without hooks (goal >= 0.97)"),
-            row(f"{dtype}: decode bytes/s / measured bandwidth (eager, fast)", f"{eager_bw:.0%}, {fast_bw:.0%}",
-                f"roof {d.peak_bytes_per_s / 1e9:.1f} GB/s (cached); against bandwidth measured just after "
-                f"each run: {eager_bw_now:.0%}, {fast_bw_now:.0%}"),
+            row(f"{dtype}: decode bytes/s / measured bandwidth (eager, fast)",
+                f"{rates['eager'] * per_token / d.peak_bytes_per_s:.0%}, {rates['fast'] * per_token / d.peak_bytes_per_s:.0%}",
+                f"{per_token / 1e6:.0f} MB per token; roof {d.peak_bytes_per_s / 1e9:.1f} GB/s (cached); against "
+                f"{bandwidth_now / 1e9:.1f} GB/s measured now: {rates['eager'] * per_token / bandwidth_now:.0%}, "
+                f"{rates['fast'] * per_token / bandwidth_now:.0%}"),
             row(f"{dtype}: prefill (512 tokens) FLOP/s / measured matmul FLOP/s (eager, fast)",
                 f"{eager_compute:.0%}, {fast_compute:.0%}",
                 f"roof {d.peak_flops / 1e9:.0f} GFLOP/s; prefill never takes the decode kernel"),
