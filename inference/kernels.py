@@ -175,7 +175,7 @@ def _fused_layer(layer: nn.Module, kernel: Any) -> Callable[..., Any]:
         out, attn_start, attn_end, mlp_start, mlp_end = kernel.layer(
             hidden_states, norm1.weight, norm1.variance_epsilon, *attn_weights, *position_embeddings, *slot, scaling,
             norm2.weight, norm2.variance_epsilon, *mlp_weights)
-        timing.record_blocks(index, (attn_start, attn_end), (mlp_start, mlp_end))
+        timing.record_blocks(layer, index, (attn_start, attn_end), (mlp_start, mlp_end))
         return out
 
     return forward

@@ -66,13 +66,14 @@ class _Clock:
 _active: LayerTimer | None = None     # the timer of the run in progress (one run at a time)
 
 
-def record_blocks(layer: int, attn: tuple[float, float], mlp: tuple[float, float]) -> None:
-    """Start and end perf_counter stamps of a layer's attention and MLP, from a fused layer that does
-    not call those modules (so their hooks cannot fire); ignored when no instrumented run is active."""
+def record_blocks(layer: nn.Module, index: int, attn: tuple[float, float], mlp: tuple[float, float]) -> None:
+    """Start and end perf_counter stamps of decoder layer `index`'s attention and MLP, from a fused
+    layer that does not call those modules (so their hooks cannot fire); ignored unless an
+    instrumented run of this very layer's model is active."""
     timer = _active
-    if timer is not None:
-        timer._stamps["attn"][layer][:] = attn
-        timer._stamps["mlp"][layer][:] = mlp
+    if timer is not None and index < len(timer.layers) and timer.layers[index] is layer:
+        timer._stamps["attn"][index][:] = attn
+        timer._stamps["mlp"][index][:] = mlp
 
 
 class RunCancelled(Exception):
