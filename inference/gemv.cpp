@@ -96,20 +96,6 @@ struct Product {
 };
 
 template <typename W>
-void products(const std::vector<Product<W>>& ps, const float* x, int64_t M, int64_t K) {
-  int64_t total = 0;
-  for (const auto& p : ps) total += p.rows;
-  at::parallel_for(0, total, 64, [&](int64_t b, int64_t e) {
-    int64_t offset = 0;
-    for (const auto& p : ps) {
-      const int64_t lo = std::max(b, offset), hi = std::min(e, offset + p.rows);
-      if (lo < hi) rows_dot(p.w, x, p.y, M, K, p.rows, lo - offset, hi - offset);
-      offset += p.rows;
-    }
-  });
-}
-
-template <typename W>
 const W* data(const torch::Tensor& t) { return reinterpret_cast<const W*>(t.data_ptr()); }
 
 template <typename W>
@@ -120,14 +106,6 @@ std::vector<float> floats(const torch::Tensor& t) {
   std::vector<float> out(t.numel());
   const W* p = data<W>(t);
   for (size_t i = 0; i < out.size(); ++i) out[i] = to_float(p[i]);
-  return out;
-}
-
-template <typename W>
-torch::Tensor to_tensor(const std::vector<float>& v, int64_t M, int64_t N, const torch::Tensor& like) {
-  auto out = torch::empty({M, N}, like.options());
-  W* p = mutable_data<W>(out);
-  for (int64_t i = 0; i < M * N; ++i) store(v[i], p + i);
   return out;
 }
 
