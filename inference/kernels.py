@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from inference.kv_cache import decode_slot
 from inference.loading import cache_dir
 
 FAST_ROWS = 8              # at most this many rows (batch x new tokens) take the kernel
@@ -120,31 +121,6 @@ def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.is_cpu and dtype == weight.dtype and dtype in _KERNEL_DTYPES and x.numel() <= FAST_ROWS * x.shape[-1]
 
 
-def _kv_slot(layer: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """Room for one more position in a DynamicCache layer: (K buffer, V buffer, position).
-
-    The layer's keys/values become views of preallocated buffers (grown by half when full), so a
-    step writes one position in place instead of concatenating the whole cache again; they stay
-    ordinary (batch, kv_heads, seq_len, head_dim) tensors that the rest of transformers and
-    kv_cache_bytes read as before."""
-    from transformers.cache_utils import DynamicLayer
-
-    keys = getattr(layer, "keys", None)
-    if type(layer) is not DynamicLayer or keys is None or keys.dim() != 4 or keys.shape[0] != batch:
-        return None
-    n = keys.shape[-2]
-    k_buf, v_buf = getattr(layer, "_phasescope_buffers", (None, None))
-    if k_buf is None or k_buf.data_ptr() != keys.data_ptr() or k_buf.shape[-2] <= n or k_buf.shape[:2] != keys.shape[:2]:
-        capacity = n + max(256, n // 2)
-        k_buf = keys.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
-        v_buf = layer.values.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
-        k_buf[:, :, :n].copy_(keys)
-        v_buf[:, :, :n].copy_(layer.values)
-        layer._phasescope_buffers = (k_buf, v_buf)
-    layer.keys, layer.values = k_buf.narrow(2, 0, n + 1), v_buf.narrow(2, 0, n + 1)
-    return k_buf, v_buf, n
-
-
 # The fused forwards hold their weights (the same Parameter objects) instead of looking them up
 # through the module tree on every call: at ~200 calls per step, those lookups add up.
 
@@ -168,7 +144,7 @@ def _fused_layer(layer: nn.Module, kernel: Any) -> Callable[..., Any]:
         if (layer.phasescope_fused and cache is not None and attention_mask is None and hidden_states.dim() == 3
                 and hidden_states.shape[1] == 1 and _small(hidden_states, attn_weights[0])
                 and position_embeddings is not None and index < len(cache.layers)):
-            slot = _kv_slot(cache.layers[index], hidden_states.shape[0])
+            slot = decode_slot(cache.layers[index], hidden_states.shape[0])
         if slot is None:
             return original(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                             use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
@@ -212,7 +188,7 @@ def _fusable(module: nn.Module) -> Callable[[nn.Module, Any], Callable[..., Any]
 
 
 def install_fast_linears(model: nn.Module) -> int:
-    """Wrap every nn.Linear in `model` and fuse Llama attention/MLP decode steps (idempotent);
+    """Wrap every nn.Linear in `model` and fuse Llama decoder layers' decode steps (idempotent);
     returns how many Linears were wrapped, 0 if the kernel is unavailable."""
     kernel = kernel_module()
     if kernel is None:

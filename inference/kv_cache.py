@@ -1,4 +1,5 @@
-"""The one module that reads the KV cache's internals (its layout changes between releases).
+"""The one module that reads (and, for the fused decode step, arranges) the KV cache's internals;
+their layout changes between releases.
 
 Tested against transformers 5.24: `DynamicCache.layers[i].keys` / `.values`, each
 (batch, kv_heads, seq_len, head_dim).
@@ -6,6 +7,9 @@ Tested against transformers 5.24: `DynamicCache.layers[i].keys` / `.values`, eac
 from __future__ import annotations
 
 from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicLayer
 
 
 def kv_cache_bytes(cache: Any) -> int:
@@ -31,3 +35,26 @@ def expected_kv_bytes(layers: int, batch: int, kv_heads: int, seq_len: int, head
                       itemsize: int) -> int:
     """The formula the page teaches: K and V for every layer, sequence, head and position."""
     return 2 * layers * batch * kv_heads * seq_len * head_dim * itemsize
+
+
+def decode_slot(layer: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """Room for one more position in a DynamicCache layer: (K buffer, V buffer, position).
+
+    The layer's keys/values become views of preallocated buffers (grown by half when full), so a
+    step writes one position in place instead of concatenating the whole cache again; they stay
+    ordinary (batch, kv_heads, seq_len, head_dim) tensors that the rest of transformers and
+    kv_cache_bytes read as before."""
+    keys = getattr(layer, "keys", None)
+    if type(layer) is not DynamicLayer or keys is None or keys.dim() != 4 or keys.shape[0] != batch:
+        return None
+    n = keys.shape[-2]
+    k_buf, v_buf = getattr(layer, "_phasescope_buffers", (None, None))
+    if k_buf is None or k_buf.data_ptr() != keys.data_ptr() or k_buf.shape[-2] <= n or k_buf.shape[:2] != keys.shape[:2]:
+        capacity = n + max(256, n // 2)
+        k_buf = keys.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
+        v_buf = layer.values.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
+        k_buf[:, :, :n].copy_(keys)
+        v_buf[:, :, :n].copy_(layer.values)
+        layer._phasescope_buffers = (k_buf, v_buf)
+    layer.keys, layer.values = k_buf.narrow(2, 0, n + 1), v_buf.narrow(2, 0, n + 1)
+    return k_buf, v_buf, n

@@ -70,8 +70,8 @@ def test_fused_decode_steps_match_the_eager_model_and_write_the_cache_in_place(k
     model = tiny_llama().to(dtype)
     install_fast_linears(model)
     slots = []
-    real_slot = kernels._kv_slot
-    monkeypatch.setattr(kernels, "_kv_slot", lambda layer, b: slots.append(real_slot(layer, b)) or slots[-1])
+    real_slot = kernels.decode_slot
+    monkeypatch.setattr(kernels, "decode_slot", lambda layer, b: slots.append(real_slot(layer, b)) or slots[-1])
     torch.manual_seed(batch)
     prompt = torch.randint(3, 100, (batch, 150))     # rows differ: each attends to its own (long) cache
     results = {}
