@@ -47,22 +47,24 @@ inline float rounded(float v) {
 }
 
 // y[m, n] = w[n, :] . x[m, :] for rows n in [begin, end): each weight row is read once and used
-// for all M inputs (a batch costs little more memory traffic than one sequence).
-template <typename W>
-void rows_dot(const W* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin, int64_t end) {
+// for all M inputs (a batch costs little more memory traffic than one sequence). M is a compile-time
+// constant so the compiler can keep the M x 32 accumulators in registers: 10-25% faster than a
+// run-time M on the LM head's product here. From about 4 rows on the loop is bound by loading x and
+// by the multiply-adds, not by memory (8 rows take ~2x as long as 4).
+template <typename W, int M>
+void rows_dot_fixed(const W* w, const float* x, float* y, int64_t K, int64_t N, int64_t begin, int64_t end) {
   constexpr int kLanes = 32;
-  constexpr int kMaxRows = 8;
   for (int64_t n = begin; n < end; ++n) {
     const W* row = w + n * K;
-    float acc[kMaxRows][kLanes] = {{0}};
+    float acc[M][kLanes] = {{0}};
     int64_t k = 0;
     for (; k + kLanes <= K; k += kLanes) {
       float wf[kLanes];
       for (int l = 0; l < kLanes; ++l) wf[l] = to_float(row[k + l]);
-      for (int64_t m = 0; m < M; ++m)
+      for (int m = 0; m < M; ++m)
         for (int l = 0; l < kLanes; ++l) acc[m][l] += wf[l] * x[m * K + k + l];
     }
-    for (int64_t m = 0; m < M; ++m) {
+    for (int m = 0; m < M; ++m) {
       float sum = 0;
       for (int l = 0; l < kLanes; ++l) sum += acc[m][l];
       for (int64_t j = k; j < K; ++j) sum += to_float(row[j]) * x[m * K + j];
@@ -71,6 +73,20 @@ void rows_dot(const W* w, const float* x, float* y, int64_t M, int64_t K, int64_
   }
 }
 
+template <typename W>
+void rows_dot(const W* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin, int64_t end) {
+  switch (M) {
+    case 0: return;
+    case 1: return rows_dot_fixed<W, 1>(w, x, y, K, N, begin, end);
+    case 2: return rows_dot_fixed<W, 2>(w, x, y, K, N, begin, end);
+    case 3: return rows_dot_fixed<W, 3>(w, x, y, K, N, begin, end);
+    case 4: return rows_dot_fixed<W, 4>(w, x, y, K, N, begin, end);
+    case 5: return rows_dot_fixed<W, 5>(w, x, y, K, N, begin, end);
+    case 6: return rows_dot_fixed<W, 6>(w, x, y, K, N, begin, end);
+    case 7: return rows_dot_fixed<W, 7>(w, x, y, K, N, begin, end);
+    default: return rows_dot_fixed<W, 8>(w, x, y, K, N, begin, end);   // callers check M <= 8
+  }
+}
 
 // a . b over n values, in 16 independent lanes so the compiler can vectorize it.
 template <typename W>
