@@ -102,10 +102,9 @@ class FastLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.linear.weight
-        rows = x.numel() // x.shape[-1]
-        if (not self.enabled or rows > FAST_ROWS or x.device.type != "cpu" or x.dtype != w.dtype
-                or w.dtype not in (torch.float32, torch.bfloat16)):
+        if not (self.enabled and _small(x, w)):
             return self.linear(x)
+        rows = x.numel() // x.shape[-1]
         y = self.kernel.gemv(x.reshape(rows, x.shape[-1]), w)           # (rows, out_features)
         if self.linear.bias is not None:
             y = y + self.linear.bias
