@@ -268,21 +268,15 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
   return {out, stamps[0], stamps[1], stamps[2], stamps[3]};
 }
 
-// Llama's RMSNorm for a few rows: w * (x / sqrt(mean(x^2) + eps)), normalised in float32.
+// Llama's RMSNorm for a few rows (the model's final norm), with the fused layer's norm_rows.
 template <typename W>
 torch::Tensor rmsnorm_step(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   const int64_t M = x.size(0), K = x.size(1);
+  std::vector<float> normed(M * K);
+  norm_rows<W>(floats<W>(x).data(), data<W>(weight), float(eps), M, K, normed.data());
   auto out = torch::empty_like(x);
-  const W* xp = data<W>(x);
-  const W* wp = data<W>(weight);
   W* op = mutable_data<W>(out);
-  for (int64_t m = 0; m < M; ++m) {
-    float squares = 0;
-    for (int64_t k = 0; k < K; ++k) squares += to_float(xp[m * K + k]) * to_float(xp[m * K + k]);
-    const float inverse = 1.0f / std::sqrt(squares / float(K) + float(eps));
-    for (int64_t k = 0; k < K; ++k)
-      store(to_float(wp[k]) * rounded<W>(to_float(xp[m * K + k]) * inverse), op + m * K + k);
-  }
+  for (int64_t i = 0; i < M * K; ++i) store(normed[i], op + i);   // already a W value: exact
   return out;
 }
 
