@@ -24,9 +24,11 @@ from inference import experiments
 from inference.background import ENGINE_THREAD, BackgroundRun
 from inference.engine import Engine, load_engine
 from inference.loading import DEFAULT_MODEL
+from inference.prompts import DEFAULT_PROMPT
 from inference.settings import GenerationSettings
 from inference.trace import Trace, steps_csv
-from inference.whatif import GPUS, PRESETS, Gpu, estimate
+from inference.gpus import Gpu
+from inference.whatif import GPUS, PRESETS, estimate
 from viz import experiments as viz_experiments
 from viz import live, summary
 from viz.claims import claims_html
@@ -36,7 +38,6 @@ from viz.figures import roofline_figure
 UPDATES_PER_S = 15                 # live redraws per second: smooth, and cheap next to a decode step
 MAX_RUN_SECONDS = float(os.environ.get("PHASESCOPE_MAX_RUN_SECONDS", "120"))   # one user cannot hold the model
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
-DEFAULT_PROMPT = "Explain in three sentences why the sky is blue."
 THIS_MACHINE = "this machine (measured roofs)"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 CSS = (Path(__file__).resolve().parent / "assets" / "style.css").read_text()
@@ -314,7 +315,7 @@ def what_if(models: list, gpus: list, prompt_tokens: float, context: float, batc
     chosen = [GPUS[g] for g in gpus or [] if g in GPUS]
     if THIS_MACHINE in (gpus or []):
         d = get_engine().device_info
-        chosen.append(Gpu(THIS_MACHINE, d.peak_flops, d.peak_bytes_per_s, os.sysconf("SC_PHYS_PAGES") *
+        chosen.append(Gpu(THIS_MACHINE, "", d.peak_flops, d.peak_flops, d.peak_bytes_per_s, os.sysconf("SC_PHYS_PAGES") *
                           os.sysconf("SC_PAGE_SIZE")))
     try:
         rows = [estimate(PRESETS[m], g, int(prompt_tokens), int(context), int(batch), prefill_eff, decode_eff)

@@ -7,6 +7,7 @@ no hooks) that the tests hold the fast one to.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from typing import Any, Iterator
@@ -16,9 +17,11 @@ from torch import nn
 
 from inference.cost_model import step_cost
 from inference.device import device_info
-from inference.kernels import fast_available, fast_mode, install_fast_linears, set_fast
+from inference.fast_path import fast_forwards
+from inference.kernel_build import kernel_module
 from inference.kv_cache import kv_cache_bytes
 from inference.loading import LoadedModel
+from inference.roofs import bf16_native
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import DeviceInfo, StopReason, Step, Summary, Trace
@@ -130,8 +133,9 @@ class GenerationRun:
     def _run(self) -> Iterator[Step]:
         engine, settings = self.engine, self.settings
         model = engine.loaded.model
-        with engine.lock, torch.inference_mode(), fast_mode(model, settings.kernel == "fast"), \
-                LayerTimer(model, engine.loaded.info.layers, engine.loaded.device, self.instrument, self.cancel) as timer:
+        with engine.lock, torch.inference_mode(), \
+                LayerTimer(model, engine.loaded.info.layers, engine.loaded.device, self.instrument, self.cancel) as timer, \
+                engine.fast_path(settings, timer):
             self.timer = timer
             generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
             stream = TextStream(engine.loaded.tokenizer)
@@ -192,20 +196,26 @@ class GenerationRun:
 
 
 class Engine:
-    """A loaded model, its device's roofs, and a lock: one run at a time (hooks are global)."""
+    """A loaded model, its device's roofs, and a lock: one run at a time (hooks are global).
+    The model stays plain PyTorch: the fast path is switched on inside a run only."""
 
     def __init__(self, loaded: LoadedModel, device: DeviceInfo | None = None, fast_kernels: bool = True):
         self.loaded = loaded
         dtype = next(loaded.model.parameters()).dtype
         self.device_info = device or device_info(loaded.device, dtype)
         self.lock = threading.Lock()
-        if fast_kernels and loaded.device.type == "cpu":
-            install_fast_linears(loaded.model)
-        set_fast(loaded.model, False)      # outside our runs the model is plain PyTorch (model.generate too)
+        self.kernel = kernel_module() if fast_kernels and loaded.device.type == "cpu" else None
+        self.native_bf16 = bf16_native()
 
     @property
     def fast_kernels(self) -> bool:
-        return fast_available(self.loaded.model)
+        return self.kernel is not None
+
+    def fast_path(self, settings: GenerationSettings, timer: LayerTimer) -> contextlib.AbstractContextManager:
+        """The fast path for a run with settings.kernel "fast" (see fast_path.py); else nothing."""
+        if settings.kernel != "fast" or self.kernel is None:
+            return contextlib.nullcontext()
+        return fast_forwards(self.loaded.model, self.kernel, timer, self.native_bf16)
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, instrument: bool = True, prompt: str = "",
@@ -249,12 +259,16 @@ def reference_generate(model: nn.Module, prompt_ids: list[int], max_new_tokens: 
 def load_engine(model: str, device: str = "auto", dtype: str = "auto",
                 progress: Any = lambda _: None) -> Engine:
     """Resolve device and dtype names, load the model and measure (or look up) the device's roofs."""
-    from inference.device import resolve_device, resolve_dtype
+    from inference.device import resolve_device
+    from inference.dtype_choice import choose_dtype
     from inference.loading import load_model
 
     torch_device = resolve_device(device)
-    loaded = load_model(model, torch_device, resolve_dtype(dtype, torch_device), progress)
+    if torch_device.type == "cpu":      # the compiler runs beside the model's first load (about 35 s, once)
+        threading.Thread(target=kernel_module, name="phasescope-kernel-build", daemon=True).start()
+    torch_dtype, why = choose_dtype(dtype, torch_device, progress)
+    loaded = load_model(model, torch_device, torch_dtype, progress)
     progress("Measuring this device's compute and bandwidth roofs (cached after the first time)")
-    engine = Engine(loaded)
+    engine = Engine(loaded, device_info(torch_device, torch_dtype, why))
     engine.warm_up()
     return engine

@@ -2,9 +2,11 @@
 // whole Llama decoder layer (one new token per row) built from them.
 //
 // PyTorch's single-row Linear (MKL sgemv, oneDNN for bf16) runs on one core here and reaches about
-// a third of the memory bandwidth; decode is nothing but such products. This kernel splits the
-// weight rows across ATen's thread pool and streams each row once, accumulating in float32 in 32
-// independent lanes (so the compiler vectorizes the loop without reordering any lane's sum).
+// a third of the memory bandwidth; decode is nothing but such products. These kernels split the
+// weight rows across OpenMP threads (`gemv` through ATen's parallel_for, which is OpenMP in this
+// torch build; the fused layer as one OpenMP parallel region) and stream each row once,
+// accumulating in float32 in 32 independent lanes (so the compiler vectorizes the loop without
+// reordering any lane's sum).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
@@ -17,7 +19,20 @@
 #include <tuple>
 #include <vector>
 
+// A Llama decoder layer's weights and constants, by name (Python fills one per layer, once).
+struct LayerWeights {
+  torch::Tensor norm1, wq, wk, wv, wo, norm2, wg, wu, wd;
+  double eps1 = 0, eps2 = 0, scaling = 0;
+};
+
 namespace {
+
+// At most this many rows (sequences x new tokens) per call; Python reads it as MAX_ROWS.
+constexpr int64_t kMaxRows = 16;
+// Rows that share one pass over a weight row, their accumulators held in registers.
+constexpr int kRowBlock = 8;
+// The longest attention head the fused layer's rotary buffer holds.
+constexpr int64_t kMaxHeadDim = 512;
 
 inline float to_float(float v) { return v; }
 
@@ -46,45 +61,50 @@ inline float rounded(float v) {
   return to_float(w);
 }
 
-// y[m, n] = w[n, :] . x[m, :] for rows n in [begin, end): each weight row is read once and used
-// for all M inputs (a batch costs little more memory traffic than one sequence). M is a compile-time
-// constant so the compiler can keep the M x 32 accumulators in registers: 10-25% faster than a
-// run-time M on the LM head's product here. From about 4 rows on the loop is bound by loading x and
-// by the multiply-adds, not by memory (8 rows take ~2x as long as 4).
+// y[m, n] = w[n, :] . x[m, :] for M rows of x and weight row n. M is a compile-time constant so
+// the compiler can keep the M x 32 accumulators in registers: 10-25% faster than a run-time M on
+// the LM head's product here. From about 4 rows on the loop is bound by loading x and by the
+// multiply-adds, not by memory (8 rows take ~2x as long as 4).
 template <typename W, int M>
-void rows_dot_fixed(const W* w, const float* x, float* y, int64_t K, int64_t N, int64_t begin, int64_t end) {
+inline void row_dot(const W* row, const float* x, float* y, int64_t K, int64_t N, int64_t n) {
   constexpr int kLanes = 32;
-  for (int64_t n = begin; n < end; ++n) {
-    const W* row = w + n * K;
-    float acc[M][kLanes] = {{0}};
-    int64_t k = 0;
-    for (; k + kLanes <= K; k += kLanes) {
-      float wf[kLanes];
-      for (int l = 0; l < kLanes; ++l) wf[l] = to_float(row[k + l]);
-      for (int m = 0; m < M; ++m)
-        for (int l = 0; l < kLanes; ++l) acc[m][l] += wf[l] * x[m * K + k + l];
-    }
-    for (int m = 0; m < M; ++m) {
-      float sum = 0;
-      for (int l = 0; l < kLanes; ++l) sum += acc[m][l];
-      for (int64_t j = k; j < K; ++j) sum += to_float(row[j]) * x[m * K + j];
-      y[m * N + n] = sum;
-    }
+  float acc[M][kLanes] = {{0}};
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    float wf[kLanes];
+    for (int l = 0; l < kLanes; ++l) wf[l] = to_float(row[k + l]);
+    for (int m = 0; m < M; ++m)
+      for (int l = 0; l < kLanes; ++l) acc[m][l] += wf[l] * x[m * K + k + l];
+  }
+  for (int m = 0; m < M; ++m) {
+    float sum = 0;
+    for (int l = 0; l < kLanes; ++l) sum += acc[m][l];
+    for (int64_t j = k; j < K; ++j) sum += to_float(row[j]) * x[m * K + j];
+    y[m * N + n] = sum;
   }
 }
 
+// Rows n in [begin, end) of y = x w^T for M <= kMaxRows rows of x: each weight row is read from
+// memory once and used for every row of x (blocks of kRowBlock rows, the weight row still in L1
+// for the second block), so a batch costs little more memory traffic than one sequence.
 template <typename W>
 void rows_dot(const W* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin, int64_t end) {
-  switch (M) {
-    case 0: return;
-    case 1: return rows_dot_fixed<W, 1>(w, x, y, K, N, begin, end);
-    case 2: return rows_dot_fixed<W, 2>(w, x, y, K, N, begin, end);
-    case 3: return rows_dot_fixed<W, 3>(w, x, y, K, N, begin, end);
-    case 4: return rows_dot_fixed<W, 4>(w, x, y, K, N, begin, end);
-    case 5: return rows_dot_fixed<W, 5>(w, x, y, K, N, begin, end);
-    case 6: return rows_dot_fixed<W, 6>(w, x, y, K, N, begin, end);
-    case 7: return rows_dot_fixed<W, 7>(w, x, y, K, N, begin, end);
-    default: return rows_dot_fixed<W, 8>(w, x, y, K, N, begin, end);   // callers check M <= 8
+  for (int64_t n = begin; n < end; ++n) {
+    const W* row = w + n * K;
+    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {
+      const float* xb = x + m0 * K;
+      float* yb = y + m0 * N;
+      switch (std::min<int64_t>(kRowBlock, M - m0)) {
+        case 1: row_dot<W, 1>(row, xb, yb, K, N, n); break;
+        case 2: row_dot<W, 2>(row, xb, yb, K, N, n); break;
+        case 3: row_dot<W, 3>(row, xb, yb, K, N, n); break;
+        case 4: row_dot<W, 4>(row, xb, yb, K, N, n); break;
+        case 5: row_dot<W, 5>(row, xb, yb, K, N, n); break;
+        case 6: row_dot<W, 6>(row, xb, yb, K, N, n); break;
+        case 7: row_dot<W, 7>(row, xb, yb, K, N, n); break;
+        default: row_dot<W, kRowBlock>(row, xb, yb, K, N, n); break;
+      }
+    }
   }
 }
 
@@ -169,19 +189,17 @@ double monotonic_seconds() {
 // Returns out and the stamps at which the attention and the MLP started and ended.
 template <typename W>
 std::tuple<torch::Tensor, double, double, double, double> layer_step(
-    const torch::Tensor& x, const torch::Tensor& norm1, double eps1, const torch::Tensor& wq, const torch::Tensor& wk,
-    const torch::Tensor& wv, const torch::Tensor& wo, const torch::Tensor& cos, const torch::Tensor& sin,
-    torch::Tensor& kc, torch::Tensor& vc, int64_t pos, double scaling, const torch::Tensor& norm2, double eps2,
-    const torch::Tensor& wg, const torch::Tensor& wu, const torch::Tensor& wd) {
+    const torch::Tensor& x, const LayerWeights& L, const torch::Tensor& cos, const torch::Tensor& sin,
+    torch::Tensor& kc, torch::Tensor& vc, int64_t pos) {
   const int64_t M = x.size(0), K = x.size(1), Hk = kc.size(1), cap = kc.size(2), D = kc.size(3);
-  const int64_t Hq = wq.size(0) / D, group = Hq / Hk, half = D / 2, I = wg.size(0), T = pos + 1;
+  const int64_t Hq = L.wq.size(0) / D, group = Hq / Hk, half = D / 2, I = L.wg.size(0), T = pos + 1;
   const std::vector<float> xf = floats<W>(x), cf = floats<W>(cos), sf = floats<W>(sin);
   std::vector<float> h(M * K), q(M * Hq * D), k(M * Hk * D), v(M * Hk * D), attended(M * Hq * D), o(M * K);
   std::vector<float> mid(M * K), h2(M * K), g(M * I), u(M * I), down(M * K);
   W* kp = mutable_data<W>(kc);
   W* vp = mutable_data<W>(vc);
   auto rotate = [&](float* r, const float* c, const float* s) {  // r * cos + rotate_half(r) * sin
-    float tmp[512];
+    float tmp[kMaxHeadDim];
     for (int64_t j = 0; j < D; ++j) {
       const float other = j < half ? -r[j + half] : r[j - half];
       tmp[j] = rounded<W>(rounded<W>(r[j] * c[j]) + rounded<W>(other * s[j]));
@@ -193,10 +211,10 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
   {
 #pragma omp single
     {
-      norm_rows<W>(xf.data(), data<W>(norm1), float(eps1), M, K, h.data());
+      norm_rows<W>(xf.data(), data<W>(L.norm1), float(L.eps1), M, K, h.data());
       stamps[0] = monotonic_seconds();
     }
-    share<W>({{data<W>(wq), Hq * D, q.data()}, {data<W>(wk), Hk * D, k.data()}, {data<W>(wv), Hk * D, v.data()}},
+    share<W>({{data<W>(L.wq), Hq * D, q.data()}, {data<W>(L.wk), Hk * D, k.data()}, {data<W>(L.wv), Hk * D, v.data()}},
              h.data(), M, K);
 #pragma omp barrier
 #pragma omp single
@@ -225,7 +243,7 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
       const W* values = vp + (m * Hk + gk) * cap * D;
       float top = -std::numeric_limits<float>::infinity();
       for (int64_t t = 0; t < T; ++t) {
-        score[t] = dot(qh, keys + t * D, D) * float(scaling);
+        score[t] = dot(qh, keys + t * D, D) * float(L.scaling);
         top = std::max(top, score[t]);
       }
       float total = 0;
@@ -243,23 +261,23 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
       }
       for (int64_t j = 0; j < D; ++j) out[j] = rounded<W>(out[j]);
     }
-    share<W>({{data<W>(wo), K, o.data()}}, attended.data(), M, Hq * D);
+    share<W>({{data<W>(L.wo), K, o.data()}}, attended.data(), M, Hq * D);
 #pragma omp barrier
 #pragma omp single
     {
       stamps[1] = monotonic_seconds();
       for (int64_t i = 0; i < M * K; ++i) mid[i] = rounded<W>(xf[i] + rounded<W>(o[i]));
-      norm_rows<W>(mid.data(), data<W>(norm2), float(eps2), M, K, h2.data());
+      norm_rows<W>(mid.data(), data<W>(L.norm2), float(L.eps2), M, K, h2.data());
       stamps[2] = monotonic_seconds();
     }
-    share<W>({{data<W>(wg), I, g.data()}, {data<W>(wu), I, u.data()}}, h2.data(), M, K);
+    share<W>({{data<W>(L.wg), I, g.data()}, {data<W>(L.wu), I, u.data()}}, h2.data(), M, K);
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < M * I; ++i) {
       const float gate = rounded<W>(g[i]);
       g[i] = rounded<W>(rounded<W>(gate / (1.0f + std::exp(-gate))) * rounded<W>(u[i]));
     }
-    share<W>({{data<W>(wd), K, down.data()}}, g.data(), M, I);
+    share<W>({{data<W>(L.wd), K, down.data()}}, g.data(), M, I);
   }
   stamps[3] = monotonic_seconds();
   auto out = torch::empty({M, K}, x.options());
@@ -281,7 +299,7 @@ torch::Tensor rmsnorm_step(const torch::Tensor& x, const torch::Tensor& weight, 
 }
 
 void check_block(const torch::Tensor& x, std::initializer_list<torch::Tensor> weights) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu() && x.size(0) <= 8, "fused step: bad input");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu() && x.size(0) <= kMaxRows, "fused step: bad input");
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16, "fused step: dtype");
   for (const auto& w : weights)
     TORCH_CHECK(w.is_contiguous() && w.scalar_type() == x.scalar_type() && w.device().is_cpu(), "fused step: weight");
@@ -314,20 +332,19 @@ torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor weight, double eps) {
 // head_dim) as the model's rotary embedding gives them. Returns out and the perf_counter stamps at
 // which the attention and the MLP started and ended (the modules are not called, so no hook can).
 std::tuple<torch::Tensor, double, double, double, double> layer(
-    torch::Tensor x, torch::Tensor norm1, double eps1, torch::Tensor wq, torch::Tensor wk, torch::Tensor wv,
-    torch::Tensor wo, torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc, int64_t pos,
-    double scaling, torch::Tensor norm2, double eps2, torch::Tensor wg, torch::Tensor wu, torch::Tensor wd) {
+    torch::Tensor x, const LayerWeights& weights, torch::Tensor cos, torch::Tensor sin, torch::Tensor kc,
+    torch::Tensor vc, int64_t pos) {
   const auto rows = as_rows(x);
   const int64_t M = rows.size(0), D = kc.size(3);
   TORCH_CHECK(cos.size(-1) == D && sin.sizes() == cos.sizes() && (cos.numel() == D || cos.numel() == M * D),
               "layer: bad rotary");
   const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
-  check_block(rows, {norm1, wq, wk, wv, wo, c, s, kc, vc, norm2, wg, wu, wd});
-  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == M && pos < kc.size(2) && vc.sizes() == kc.sizes() && D <= 512,
+  const auto& L = weights;
+  check_block(rows, {L.norm1, L.wq, L.wk, L.wv, L.wo, c, s, kc, vc, L.norm2, L.wg, L.wu, L.wd});
+  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == M && pos < kc.size(2) && vc.sizes() == kc.sizes() && D <= kMaxHeadDim,
               "layer: bad cache");
-  auto result = rows.scalar_type() == torch::kFloat32
-      ? layer_step<float>(rows, norm1, eps1, wq, wk, wv, wo, c, s, kc, vc, pos, scaling, norm2, eps2, wg, wu, wd)
-      : layer_step<uint16_t>(rows, norm1, eps1, wq, wk, wv, wo, c, s, kc, vc, pos, scaling, norm2, eps2, wg, wu, wd);
+  auto result = rows.scalar_type() == torch::kFloat32 ? layer_step<float>(rows, L, c, s, kc, vc, pos)
+                                                      : layer_step<uint16_t>(rows, L, c, s, kc, vc, pos);
   std::get<0>(result) = shaped_like(std::get<0>(result), x);
   return result;
 }
@@ -336,7 +353,7 @@ std::tuple<torch::Tensor, double, double, double, double> layer(
 torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "gemv: shapes do not match");
   TORCH_CHECK(w.is_contiguous() && w.device().is_cpu(), "gemv: weight must be a contiguous CPU tensor");
-  TORCH_CHECK(x.size(0) <= 8, "gemv: at most 8 rows, got ", x.size(0));
+  TORCH_CHECK(x.size(0) <= kMaxRows, "gemv: at most ", kMaxRows, " rows, got ", x.size(0));
   auto xf = x.to(torch::kFloat32).contiguous();
   const int64_t M = xf.size(0), K = xf.size(1), N = w.size(0);
   auto y = torch::empty({M, N}, xf.options());
@@ -354,6 +371,21 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.attr("MAX_ROWS") = kMaxRows;
+  pybind11::class_<LayerWeights>(m, "LayerWeights")
+      .def(pybind11::init<>())
+      .def_readwrite("norm1", &LayerWeights::norm1)
+      .def_readwrite("wq", &LayerWeights::wq)
+      .def_readwrite("wk", &LayerWeights::wk)
+      .def_readwrite("wv", &LayerWeights::wv)
+      .def_readwrite("wo", &LayerWeights::wo)
+      .def_readwrite("norm2", &LayerWeights::norm2)
+      .def_readwrite("wg", &LayerWeights::wg)
+      .def_readwrite("wu", &LayerWeights::wu)
+      .def_readwrite("wd", &LayerWeights::wd)
+      .def_readwrite("eps1", &LayerWeights::eps1)
+      .def_readwrite("eps2", &LayerWeights::eps2)
+      .def_readwrite("scaling", &LayerWeights::scaling);
   m.def("gemv", &gemv, "multi-core matrix-vector product");
   m.def("layer", &layer, "one decode step of a Llama decoder layer, K and V written into the cache");
   m.def("rmsnorm", &rmsnorm, "Llama's RMSNorm for a few rows");

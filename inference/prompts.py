@@ -11,6 +11,7 @@ from typing import Any
 
 PROMPT_TEXT = Path(__file__).resolve().parent.parent / "assets" / "prompt_text.txt"
 MAX_PROMPT_CHARS = 100_000
+DEFAULT_PROMPT = "Explain in three sentences why the sky is blue."     # the page's, and the dtype trial's
 
 
 def check_prompt_text(prompt: object) -> str:

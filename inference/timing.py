@@ -63,19 +63,6 @@ class _Clock:
         return (end - start) * 1e3
 
 
-_active: LayerTimer | None = None     # the timer of the run in progress (one run at a time)
-
-
-def record_blocks(layer: nn.Module, index: int, attn: tuple[float, float], mlp: tuple[float, float]) -> None:
-    """Start and end perf_counter stamps of decoder layer `index`'s attention and MLP, from a fused
-    layer that does not call those modules (so their hooks cannot fire); ignored unless an
-    instrumented run of this very layer's model is active."""
-    timer = _active
-    if timer is not None and index < len(timer.layers) and timer.layers[index] is layer:
-        timer._stamps["attn"][index][:] = attn
-        timer._stamps["mlp"][index][:] = mlp
-
-
 class RunCancelled(Exception):
     """Raised from a layer's hook when the run was cancelled in the middle of a forward pass."""
 
@@ -99,10 +86,8 @@ class LayerTimer:
         self.layers_done = 0        # layers finished in this step so far (a live progress count)
 
     def __enter__(self) -> LayerTimer:
-        global _active
         if not self.enabled:        # whole-step timing only: the uninstrumented baseline
             return self
-        _active = self if not self.clock.cuda else None
         try:
             for i, layer in enumerate(self.layers):
                 self._hook(layer, "layer", i)
@@ -119,9 +104,6 @@ class LayerTimer:
         self.remove()
 
     def remove(self) -> None:
-        global _active
-        if _active is self:
-            _active = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -144,6 +126,13 @@ class LayerTimer:
 
         self._handles.append(module.register_forward_pre_hook(pre))
         self._handles.append(module.register_forward_hook(post))
+
+    def record_blocks(self, index: int, attn: tuple[float, float], mlp: tuple[float, float]) -> None:
+        """Start and end perf_counter stamps of layer `index`'s attention and MLP, from a fused
+        layer that does not call those modules (so their hooks cannot fire)."""
+        if self.enabled and not self.clock.cuda:
+            self._stamps["attn"][index][:] = attn
+            self._stamps["mlp"][index][:] = mlp
 
     def start_step(self) -> None:
         self.layers_done = 0

@@ -52,6 +52,8 @@ class DeviceInfo:
     peak_flops: float          # FLOP/s the roofline uses as its compute roof
     peak_bytes_per_s: float    # bytes/s the roofline uses as its bandwidth roof
     source: str = ""           # how the peaks were obtained ("measured ...", "table ...")
+    arithmetic: str = ""       # how the products were computed ("native bfloat16 arithmetic", ...)
+    dtype_choice: str = ""     # why the run's dtype was chosen (with --dtype auto), in words
 
     @property
     def ridge_intensity(self) -> float:

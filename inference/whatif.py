@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inference.cost_model import step_cost
+from inference.gpus import GPUS_BY_NAME, Gpu
 from inference.trace import ModelInfo
 
 
@@ -56,20 +57,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 )}
 
 
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    peak_flops: float        # dense bf16
-    bytes_per_s: float
-    memory_bytes: float
-
-
-GPUS: dict[str, Gpu] = {g.name: g for g in (
-    Gpu("H100 SXM", 989e12, 3.35e12, 80e9),
-    Gpu("A100 80GB", 312e12, 2.039e12, 80e9),
-    Gpu("L4", 121e12, 0.3e12, 24e9),
-    Gpu("T4", 65e12, 0.32e12, 16e9),
-)}
+GPUS = GPUS_BY_NAME        # the datasheet table, by name
 
 
 @dataclass(frozen=True)
@@ -91,9 +79,9 @@ def estimate(preset: Preset, gpu: Gpu, prompt_tokens: int, context: int, batch: 
     info = preset.model_info("bfloat16")
     prefill = step_cost(info, batch, prompt_tokens, 0)
     decode = step_cost(info, batch, 1, context - 1)
-    roof_s = lambda cost: max(cost.flops / gpu.peak_flops, cost.bytes / gpu.bytes_per_s)
+    roof_s = lambda cost: max(cost.flops / gpu.bf16_flops, cost.bytes / gpu.bytes_per_s)
     # Decode's intensity is about 2 * batch FLOPs per 2-byte weight: it meets the ridge near this batch.
-    ridge = gpu.peak_flops / gpu.bytes_per_s
+    ridge = gpu.bf16_flops / gpu.bytes_per_s
     kv_at_context = info.kv_bytes_per_token * context * batch
     return Estimate(model=preset.name, gpu=gpu.name, weight_bytes=info.weight_bytes,
                     kv_bytes_per_token=info.kv_bytes_per_token, kv_bytes_at_context=kv_at_context,

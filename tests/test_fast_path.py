@@ -1,14 +1,22 @@
-"""The fast decode kernel: same numbers as PyTorch's Linear, same greedy tokens, same per-layer view."""
+"""The fast path: same numbers as PyTorch's Linear, same greedy tokens, same per-layer view, and
+the model left as plain PyTorch outside a run."""
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import pytest
 import torch
+from torch import nn
 
 from inference.engine import Engine
-from inference.kernels import FastLinear, build_error, install_fast_linears, kernel_module, set_fast
-from inference.prompts import chat_prompt_ids
-from inference.settings import GenerationSettings
+from inference.fast_path import fast_forwards
+from inference.kernel_build import build_error, kernel_module
 from inference.loading import LoadedModel, model_info
+from inference.prompts import chat_prompt_ids
+from inference.roofs import bf16_native
+from inference.settings import GenerationSettings
+from inference.timing import LayerTimer
 from tests.conftest import TEST_DEVICE, DigitTokenizer, tiny_llama
 
 
@@ -19,7 +27,19 @@ def kernel():
     return module
 
 
-@pytest.mark.parametrize("rows, k, n", [(1, 576, 1536), (3, 100, 70), (1, 1536, 576), (8, 64, 49152)])
+@contextlib.contextmanager
+def fast(model: nn.Module, kernel, on: bool = True) -> Iterator[None]:
+    """The fast path on a bare model, as a run switches it on (or plain PyTorch with on=False)."""
+    if not on:
+        yield
+        return
+    with LayerTimer(model, model.config.num_hidden_layers, torch.device("cpu")) as timer, \
+            fast_forwards(model, kernel, timer, bf16_native()):
+        yield
+
+
+@pytest.mark.parametrize("rows, k, n", [(1, 576, 1536), (3, 100, 70), (1, 1536, 576), (8, 64, 49152),
+                                        (16, 576, 1536), (11, 100, 70)])
 def test_kernel_matches_linear_in_float32(kernel, rows: int, k: int, n: int) -> None:
     torch.manual_seed(rows * k)
     x, w = torch.randn(rows, k), torch.randn(n, k)
@@ -48,10 +68,22 @@ def test_fast_and_eager_write_the_same_greedy_tokens_on_the_real_model(real_engi
 
 
 def test_outside_a_run_the_model_is_plain_pytorch(real_engine: Engine) -> None:
+    model = real_engine.loaded.model
+    keys = list(model.state_dict())
     ids = chat_prompt_ids(real_engine.loaded.tokenizer, "Hi")
     real_engine.generate(ids, GenerationSettings(max_new_tokens=3)).run_to_end()
-    wrapped = [m for m in real_engine.loaded.model.modules() if isinstance(m, FastLinear)]
-    assert len(wrapped) == 30 * 7 + 1 and not any(m.enabled for m in wrapped)
+    assert list(model.state_dict()) == keys and all(type(m) is nn.Linear for m in model.modules()
+                                                     if isinstance(m, nn.Linear))
+    patched = [name for name, m in model.named_modules() if "forward" in vars(m)]
+    assert not patched, f"forwards left replaced after the run: {patched[:3]}"
+
+
+def test_an_error_inside_a_run_still_puts_the_forwards_back(kernel) -> None:
+    model = tiny_llama()
+    with pytest.raises(RuntimeError, match="boom"), fast(model, kernel):
+        assert "forward" in vars(model.model.layers[0]) and "forward" in vars(model.lm_head)
+        raise RuntimeError("boom")
+    assert not [m for m in model.modules() if "forward" in vars(m)]
 
 
 def test_a_run_without_the_kernel_says_so_in_its_trace() -> None:
@@ -63,30 +95,28 @@ def test_a_run_without_the_kernel_says_so_in_its_trace() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 12])
 def test_fused_decode_steps_match_the_eager_model_and_write_the_cache_in_place(kernel, monkeypatch, dtype, batch) -> None:
-    import inference.kernels as kernels
+    import inference.fast_path as fast_path
 
     model = tiny_llama().to(dtype)
-    install_fast_linears(model)
     slots = []
-    real_slot = kernels.decode_slot
-    monkeypatch.setattr(kernels, "decode_slot", lambda layer, b: slots.append(real_slot(layer, b)) or slots[-1])
+    real_slot = fast_path.decode_slot
+    monkeypatch.setattr(fast_path, "decode_slot", lambda layer, b: slots.append(real_slot(layer, b)) or slots[-1])
     torch.manual_seed(batch)
     prompt = torch.randint(3, 100, (batch, 150))     # rows differ: each attends to its own (long) cache
     results = {}
     with torch.inference_mode():
         for fused in (False, True):
-            set_fast(model, fused)
-            out = model(input_ids=prompt, use_cache=True)           # prefill: too many rows, always eager
-            cache, logits, addresses = out.cache, [], []
-            for _ in range(3):
-                token = out.logits[:, -1:].argmax(-1)
-                out = model(input_ids=token, cache=cache, use_cache=True)
-                logits.append(out.logits[:, -1].float())
-                addresses.append(cache.layers[0].keys.data_ptr())
+            with fast(model, kernel, on=fused):
+                out = model(input_ids=prompt, use_cache=True)           # prefill: too many rows for the kernel
+                cache, logits, addresses = out.cache, [], []
+                for _ in range(3):
+                    token = out.logits[:, -1:].argmax(-1)
+                    out = model(input_ids=token, cache=cache, use_cache=True)
+                    logits.append(out.logits[:, -1].float())
+                    addresses.append(cache.layers[0].keys.data_ptr())
             results[fused] = (torch.stack(logits), [layer.keys.float() for layer in cache.layers], addresses)
-    set_fast(model, False)
     layers = model.config.num_hidden_layers
     assert len(slots) == 3 * layers and all(slot is not None for slot in slots), "the fused attention did not run"
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
@@ -103,18 +133,16 @@ def test_in_bfloat16_the_fused_step_is_as_close_to_float32_as_eager_is(kernel) -
     but the fused step must not be less accurate than eager bf16 against the float32 model."""
     reference = tiny_llama()
     model = tiny_llama().to(torch.bfloat16)
-    install_fast_linears(model)
     torch.manual_seed(7)
     sequence = torch.randint(3, 100, (1, 80))
     with torch.inference_mode():
         exact = reference(input_ids=sequence).logits[0, 60:].float()
         errors = {}
         for fused in (False, True):
-            set_fast(model, fused)
-            out = model(input_ids=sequence[:, :60], use_cache=True)
-            cache, logits = out.cache, []
-            for t in range(60, 80):
-                logits.append(model(input_ids=sequence[:, t:t + 1], cache=cache, use_cache=True).logits[0, -1].float())
+            with fast(model, kernel, on=fused):
+                out = model(input_ids=sequence[:, :60], use_cache=True)
+                cache, logits = out.cache, []
+                for t in range(60, 80):
+                    logits.append(model(input_ids=sequence[:, t:t + 1], cache=cache, use_cache=True).logits[0, -1].float())
             errors[fused] = (torch.stack(logits) - exact).abs().mean().item()      # positions 60..79
-    set_fast(model, False)
     assert errors[True] <= 1.5 * errors[False], errors

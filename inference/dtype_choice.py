@@ -1,0 +1,99 @@
+"""Which dtype `--dtype auto` runs. On a CPU: the one that finished a student's run first here.
+
+Measured, not assumed: the first time on a CPU (per roofs.cpu_key), the default model answers the
+page's default prompt with 64 new tokens in float32 and in bfloat16, on the fast path, and the one
+that finished first, prefill and decode together, wins. The choice and its reason (with the times)
+are cached; the page and every trace show the reason. On CUDA: bfloat16, which GPUs compute natively.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from inference.device import DTYPES, dtype_named
+from inference.loading import cache_dir
+
+TRIAL_NEW_TOKENS = 64
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    key: str
+    dtype: str
+    reason: str
+
+
+def choose_dtype(name: str, device: torch.device, progress: Progress = lambda _: None) -> tuple[torch.dtype, str]:
+    """(dtype, why) for a --dtype value: auto, float32 or bfloat16."""
+    if name != "auto":
+        return dtype_named(name), f"{name}, as asked (--dtype {name})"
+    if device.type == "cuda":
+        return torch.bfloat16, "auto: bfloat16 on a CUDA GPU (its tensor cores compute it natively, at half the bytes)"
+    choice = cpu_dtype_choice(progress)
+    return DTYPES[choice.dtype], choice.reason
+
+
+def cpu_dtype_choice(progress: Progress = lambda _: None) -> DtypeChoice:
+    """The trial's result for this CPU, run once and then read from disk."""
+    from inference.roofs import cpu_key
+
+    key = cpu_key()
+    path = cache_dir() / f"dtype-choice-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    try:
+        cached = DtypeChoice(**json.loads(path.read_text()))
+        if cached.key == key:
+            return cached
+    except (OSError, ValueError, TypeError):
+        pass
+    choice = _trial(key, progress)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(choice), indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return choice
+
+
+def _trial(key: str, progress: Progress) -> DtypeChoice:
+    """Both dtypes on the default model; the faster wins. Without the model, the CPU's flags decide."""
+    from inference.roofs import bf16_native
+
+    progress("First start on this CPU: timing float32 against bfloat16 on the default prompt (once)")
+    try:
+        runs = {name: _timed_run(dtype, progress) for name, dtype in DTYPES.items()}
+    except ValueError as exc:
+        dtype = "bfloat16" if bf16_native() else "float32"
+        return DtypeChoice(key, dtype, f"auto: {dtype}, because this CPU {'has' if dtype == 'bfloat16' else 'lacks'} "
+                                       f"bfloat16 arithmetic (no trial run was possible: {exc})")
+    winner = min(runs, key=lambda name: runs[name][0])
+    loser = next(name for name in runs if name != winner)
+    parts = [f"{name} {total:.2f} s (prefill {ttft:.0f} ms, decode {decode:.1f} ms/token)"
+             for name, (total, ttft, decode) in runs.items()]
+    return DtypeChoice(key, winner, f"auto: {winner} answered the default prompt with {TRIAL_NEW_TOKENS} new tokens "
+                                    f"{runs[loser][0] / runs[winner][0]:.2f}x as fast as {loser} on this CPU "
+                                    f"({'; '.join(parts)}; measured at the first start)")
+
+
+def _timed_run(dtype: torch.dtype, progress: Progress) -> tuple[float, float, float]:
+    """(seconds for the whole run, TTFT ms, median decode ms) of the default prompt in `dtype`."""
+    from inference.engine import Engine
+    from inference.loading import DEFAULT_MODEL, load_model
+    from inference.prompts import DEFAULT_PROMPT, chat_prompt_ids
+    from inference.settings import GenerationSettings
+
+    engine = Engine(load_model(DEFAULT_MODEL, "cpu", dtype, progress))
+    engine.warm_up()
+    ids = chat_prompt_ids(engine.loaded.tokenizer, DEFAULT_PROMPT)
+    start = time.perf_counter()
+    trace = engine.generate(ids, GenerationSettings(max_new_tokens=TRIAL_NEW_TOKENS), stop_at_eos=False).run_to_end()
+    return time.perf_counter() - start, trace.summary.ttft_ms, trace.summary.decode_ms_median

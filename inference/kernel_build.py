@@ -1,0 +1,90 @@
+"""Building, caching and importing the C++ decode kernel (inference/gemv.cpp).
+
+The kernel is compiled on first use (about 35 s, once) into a private folder and moved into the
+cache in one step; later starts import the cached library directly. It is built for this CPU
+(`-march=native`), or for the target named in PHASESCOPE_KERNEL_ARCH (`x86-64-v3` builds the AVX2
+kernel an AVX2-only CPU would get). Where it cannot build (no compiler, no OpenMP, another
+architecture), `kernel_module()` is None, `build_error()` says why in one line, and the engine
+runs plain PyTorch.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference.loading import cache_dir
+
+_SOURCE = Path(__file__).resolve().parent / "gemv.cpp"
+_NAME = "phasescope_gemv"
+_module: Any = None
+_build_error: str | None = None
+_build_lock = threading.Lock()
+log = logging.getLogger("phasescope")
+
+
+def flags() -> tuple[str, ...]:
+    """-fno-math-errno lets exp() vectorize in the attention loop."""
+    arch = os.environ.get("PHASESCOPE_KERNEL_ARCH", "native")
+    return ("-O3", f"-march={arch}", "-fopenmp", "-fno-math-errno")
+
+
+def kernel_module() -> Any:
+    """The compiled extension, or None (with `build_error()` saying why) where it cannot build."""
+    global _module, _build_error
+    with _build_lock:
+        if _module is None and _build_error is None:
+            try:
+                if os.environ.get("PHASESCOPE_KERNEL") == "off":
+                    raise RuntimeError("turned off by PHASESCOPE_KERNEL=off")
+                library = library_path()
+                _module = _import(library) if library.is_file() else _build(library)
+            except Exception as exc:       # no compiler, no ninja, an unusual CPU: keep the eager path
+                lines = str(exc).strip().splitlines() or [""]
+                _build_error = f"{type(exc).__name__}: {lines[-1][:200]}"
+                log.warning("The fast decode kernel is unavailable (%s); runs use plain PyTorch.", _build_error)
+        return _module
+
+
+def build_error() -> str | None:
+    return _build_error
+
+
+def library_path() -> Path:
+    """One library per source text, flags, torch version and CPU (it is built for this CPU)."""
+    from inference.roofs import cpu_flags, cpu_name
+
+    key = "|".join([_SOURCE.read_text(), " ".join(flags()), torch.__version__, cpu_name(), ",".join(cpu_flags()),
+                    platform.machine()])
+    return cache_dir() / "kernels" / f"{_NAME}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def _build(library: Path) -> Any:
+    """Compile in a private folder, then move the library into place in one step: a build that is
+    interrupted, or two at once, never leaves a half-written library or a stale lock behind."""
+    from torch.utils.cpp_extension import load
+
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        source = Path(tmp) / _SOURCE.name
+        shutil.copyfile(_SOURCE, source)
+        module = load(_NAME, sources=[str(source)], build_directory=tmp, extra_cflags=list(flags()),
+                      extra_ldflags=["-fopenmp"], verbose=False)
+        os.replace(Path(tmp) / f"{_NAME}.so", library)
+    return module
+
+
+def _import(library: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(_NAME, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
