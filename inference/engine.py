@@ -201,11 +201,12 @@ class Engine:
 
     def __init__(self, loaded: LoadedModel, device: DeviceInfo | None = None, fast_kernels: bool = True):
         self.loaded = loaded
-        dtype = next(loaded.model.parameters()).dtype
-        self.device_info = device or device_info(loaded.device, dtype)
-        self.lock = threading.Lock()
+        # The kernel first: a first start builds it beside the model's load, and the roofs must not
+        # be measured while the compiler shares the CPU.
         self.kernel = kernel_module() if fast_kernels and loaded.device.type == "cpu" else None
         self.native_bf16 = bf16_native()
+        self.device_info = device or device_info(loaded.device, next(loaded.model.parameters()).dtype)
+        self.lock = threading.Lock()
 
     @property
     def fast_kernels(self) -> bool:
