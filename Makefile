@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+PEER := .venv-llamacpp
+PEER_STAMP := $(PEER)/.installed
+
 .PHONY: run test bench chromium clean
 
 $(STAMP): requirements.txt requirements-model.txt requirements-dev.txt
@@ -24,8 +27,14 @@ run: $(STAMP)
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
-bench: $(STAMP) chromium
+# llama.cpp, the speed peer, in a virtual environment of its own (compiles for about 4-10 minutes).
+$(PEER_STAMP): bench/requirements-llamacpp.txt
+	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
+	$(PEER)/bin/pip install -q --disable-pip-version-check -r bench/requirements-llamacpp.txt
+	touch $(PEER_STAMP)
+
+bench: $(STAMP) $(PEER_STAMP) chromium
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PEER)

@@ -27,6 +27,7 @@ from inference.loading import DEFAULT_MODEL
 from inference.prompts import DEFAULT_PROMPT
 from inference.settings import GenerationSettings
 from inference.trace import Trace, steps_csv
+from inference.verdicts import roofline_verdict
 from inference.gpus import Gpu
 from inference.whatif import GPUS, PRESETS, estimate
 from viz import experiments as viz_experiments
@@ -90,7 +91,7 @@ def switch_model(name: str) -> str:
                        print_exception=False)
     current = get_engine()
     if name == current.loaded.info.name:
-        return summary.model_status_html(current.loaded.info, current.device_info)
+        return engine_status()
     try:
         engine = ENGINE_THREAD.call(lambda: load_engine(name, _engine_options["device"], _engine_options["dtype"]))
     except ValueError as exc:
@@ -98,7 +99,12 @@ def switch_model(name: str) -> str:
     with _engine_lock:
         _engine = engine
         _engine_options["model"] = name
-    return summary.model_status_html(engine.loaded.info, engine.device_info)
+    return engine_status()
+
+
+def engine_status() -> str:
+    engine = get_engine()
+    return summary.model_status_html(engine.loaded.info, engine.device_info, engine.kernel_note)
 
 
 def get_engine(progress: Any = print) -> Engine:
@@ -296,7 +302,7 @@ def explain_roofline(trace_json: str | None, claims: dict) -> tuple:
     if not trace_json:
         raise gr.Error("Run a prompt on the Live run tab first: this reads its measurements.", print_exception=False)
     trace = Trace.from_json(trace_json)
-    verdict = experiments.roofline_verdict(trace)
+    verdict = roofline_verdict(trace)
     claims = {**(claims or {}), "roofline": verdict}
     return roofline_figure(trace), verdict, claims, claims_html(claims)
 
@@ -412,7 +418,7 @@ def build_demo() -> gr.Blocks:
                                 model = gr.Dropdown(allowed_models(), value=_engine_options["model"], label="Model",
                                                     allow_custom_value=any_model_allowed(), scale=3)
                                 load_button = gr.Button("Load", scale=1, min_width=60)
-                            model_status = gr.HTML()
+                            model_status = gr.HTML(elem_id="ps-model-status")
                             max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="ps-max-new")
                             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
                             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
@@ -445,6 +451,7 @@ def build_demo() -> gr.Blocks:
         replay_button.click(replay, [trace_state, speed], outputs, api_name="replay")
         export_button.click(export, [trace_state], files, api_name="export")
         upload.upload(load_trace, [upload], outputs, api_name="load")
+        demo.load(engine_status, None, model_status, api_name=False)
     return demo
 
 

@@ -5,14 +5,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 from transformers import TextStreamer
 
 from bench.common import decode_rate, interleaved_medians, row, stamps
-from inference.device import measure_peaks
+from inference.roofs import memory_bytes_per_s
 from inference.engine import Engine, load_engine
 from inference.prompts import fixed_length_prompt_ids
 from inference.settings import GenerationSettings
@@ -64,9 +63,9 @@ def prefill_share(engine: Engine, kernel: str) -> float:
     return step.achieved_flops / engine.device_info.peak_flops
 
 
-def startup_and_memory() -> list[str]:
-    """Load times in fresh processes: dequantizing the GGUF vs reading the cached safetensors; and
-    the peak memory of a whole `run`, as the run process itself reports it (VmHWM)."""
+def run_memory() -> list[str]:
+    """The peak memory of a whole `run`, as the run process itself reports it (VmHWM); the start-up
+    times are startup_bench's."""
     # VmHWM, not ru_maxrss: Linux carries a forked child's pre-exec peak (this big process's) into
     # ru_maxrss, which read 1296 MiB in a full run against 649 MiB alone.
     code = ("import runpy, sys; sys.argv = ['inference', 'run', 'What is the capital of France?', "
@@ -76,17 +75,7 @@ def startup_and_memory() -> list[str]:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"},
                          capture_output=True, text=True, check=True).stdout
     peak_mib = int(out.split("PEAK")[-1]) / 1024
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "PHASESCOPE_CACHE": cache, "HF_HUB_OFFLINE": "1"}
-        code = ("import time,torch; t=time.perf_counter(); from inference.loading import load_model; "
-                "load_model(dtype=torch.float32); print(time.perf_counter()-t)")
-        first = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                     check=True).stdout.split()[-1])
-        cached = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                      check=True).stdout.split()[-1])
-    return [row("first load (dequantize GGUF) / cached load", f"{first:.1f} s / {cached:.1f} s",
-                f"{first / cached:.0f}x faster once cached"),
-            row("peak resident memory of `run` (cached model, auto dtype)", f"{peak_mib:.0f} MiB", "goal < 1024 MiB")]
+    return [row("peak resident memory of `run` (cached model, auto dtype)", f"{peak_mib:.0f} MiB", "goal < 1024 MiB")]
 
 
 def main(repeats: int = 5) -> list[str]:
@@ -104,7 +93,7 @@ def main(repeats: int = 5) -> list[str]:
         # Shares of the bandwidth roof from the interleaved median rates: the cached roof may come
         # from a quieter moment, so also against a bandwidth measured now, next to these runs.
         per_token = bytes_per_decode_token(engine, ids)
-        _, bandwidth_now = measure_peaks(torch.device("cpu"), torch.float32)
+        bandwidth_now = memory_bytes_per_s()
         eager_compute, fast_compute = prefill_share(engine, "eager"), prefill_share(engine, "fast")
         d = engine.device_info
         lines += [
@@ -126,7 +115,7 @@ def main(repeats: int = 5) -> list[str]:
                 f"roof {d.peak_flops / 1e9:.0f} GFLOP/s; prefill never takes the decode kernel"),
         ]
         del engine
-    lines += startup_and_memory()
+    lines += run_memory()
     return lines
 
 

@@ -234,6 +234,7 @@ def format_summary(trace: Trace) -> str:
     lines = [
         f"model     {m.name}: {m.params / 1e6:.1f}M params, {m.dtype}, {m.weight_bytes / 1e6:.1f} MB of weights",
         f"device    {d.type}: {d.name}; roofs {d.peak_flops / 1e9:,.0f} GFLOP/s, {d.peak_bytes_per_s / 1e9:,.1f} GB/s ({d.source})",
+        *[f"          {line}" for line in (d.dtype_choice, d.arithmetic) if line],
         f"prompt    {trace.prompt_tokens} tokens x batch {trace.settings.batch_size} -> {len(trace.steps)} new tokens "
         f"(stopped: {s.stop_reason}; KV cache {'on' if trace.settings.kv_cache else 'off'})",
         f"prefill   TTFT {s.ttft_ms:.1f} ms: {prefill.achieved_flops / 1e9:,.1f} GFLOP/s achieved, "

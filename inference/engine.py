@@ -18,7 +18,7 @@ from torch import nn
 from inference.cost_model import step_cost
 from inference.device import device_info
 from inference.fast_path import fast_forwards
-from inference.kernel_build import kernel_module
+from inference.kernel_build import build_error, kernel_module
 from inference.kv_cache import kv_cache_bytes
 from inference.loading import LoadedModel
 from inference.roofs import bf16_native
@@ -211,6 +211,15 @@ class Engine:
     @property
     def fast_kernels(self) -> bool:
         return self.kernel is not None
+
+    @property
+    def kernel_note(self) -> str:
+        """One line for the page and the log: whether the fast decode kernel runs here, and if not why."""
+        if self.loaded.device.type != "cpu":
+            return ""
+        if self.kernel is not None:
+            return "fast decode kernels built for this CPU"
+        return f"fast decode kernel unavailable ({build_error() or 'not built'}): runs use plain PyTorch"
 
     def fast_path(self, settings: GenerationSettings, timer: LayerTimer) -> contextlib.AbstractContextManager:
         """The fast path for a run with settings.kernel "fast" (see fast_path.py); else nothing."""

@@ -202,6 +202,8 @@ class Trace:
             data = json.loads(text, parse_constant=_reject_constant)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        except RecursionError:
+            raise ValueError("not a PhaseScope trace: its JSON is nested too deeply") from None
         return Trace.from_dict(data)
 
 

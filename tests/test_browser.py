@@ -159,7 +159,8 @@ def test_phone_width_and_dark_theme_render_without_errors(browser, app_url: str,
     page.fill("textarea", "Hi")
     page.click("#ps-run")
     page.wait_for_selector(DONE, timeout=120_000)
-    assert chart_points(page, "latency", 1) >= 0
+    assert chart_points(page, "latency", 0) == 1, "the prefill point is missing"
+    assert chart_points(page, "latency", 1) == decode_steps_done(page), "one latency point per decode step"
     page.screenshot(path=str(SCREENSHOTS / f"{scheme}-{width}.png"), full_page=True)
     page.close()
     assert errors == []

@@ -115,6 +115,20 @@ def test_streamed_text_equals_decoding_everything(tiny_engine: Engine) -> None:
     assert trace.text == tokenizer.decode([s.token_id for s in trace.steps], skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("text", ["Café déjà vu 🙂🚀 naïve", "東京の天気は晴れです。", "👩‍👩‍👧 e\u0301 ñ"])
+def test_streaming_real_tokens_gives_the_one_shot_decode(real_engine: Engine, text: str) -> None:
+    """With the real tokenizer, characters whose bytes are split across tokens (emoji, accents,
+    CJK) must come out whole: the concatenated stream equals decoding all the ids at once."""
+    tokenizer = real_engine.loaded.tokenizer
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    partial = [tokenizer.decode(ids[:i + 1]) for i in range(len(ids))]
+    assert any(p.endswith("\ufffd") for p in partial), "no character is split across tokens: the test proves nothing"
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(i) for i in ids]
+    assert "".join(pieces) == tokenizer.decode(ids) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
 def test_text_stream_holds_back_half_a_character() -> None:
     class Bytes:
         def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:

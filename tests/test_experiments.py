@@ -7,7 +7,8 @@ from pathlib import Path
 from gradio_client import Client
 
 from inference.engine import Engine
-from inference.experiments import roofline_verdict, run_batch_sweep, run_cache_race, run_sweep
+from inference.experiments import run_batch_sweep, run_cache_race, run_sweep
+from inference.verdicts import roofline_verdict
 from inference.trace import Trace
 from inference.whatif import GPUS, PRESETS, estimate
 from viz.experiments import batch_figure, race_figure, sweep_figure

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from viz.figures import (all_figures, kv_cache_figure, latency_figure, layer_hea
                          timeline_figure)
 from viz.live import extend_message, full_message
 from viz.summary import headline_html, headline_numbers
+
+ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
 
@@ -104,3 +108,12 @@ def test_headline_numbers_come_from_the_trace(trace: Trace) -> None:
     assert numbers["kv_bytes"] == trace.summary.kv_bytes_final
     assert 0 < numbers["bandwidth_share"] < 1
     assert f"{trace.summary.ttft_ms:,.0f} ms" in headline_html(trace)
+
+
+def test_the_figures_never_import_torch() -> None:
+    """viz/ draws from traces alone: importing every figure module must not pull in torch (or the
+    engine behind it), so the figures stay pure functions of a trace."""
+    code = ("import sys, viz.charts, viz.claims, viz.dashboard, viz.experiments, viz.figures, viz.live, viz.summary; "
+            "print(sorted(m for m in ('torch', 'inference.engine', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"viz/ imported {out.stdout.strip()}"

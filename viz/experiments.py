@@ -7,7 +7,7 @@ import itertools
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from inference.experiments import BatchResult, CacheRace, DtypeResult, SweepResult
+from inference.verdicts import BatchResult, CacheRace, DtypeResult, SweepResult
 from inference.whatif import Estimate
 from viz.charts import DECODE, PREFILL
 

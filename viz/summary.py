@@ -35,7 +35,9 @@ def headline_html(trace: Trace) -> str:
         _card("bandwidth", f"{n['bandwidth_share']:.0%}" if decode else "–",
               "of the memory roof (bytes from the cost model)"),
     ]
-    return f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>'
+    why = "; ".join(d for d in (trace.device.dtype_choice, trace.device.arithmetic) if d)
+    note = f'<div class="ps-why">{html.escape(trace.model.dtype)}: {html.escape(why)}</div>' if why else ""
+    return f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>{note}'
 
 
 def prefill_status_html(prompt_tokens: int, layers_done: int, layers: int, elapsed_s: float) -> str:
@@ -55,10 +57,13 @@ def done_status_html(trace: Trace, note: str = "") -> str:
     return f'<div class="ps-status ps-done">{html.escape(text)}{html.escape(note)}</div>'
 
 
-def model_status_html(model: ModelInfo, device: DeviceInfo) -> str:
+def model_status_html(model: ModelInfo, device: DeviceInfo, kernel_note: str = "") -> str:
+    """What runs and why: the model, its dtype and why it was chosen, how products are computed."""
     text = (f"{model.name}: {model.params / 1e6:,.0f}M parameters, {model.dtype}, {model.weight_bytes / 1e6:,.0f} MB "
             f"of weights, on {device.type} ({device.name})")
-    return f'<div class="ps-status ps-done">{html.escape(text)}</div>'
+    details = [d for d in (device.dtype_choice, device.arithmetic, kernel_note) if d]
+    items = "".join(f"<li>{html.escape(d)}</li>" for d in details)
+    return f'<div class="ps-status ps-done ps-engine">{html.escape(text)}{f"<ul>{items}</ul>" if items else ""}</div>'
 
 
 def error_html(message: str) -> str:

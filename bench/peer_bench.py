@@ -1,0 +1,69 @@
+"""Side by side with llama.cpp on the same weights, same prompt ids and thread count: decode
+tokens/s (prompt 128, 48 new tokens) and a 512-token prefill, each the median of interleaved runs;
+greedy tokens compared. llama.cpp runs in its own virtual environment (bench/llamacpp_peer.py)."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+from bench.common import decode_rate, row, stamps
+from inference.engine import Engine, load_engine
+from inference.loading import bundled_gguf_path, cache_dir
+from inference.prompts import fixed_length_prompt_ids
+from inference.settings import GenerationSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_PYTHON = ROOT / ".venv-llamacpp" / "bin" / "python"
+PROMPT_TOKENS, NEW_TOKENS, PREFILL_TOKENS = 128, 48, 512
+
+
+def peer_run(request: dict) -> dict:
+    out = subprocess.run([str(PEER_PYTHON), str(ROOT / "bench" / "llamacpp_peer.py")], input=json.dumps(request),
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def engine_run(engine: Engine, ids: list[int], prefill_ids: list[int]) -> dict:
+    run = engine.generate(ids, GenerationSettings(max_new_tokens=NEW_TOKENS), stop_at_eos=False)
+    times = stamps(run)
+    trace = engine.generate(prefill_ids, GenerationSettings(max_new_tokens=1)).run_to_end()
+    return {"decode_tokens_per_s": decode_rate(times), "prefill_s": trace.summary.ttft_ms / 1e3,
+            "tokens": [s.token_id for s in run.steps]}
+
+
+def main(repeats: int = 3) -> list[str]:
+    if not PEER_PYTHON.is_file():
+        return ["(llama.cpp not installed: `make bench` builds it in .venv-llamacpp)"]
+    lines = ["| vs llama.cpp (same weights, 2 threads) | PhaseScope / llama.cpp | figures |", "|---|---|---|"]
+    for dtype in ("float32", "bfloat16"):
+        engine = load_engine("SmolLM2-135M-Instruct", "cpu", dtype)
+        tokenizer = engine.loaded.tokenizer
+        ids, prefill_ids = (fixed_length_prompt_ids(tokenizer, n) for n in (PROMPT_TOKENS, PREFILL_TOKENS))
+        request = {"gguf": str(bundled_gguf_path()), "cache": str(cache_dir() / "llamacpp"), "dtype": dtype,
+                   "prompt_ids": ids, "new_tokens": NEW_TOKENS, "prefill_ids": prefill_ids,
+                   "threads": torch.get_num_threads()}
+        ours, theirs = [], []
+        peer_run(request)                               # converts the weights once, warms the page cache
+        for _ in range(repeats):                        # interleaved, so machine noise hits both alike
+            theirs.append(peer_run(request))
+            ours.append(engine_run(engine, ids, prefill_ids))
+        median = lambda runs, key: statistics.median(r[key] for r in runs)
+        same = sum(a == b for a, b in zip(ours[0]["tokens"], theirs[0]["tokens"]))
+        lines += [
+            row(f"{dtype}: decode tokens/s", f"{median(ours, 'decode_tokens_per_s') / median(theirs, 'decode_tokens_per_s'):.2f}",
+                f"{median(ours, 'decode_tokens_per_s'):.1f} vs {median(theirs, 'decode_tokens_per_s'):.1f} (goal >= 0.9)"),
+            row(f"{dtype}: prefill of {PREFILL_TOKENS} tokens, speed", f"{median(theirs, 'prefill_s') / median(ours, 'prefill_s'):.2f}",
+                f"{median(ours, 'prefill_s'):.2f} s vs {median(theirs, 'prefill_s'):.2f} s (goal >= 1.0)"),
+            row(f"{dtype}: greedy tokens equal to llama.cpp's", f"{same} of {NEW_TOKENS}",
+                "float32 should match exactly; bfloat16 may part at a near-tie"),
+        ]
+        del engine
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(main()))

@@ -1,0 +1,207 @@
+"""The claims' verdicts: typed results of the experiments, and the sentences drawn from them.
+
+Pure functions of traces (no torch, no engine), so the figures in viz/ can import them; the
+experiments that produce the traces live in inference/experiments.py. Each verdict is a sentence
+computed from the numbers, never written in advance: when a claim does not hold, it says so.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from inference.trace import Trace
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares (slope, intercept)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return slope, my - slope * mx
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Claim 1: the pause grows with the prompt; the stream does not."""
+    traces: tuple[Trace, ...]
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        return [t.prompt_tokens for t in self.traces]
+
+    @property
+    def ttft_ms(self) -> list[float]:
+        return [t.summary.ttft_ms for t in self.traces]
+
+    @property
+    def decode_ms(self) -> list[float]:
+        return [t.summary.decode_ms_median for t in self.traces]
+
+    @property
+    def ttft_fit(self) -> tuple[float, float]:
+        """(ms per prompt token, ms at zero tokens)."""
+        return linear_fit([float(n) for n in self.prompt_tokens], self.ttft_ms)
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        longest = max(self.traces, key=lambda t: t.prompt_tokens)
+        return longest.prompt_tokens / longest.summary.ttft_ms * 1e3
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return statistics.median(t.summary.decode_tokens_per_s for t in self.traces)
+
+    @property
+    def holds(self) -> bool:
+        return self.ttft_ms[-1] / self.ttft_ms[0] > 2 * self.decode_ms[-1] / self.decode_ms[0]
+
+    def verdict(self) -> str:
+        ttft_growth = self.ttft_ms[-1] / self.ttft_ms[0]
+        decode_growth = self.decode_ms[-1] / self.decode_ms[0]
+        return (f"{'✔' if self.holds else '✘'} From {self.prompt_tokens[0]} to {self.prompt_tokens[-1]} prompt tokens the "
+                f"pause grew {ttft_growth:.1f}x ({self.ttft_fit[0]:.2f} ms per prompt token) while decode changed "
+                f"{decode_growth:.2f}x. Prefill ran {self.prefill_tokens_per_s:,.0f} tokens/s, decode "
+                f"{self.decode_tokens_per_s:.1f} tokens/s: {self.prefill_tokens_per_s / self.decode_tokens_per_s:.0f}x.")
+
+
+def _quarter_growth(values: list[float]) -> float:
+    """Median of the last quarter over median of the first: how much a per-step time grew."""
+    q = max(1, len(values) // 4)
+    return statistics.median(values[-q:]) / statistics.median(values[:q])
+
+
+@dataclass(frozen=True)
+class CacheRace:
+    """Claim 2: the KV cache keeps decode cheap (flat steps, linear total) versus recomputing."""
+    cached: Trace
+    recomputed: Trace
+
+    @property
+    def growth(self) -> tuple[float, float]:
+        """(cached, recomputed) growth of decode step time from the first to the last quarter."""
+        return (_quarter_growth([s.ms for s in self.cached.decode_steps]),
+                _quarter_growth([s.ms for s in self.recomputed.decode_steps]))
+
+    @property
+    def holds(self) -> bool:
+        cached, recomputed = self.growth
+        return recomputed > cached and sum(s.ms for s in self.recomputed.steps) > sum(s.ms for s in self.cached.steps)
+
+    def verdict(self) -> str:
+        cached, recomputed = self.growth
+        total = sum(s.ms for s in self.recomputed.steps) / sum(s.ms for s in self.cached.steps)
+        return (f"{'✔' if self.holds else '✘'} With the cache each step took about the same time ({cached:.2f}x from "
+                f"first to last quarter); recomputing the whole sequence grew {recomputed:.2f}x and took {total:.1f}x "
+                f"as long in total for the same {len(self.cached.steps)} tokens.")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Claim 3: decode is memory-bound, so a batch costs little more per step than one sequence."""
+    traces: tuple[Trace, ...]
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [t.settings.batch_size for t in self.traces]
+
+    @property
+    def step_ms(self) -> list[float]:
+        return [t.summary.decode_ms_median for t in self.traces]
+
+    @property
+    def tokens_per_s(self) -> list[float]:
+        return [t.summary.decode_tokens_per_s for t in self.traces]
+
+    @property
+    def compute_bound_batch(self) -> float:
+        """Roofline estimate: the batch at which a decode step's intensity reaches the ridge point
+        (intensity grows about linearly with B while the weights dominate the bytes)."""
+        first = self.traces[0]
+        per_sequence = first.decode_steps[0].intensity / first.settings.batch_size
+        return first.device.ridge_intensity / per_sequence
+
+    @property
+    def holds(self) -> bool:
+        return self.step_ms[-1] / self.step_ms[0] < 0.5 * self.batch_sizes[-1] / self.batch_sizes[0]
+
+    def verdict(self) -> str:
+        b0, b1 = self.batch_sizes[0], self.batch_sizes[-1]
+        growth = self.step_ms[-1] / self.step_ms[0]
+        text = (f"{'✔' if self.holds else '✘'} Going from batch {b0} to {b1} made each decode step "
+                f"{growth:.1f}x slower while producing {b1 // b0}x the tokens: throughput "
+                f"{self.tokens_per_s[0]:.1f} -> {self.tokens_per_s[-1]:.1f} tokens/s.")
+        estimate, device = self.compute_bound_batch, self.traces[0].device
+        if self.holds and estimate < b1:
+            # Measured memory-bound beyond the batch where the roofs say compute takes over: the
+            # compute roof cannot be right, so no estimate is printed from it.
+            return (f"{text} The roofline would put the turn to compute-bound near batch {estimate:,.1f}, which these "
+                    f"measurements contradict, so this device's compute roof ({device.peak_flops / 1e9:,.0f} GFLOP/s, "
+                    f"{device.source}) is too low to estimate from.")
+        return f"{text} The roofline puts the turn to compute-bound near batch {estimate:,.0f} (estimate)."
+
+
+def roofline_verdict(trace: Trace) -> str:
+    """Claim 4, from one run: where prefill and decode sit against this device's roofs. Every
+    sentence is computed from this run's numbers."""
+    d = trace.device
+    prefill, decode = trace.steps[0], trace.decode_steps
+    ridge = d.ridge_intensity
+    decode_intensity = statistics.median(s.intensity for s in decode) if decode else 0.0
+    holds = bool(decode) and prefill.intensity > 10 * decode_intensity and decode_intensity < ridge
+    lines = [f"{'✔' if holds else '✘'} Ridge point of this device: {ridge:.0f} FLOPs per byte."]
+    lines.append(f"Prefill: {prefill.intensity:.0f} FLOPs/byte ({_side(prefill.intensity, ridge)}), "
+                 f"{_share(prefill.achieved_flops, d.peak_flops, 'compute')}.")
+    if decode:
+        share = statistics.median(s.achieved_bytes_per_s for s in decode) / d.peak_bytes_per_s
+        lines.append(f"Decode: {decode_intensity:.1f} FLOPs/byte ({_side(decode_intensity, ridge)}): "
+                     f"{'bandwidth-bound' if decode_intensity < ridge else 'compute-bound'} by the roofline, "
+                     f"{_share(share * d.peak_bytes_per_s, d.peak_bytes_per_s, 'memory')}.")
+        if share < 0.5:
+            kernel = {"fast": "the fused decode kernels", "eager": "plain PyTorch"}.get(trace.settings.kernel,
+                                                                                      trace.settings.kernel)
+            lines.append(f"At {share:.0%} of the memory roof, most of each decode step ({trace.summary.decode_ms_median:.1f} "
+                         f"ms) goes to something other than reading memory, with {kernel}.")
+        if prefill.intensity <= 10 * decode_intensity:
+            lines.append(f"Prefill's intensity is only {prefill.intensity / decode_intensity:.1f}x decode's here "
+                         f"(a short prompt of {trace.prompt_tokens} tokens).")
+    else:
+        lines.append("This run has no decode step to place.")
+    return " ".join(lines)
+
+
+def _side(intensity: float, ridge: float) -> str:
+    if intensity >= ridge:
+        return f"{intensity / ridge:.1f}x right of the ridge, the compute side"
+    return f"{ridge / intensity:.0f}x left of the ridge, the bandwidth side"
+
+
+def _share(achieved: float, roof: float, kind: str) -> str:
+    share = achieved / roof
+    if share > 1:
+        return (f"{share:.0%} of the {kind} roof: above a roof is impossible, so that roof was measured too low "
+                f"(delete the cached roofs to measure again)")
+    return f"{share:.0%} of the {kind} roof"
+
+
+@dataclass(frozen=True)
+class DtypeResult:
+    """Claim 5: bytes per weight set decode speed; prefill changes by a different factor."""
+    traces: tuple[Trace, ...]          # the same prompt, one run per dtype, widest dtype first
+
+    def ratios(self) -> list[tuple[str, float, float, float]]:
+        """Per dtype after the first: (dtype, weight-bytes ratio, decode speed-up, prefill speed-up)."""
+        base = self.traces[0]
+        return [(t.model.dtype, base.model.weight_bytes / t.model.weight_bytes,
+                 base.summary.decode_ms_median / t.summary.decode_ms_median, base.summary.ttft_ms / t.summary.ttft_ms)
+                for t in self.traces[1:]]
+
+    def verdict(self) -> str:
+        parts = [f"{dtype}: {size:.1f}x fewer weight bytes, decode {_faster(decode)}, prefill {_faster(prefill)}"
+                 for dtype, size, decode, prefill in self.ratios()]
+        holds = all(decode > 1.1 for _, _, decode, _ in self.ratios())
+        return f"{'✔' if holds else '✘'} Against {self.traces[0].model.dtype}: " + "; ".join(parts) + "."
+
+
+def _faster(speedup: float) -> str:
+    """A speed-up as a student reads it: 1.38x faster, or 3.2x slower (never "0.31x faster")."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
