@@ -1,0 +1,30 @@
+"""The kernel's build: where it cannot build, one clear line says why and runs use plain PyTorch."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from inference import kernel_build
+from inference.engine import Engine
+from inference.loading import LoadedModel, model_info
+from inference.settings import GenerationSettings
+from tests.conftest import TEST_DEVICE, DigitTokenizer, tiny_llama
+
+
+def test_a_failed_build_falls_back_to_pytorch_with_one_clear_line(monkeypatch, tmp_path, caplog) -> None:
+    monkeypatch.setattr(kernel_build, "_module", None)
+    monkeypatch.setattr(kernel_build, "_build_error", None)
+    monkeypatch.setenv("PHASESCOPE_CACHE", str(tmp_path))                  # nothing cached: it must build
+    monkeypatch.setenv("PHASESCOPE_KERNEL_ARCH", "no-such-processor")      # ... and the compiler refuses
+    with caplog.at_level(logging.WARNING, logger="phasescope"):
+        assert kernel_build.kernel_module() is None
+    error = kernel_build.build_error()
+    assert error and "\n" not in error and len(error) < 300
+    warnings = [r.getMessage() for r in caplog.records if r.name == "phasescope"]
+    assert len(warnings) == 1 and "plain PyTorch" in warnings[0] and error in warnings[0]
+    model = tiny_llama()
+    engine = Engine(LoadedModel(model, DigitTokenizer(), model_info(model, "tiny"), torch.device("cpu")), TEST_DEVICE)
+    assert not engine.fast_kernels and error in engine.kernel_note
+    trace = engine.generate([1, 5, 9], GenerationSettings(max_new_tokens=4, kernel="fast")).run_to_end()
+    assert trace.settings.kernel == "eager" and len(trace.steps) == 4
