@@ -38,7 +38,8 @@ def test_cuda_kv_bytes_follow_the_formula() -> None:
 
 
 def test_device_auto_picks_cuda_and_bfloat16() -> None:
-    from inference.device import resolve_device, resolve_dtype
+    from inference.device import resolve_device
+    from inference.dtype_choice import choose_dtype
 
     device = resolve_device("auto")
-    assert device.type == "cuda" and resolve_dtype("auto", device) == torch.bfloat16
+    assert device.type == "cuda" and choose_dtype("auto", device)[0] == torch.bfloat16
