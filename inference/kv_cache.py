@@ -24,13 +24,6 @@ def kv_cache_bytes(cache: Any) -> int:
     return total
 
 
-def kv_cache_seq_len(cache: Any) -> int:
-    """Tokens held per sequence (layer 0's K has shape (B, kv_heads, seq_len, head_dim))."""
-    if cache is None or not cache.layers or getattr(cache.layers[0], "keys", None) is None:
-        return 0
-    return int(cache.layers[0].keys.shape[-2])
-
-
 def expected_kv_bytes(layers: int, batch: int, kv_heads: int, seq_len: int, head_dim: int,
                       itemsize: int) -> int:
     """The formula the page teaches: K and V for every layer, sequence, head and position."""
