@@ -7,10 +7,6 @@ are cached; the page and every trace show the reason. On CUDA: bfloat16, which G
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -18,7 +14,7 @@ from typing import Callable
 import torch
 
 from inference.device import DTYPES, dtype_named
-from inference.loading import cache_dir
+from inference.loading import cached_per_key
 
 TRIAL_NEW_TOKENS = 64
 Progress = Callable[[str], None]
@@ -46,22 +42,7 @@ def cpu_dtype_choice(progress: Progress = lambda _: None) -> DtypeChoice:
     from inference.roofs import cpu_key
 
     key = cpu_key()
-    path = cache_dir() / f"dtype-choice-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    try:
-        cached = DtypeChoice(**json.loads(path.read_text()))
-        if cached.key == key:
-            return cached
-    except (OSError, ValueError, TypeError):
-        pass
-    choice = _trial(key, progress)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(choice), indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return choice
+    return cached_per_key("dtype-choice", key, DtypeChoice, lambda: _trial(key, progress))
 
 
 def _trial(key: str, progress: Progress) -> DtypeChoice:

@@ -8,9 +8,6 @@ cached on disk under a key of everything that decides them (see `cpu_key`).
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 import platform
 import time
@@ -21,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from inference.loading import cache_dir
+from inference.loading import cached_per_key
 
 PROBE_SECONDS = 0.15          # one call of a grown probe takes about this long
 _ROOFS_VERSION = 2            # bump when what a probe measures changes
@@ -99,22 +96,7 @@ def prefill_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def cpu_roofs() -> CpuRoofs:
     """Measured once per `cpu_key`, then read from disk."""
     key = cpu_key()
-    path = cache_dir() / f"cpu-roofs-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    try:
-        cached = CpuRoofs(**json.loads(path.read_text()))
-        if cached.key == key:
-            return cached
-    except (OSError, ValueError, TypeError):
-        pass
-    roofs = measure_cpu_roofs(key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(roofs), indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass      # a read-only home still works; it just measures again next time
-    return roofs
+    return cached_per_key("cpu-roofs", key, CpuRoofs, lambda: measure_cpu_roofs(key))
 
 
 def measure_cpu_roofs(key: str = "") -> CpuRoofs:
