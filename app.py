@@ -23,12 +23,12 @@ import plotly
 from inference import experiments
 from inference.background import ENGINE_THREAD, BackgroundRun
 from inference.engine import Engine, load_engine
+from inference.gpus import Gpu
 from inference.loading import DEFAULT_MODEL
 from inference.prompts import DEFAULT_PROMPT
 from inference.settings import GenerationSettings
 from inference.trace import Trace, steps_csv
 from inference.verdicts import roofline_verdict
-from inference.gpus import Gpu
 from inference.whatif import GPUS, PRESETS, estimate
 from viz import experiments as viz_experiments
 from viz import live, summary

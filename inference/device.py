@@ -5,11 +5,12 @@ inference/gpus.py, or are measured for a GPU the table lacks.
 """
 from __future__ import annotations
 
-import time
+from typing import Callable
 
 import torch
 
 from inference.gpus import GPUS
+from inference.roofs import best_seconds, cpu_roofs
 from inference.trace import DeviceInfo
 
 
@@ -43,8 +44,6 @@ def device_info(device: torch.device, dtype: torch.dtype, dtype_choice: str = ""
             return DeviceInfo("cuda", name, flops, gpu.bytes_per_s, "datasheet table", dtype_choice=dtype_choice)
         flops, bandwidth = measure_gpu_peaks(device, dtype)
         return DeviceInfo("cuda", name, flops, bandwidth, "measured (microbenchmark)", dtype_choice=dtype_choice)
-    from inference.roofs import cpu_roofs
-
     roofs = cpu_roofs()
     return DeviceInfo("cpu", roofs.name, roofs.flops(dtype), roofs.bytes_per_s,
                       f"measured (microbenchmark, {roofs.threads} threads)", arithmetic=roofs.arithmetic(dtype),
@@ -57,15 +56,7 @@ def measure_gpu_peaks(device: torch.device, dtype: torch.dtype) -> tuple[float, 
     a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     x = torch.ones(256 * 1024 * 1024, device=device)
 
-    def best(fn: object) -> float:
-        fn()
-        times = []
-        for _ in range(5):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return min(times)
+    def best(fn: Callable[[], object]) -> float:
+        return best_seconds(fn, repeats=5, budget_s=float("inf"), sync=torch.cuda.synchronize)
 
     return 2 * n**3 / best(lambda: a @ b), x.numel() * x.element_size() / best(lambda: x.sum())

@@ -129,7 +129,7 @@ def memory_bytes_per_s(target_s: float = PROBE_SECONDS) -> float:
     """Bytes/s of a sum over an array several times larger than the last-level cache."""
     size = min(2 << 30, max(256 << 20, 2 * _last_level_cache_bytes()))
     x = torch.ones(size // 4)
-    return size / _best_seconds(lambda: x.sum(), repeats=5, budget_s=20 * target_s)
+    return size / best_seconds(lambda: x.sum(), repeats=5, budget_s=20 * target_s)
 
 
 def _grown_rate(probe: Callable[[int], tuple[Callable[[], object], float]], start: int, limit: int,
@@ -138,19 +138,23 @@ def _grown_rate(probe: Callable[[int], tuple[Callable[[], object], float]], star
     n = start
     while True:
         fn, work = probe(n)
-        seconds = _best_seconds(fn, repeats=1, budget_s=target_s)
+        seconds = best_seconds(fn, repeats=1, budget_s=target_s)
         if seconds >= target_s / 2 or n >= limit:
-            return work / _best_seconds(fn, repeats=5, budget_s=8 * target_s)
+            return work / best_seconds(fn, repeats=5, budget_s=8 * target_s)
         n *= 2
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int, budget_s: float) -> float:
-    """Fastest of up to `repeats` timed calls after one warm-up, stopping once `budget_s` is spent."""
+def best_seconds(fn: Callable[[], object], repeats: int, budget_s: float,
+                 sync: Callable[[], object] = lambda: None) -> float:
+    """Fastest of up to `repeats` timed calls after one warm-up, stopping once `budget_s` is spent;
+    `sync` waits for a device's queued work (torch.cuda.synchronize) around each timed call."""
     fn()
     best, spent = float("inf"), 0.0
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         elapsed = time.perf_counter() - start
         best, spent = min(best, elapsed), spent + elapsed
         if spent > budget_s:
