@@ -38,13 +38,14 @@ def test_the_roofs_are_read_from_the_cache_without_measuring(monkeypatch, tmp_pa
 def test_the_cache_key_changes_with_what_decides_the_figures(monkeypatch) -> None:
     key = roofs.cpu_key()
     assert roofs.cpu_name() in key and torch.__version__ in key and ",".join(roofs.cpu_flags()) in key
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)        # the suite may itself run emulated
+    native = roofs.cpu_key()
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
-    assert roofs.cpu_key() != key, "emulating AVX2 must not reuse the native figures"
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    assert roofs.cpu_key() != native, "emulating AVX2 must not reuse the native figures"
+    emulated, threads = roofs.cpu_key(), torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
     try:
-        assert roofs.cpu_key() != key
+        assert roofs.cpu_key() != emulated, "another thread count must not reuse the figures"
     finally:
         torch.set_num_threads(threads)
 
