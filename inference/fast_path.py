@@ -3,15 +3,16 @@
 - every nn.Linear: a decode step's few rows go to the multi-core kernel (gemv.cpp); prefill's many
   rows go to `roofs.prefill_linear` (float32 arithmetic for bfloat16 weights on a CPU without
   bfloat16 arithmetic, PyTorch's product otherwise);
-- every Llama decoder layer: a decode step in one C++ call (norms, projections, rotary, cache
-  write, attention, MLP), because at this model's size a step's ~2000 small PyTorch operations
-  cost as much as reading the weights; its attention and MLP stamps go to the run's LayerTimer;
+- a LlamaModel's decode step: every decoder layer in one C++ call (norms, projections, rotary,
+  cache write, attention, MLP), because at this model's size a step's ~2000 small PyTorch
+  operations, or even just calling 30 layer modules from Python, cost a large share of the time
+  spent reading the weights; the layers' stamps go to the run's LayerTimer, which checks Stop first;
 - Llama's RMSNorm (the final norm) for a few rows.
 
 The model itself is not changed: the modules' forwards are replaced on the instances when the
 context is entered and put back when it exits (error or not), so outside a run the model is plain
-PyTorch, with the same modules and state_dict. Each decoder layer is still called as a module, so
-the timing hooks and Stop keep working. Whatever the fast path does not cover falls back to the
+PyTorch, with the same modules and state_dict. Prefill still calls every layer as a module (the
+timing hooks and Stop work inside it). Whatever the fast path does not cover falls back to the
 module's own forward.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from inference.kv_cache import decode_slot
+from inference.kv_cache import decodable_in_place, decode_slot
 from inference.roofs import prefill_linear
 from inference.timing import LayerTimer
 
@@ -48,14 +50,14 @@ def fast_forwards(model: nn.Module, kernel: Any, timer: LayerTimer, native_bf16:
 
 
 def _fast_forward(module: nn.Module, kernel: Any, timer: LayerTimer, native_bf16: bool) -> Callable[..., Any] | None:
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaModel, LlamaRMSNorm
 
     if isinstance(module, nn.Linear):
         return _linear(module, kernel, native_bf16)
     if type(module) is LlamaRMSNorm:
         return _rmsnorm(module, kernel)
-    if type(module) is LlamaDecoderLayer and _fusable(module):
-        return _fused_layer(module, kernel, timer)
+    if type(module) is LlamaModel and len(module.layers) > 0 and all(map(_fusable, module.layers)):
+        return _fused_stack(module, kernel, timer)
     return None
 
 
@@ -102,11 +104,37 @@ def _fusable(layer: nn.Module) -> bool:
     return all(type(p) is nn.Linear and p.bias is None for p in projections) and layer.mlp.config.hidden_act == "silu"
 
 
-def _fused_layer(layer: nn.Module, kernel: Any, timer: LayerTimer) -> Callable[..., Any]:
-    """A decode step of a whole Llama decoder layer in one call. The layer is still called as a
-    module (its hooks time it and can cancel the run); its attention and MLP are not, so their
-    start and end stamps come back from the kernel and go to `timer`."""
-    original = layer.forward
+def _fused_stack(model: nn.Module, kernel: Any, timer: LayerTimer) -> Callable[..., Any]:
+    """A decode step of every decoder layer of a LlamaModel in one kernel call (embedding, rotary
+    and final norm stay in PyTorch). The layers are not called as modules, so their hooks cannot
+    fire: the kernel's stamps go to `timer`, and a Stop pressed during the step is seen before it."""
+    original = model.forward
+    weights = [_layer_weights(layer, kernel) for layer in model.layers]
+    limit, wq = kernel.MAX_ROWS, model.layers[0].self_attn.q_proj.weight
+
+    def forward(input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None, cache: Any = None,
+                inputs_embeds: Any = None, use_cache: Any = None, **kwargs: Any) -> Any:
+        cache = cache if cache is not None else kwargs.get("past_key_values")
+        if not (cache is not None and attention_mask is None and position_ids is None and inputs_embeds is None
+                and input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] == 1
+                and input_ids.shape[0] <= limit and decodable_in_place(cache, len(weights), input_ids.shape[0])):
+            return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        slots = [decode_slot(layer) for layer in cache.layers]
+        hidden = model.embed_tokens(input_ids)                               # (B, 1, hidden)
+        if not _few_rows(hidden, wq, limit):
+            raise RuntimeError(f"fused decode: embeddings in {hidden.dtype}, weights in {wq.dtype}")
+        position = slots[0][2]
+        cos, sin = model.rotary_emb(hidden, position_ids=torch.tensor([[position]], device=hidden.device))
+        timer.check_cancel()
+        hidden, stamps = kernel.layers(hidden, weights, cos, sin, [(k, v) for k, v, _ in slots], position)
+        timer.record_layers(stamps)
+        return BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), cache=cache)
+
+    return forward
+
+
+def _layer_weights(layer: nn.Module, kernel: Any) -> Any:
     attn, mlp = layer.self_attn, layer.mlp
     weights = kernel.LayerWeights()
     weights.norm1, weights.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
@@ -115,22 +143,4 @@ def _fused_layer(layer: nn.Module, kernel: Any, timer: LayerTimer) -> Callable[.
                                                       attn.o_proj.weight)
     weights.wg, weights.wu, weights.wd = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
     weights.scaling = attn.scaling
-    index, limit, wq = attn.layer_idx, kernel.MAX_ROWS, attn.q_proj.weight
-
-    def forward(hidden_states: torch.Tensor, attention_mask: Any = None, position_ids: Any = None,
-                cache: Any = None, use_cache: Any = False, position_embeddings: Any = None, **kwargs: Any) -> Any:
-        cache = cache if cache is not None else kwargs.get("past_key_values")
-        slot = None
-        if (cache is not None and attention_mask is None and hidden_states.dim() == 3 and hidden_states.shape[1] == 1
-                and _few_rows(hidden_states, wq, limit) and position_embeddings is not None
-                and index < len(cache.layers)):
-            slot = decode_slot(cache.layers[index], hidden_states.shape[0])
-        if slot is None:
-            return original(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                            use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
-        out, attn_start, attn_end, mlp_start, mlp_end = kernel.layer(hidden_states, weights, *position_embeddings,
-                                                                     *slot)
-        timer.record_blocks(index, (attn_start, attn_end), (mlp_start, mlp_end))
-        return out
-
-    return forward
+    return weights

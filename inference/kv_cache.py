@@ -30,16 +30,29 @@ def expected_kv_bytes(layers: int, batch: int, kv_heads: int, seq_len: int, head
     return 2 * layers * batch * kv_heads * seq_len * head_dim * itemsize
 
 
-def decode_slot(layer: Any, batch: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """Room for one more position in a DynamicCache layer: (K buffer, V buffer, position).
+def decodable_in_place(cache: Any, layers: int, batch: int) -> bool:
+    """Whether every one of the cache's `layers` layers holds `batch` rows of the same length, in
+    the DynamicCache layout that `decode_slot` extends in place."""
+    if cache is None or len(cache.layers) != layers:
+        return False
+    lengths = set()
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if type(layer) is not DynamicLayer or keys is None or keys.dim() != 4 or keys.shape[0] != batch:
+            return False
+        lengths.add(keys.shape[-2])
+    return len(lengths) == 1
+
+
+def decode_slot(layer: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Room for one more position in a DynamicCache layer (see `decodable_in_place`):
+    (K buffer, V buffer, position).
 
     The layer's keys/values become views of preallocated buffers (grown by half when full), so a
     step writes one position in place instead of concatenating the whole cache again; they stay
     ordinary (batch, kv_heads, seq_len, head_dim) tensors that the rest of transformers and
     kv_cache_bytes read as before."""
-    keys = getattr(layer, "keys", None)
-    if type(layer) is not DynamicLayer or keys is None or keys.dim() != 4 or keys.shape[0] != batch:
-        return None
+    keys = layer.keys
     n = keys.shape[-2]
     k_buf, v_buf = getattr(layer, "_phasescope_buffers", (None, None))
     if k_buf is None or k_buf.data_ptr() != keys.data_ptr() or k_buf.shape[-2] <= n or k_buf.shape[:2] != keys.shape[:2]:

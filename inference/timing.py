@@ -127,12 +127,21 @@ class LayerTimer:
         self._handles.append(module.register_forward_pre_hook(pre))
         self._handles.append(module.register_forward_hook(post))
 
-    def record_blocks(self, index: int, attn: tuple[float, float], mlp: tuple[float, float]) -> None:
-        """Start and end perf_counter stamps of layer `index`'s attention and MLP, from a fused
-        layer that does not call those modules (so their hooks cannot fire)."""
+    def check_cancel(self) -> None:
+        """For a forward pass that calls no layer module (the fused stack): Stop, as a layer's hook would."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise RunCancelled
+
+    def record_layers(self, stamps: list[float]) -> None:
+        """perf_counter stamps from a fused stack that calls no layer module (so no hook can fire):
+        six per layer: layer start, attention start and end, MLP start and end, layer end."""
         if self.enabled and not self.clock.cuda:
-            self._stamps["attn"][index][:] = attn
-            self._stamps["mlp"][index][:] = mlp
+            for i in range(len(stamps) // 6):
+                start, attn_start, attn_end, mlp_start, mlp_end, end = stamps[6 * i:6 * i + 6]
+                self._stamps["layer"][i][:] = start, end
+                self._stamps["attn"][i][:] = attn_start, attn_end
+                self._stamps["mlp"][i][:] = mlp_start, mlp_end
+        self.layers_done = len(stamps) // 6
 
     def start_step(self) -> None:
         self.layers_done = 0
