@@ -1,14 +1,16 @@
 """PhaseScope's page: wires the Gradio UI to inference/ (the engine) and viz/ (figures, messages).
 
 `python app.py` loads the model (with progress in the terminal) and serves the page. Nothing
-heavy happens at import: the engine loads at launch, or on the first run when imported.
+heavy happens at import: the engine loads at launch, or on the first run when imported. What the
+server offers (model, device, dtype, the models a visitor may load) is one ServerConfig, read from
+the environment and overridden by the flags.
 """
 from __future__ import annotations
 
 import argparse
-import bisect
 import itertools
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -23,25 +25,23 @@ import plotly
 from inference import experiments
 from inference.background import ENGINE_THREAD, BackgroundRun
 from inference.engine import Engine, load_engine
-from inference.gpus import Gpu
-from inference.loading import DEFAULT_MODEL
 from inference.prompts import DEFAULT_PROMPT
+from inference.server_config import ServerConfig
 from inference.settings import GenerationSettings
 from inference.trace import Trace, steps_csv
 from inference.verdicts import roofline_verdict
-from inference.whatif import GPUS, PRESETS, estimate
+from inference.whatif import GPUS, PRESETS, Efficiency, device_as_gpu, estimate, measured_efficiency
 from viz import experiments as viz_experiments
 from viz import live, summary
 from viz.claims import claims_html
-from viz.dashboard import DASHBOARD_CSS, dashboard_js, dashboard_template
+from viz.dashboard import DASHBOARD_CSS, dashboard_js, dashboard_template, header_html, phase_colour_css
 from viz.figures import roofline_figure
 
 UPDATES_PER_S = 15                 # live redraws per second: smooth, and cheap next to a decode step
-MAX_RUN_SECONDS = float(os.environ.get("PHASESCOPE_MAX_RUN_SECONDS", "120"))   # one user cannot hold the model
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
 THIS_MACHINE = "this machine (measured roofs)"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
-CSS = (Path(__file__).resolve().parent / "assets" / "style.css").read_text()
+CSS = phase_colour_css() + (Path(__file__).resolve().parent / "assets" / "style.css").read_text()
 
 try:                                # on a Hugging Face ZeroGPU Space, runs borrow a GPU
     import spaces
@@ -61,44 +61,30 @@ class CancelFlag(threading.Event):
         return self
 
 
+_config = ServerConfig.from_env()    # replaced whole, by main()'s flags and by a model switch
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
-_engine_options = {"model": os.environ.get("PHASESCOPE_MODEL", DEFAULT_MODEL),
-                   "device": os.environ.get("PHASESCOPE_DEVICE", "auto"),
-                   "dtype": os.environ.get("PHASESCOPE_DTYPE", "auto")}
-
-
-def allowed_models() -> list[str]:
-    """Models this server offers: the one it started with, the bundled default, and any listed in
-    PHASESCOPE_ALLOWED_MODELS (comma-separated). Nothing else, unless any model is allowed."""
-    listed = [m.strip() for m in os.environ.get("PHASESCOPE_ALLOWED_MODELS", "").split(",") if m.strip()]
-    return list(dict.fromkeys([_engine_options["model"], DEFAULT_MODEL, *listed]))
-
-
-def any_model_allowed() -> bool:
-    """Only for local use (`--allow-any-model` or PHASESCOPE_ALLOW_ANY_MODEL=1): any hub id or folder."""
-    return os.environ.get("PHASESCOPE_ALLOW_ANY_MODEL") == "1"
 
 
 def switch_model(name: str) -> str:
     """Load `name` for everyone (there is one shared model); on any failure keep the current one."""
-    global _engine
+    global _config, _engine
     name = (name or "").strip()
     if not name:
         raise gr.Error("Choose a model.", print_exception=False)
-    if name not in allowed_models() and not any_model_allowed():
-        raise gr.Error(f"{name!r} is not one of this server's models: {', '.join(allowed_models())}",
+    if not _config.may_load(name):
+        raise gr.Error(f"{name!r} is not one of this server's models: {', '.join(_config.allowed_models)}",
                        print_exception=False)
     current = get_engine()
     if name == current.loaded.info.name:
         return engine_status()
     try:
-        engine = ENGINE_THREAD.call(lambda: load_engine(name, _engine_options["device"], _engine_options["dtype"]))
+        engine = ENGINE_THREAD.call(lambda: load_engine(name, _config.device, _config.dtype))
     except ValueError as exc:
         raise gr.Error(f"{exc}. Still using {current.loaded.info.name}.", print_exception=False) from None
     with _engine_lock:
         _engine = engine
-        _engine_options["model"] = name
+        _config = _config.replace(model=name)
     return engine_status()
 
 
@@ -107,36 +93,19 @@ def engine_status() -> str:
     return summary.model_status_html(engine.loaded.info, engine.device_info, engine.kernel_note)
 
 
+def page_opened() -> tuple:
+    """The model list and status as this server is now (flags and switches happen after the page is built)."""
+    return (gr.Dropdown(choices=_config.allowed_models, value=_config.model, allow_custom_value=_config.allow_any_model),
+            engine_status())
+
+
 def get_engine(progress: Any = print) -> Engine:
     """The one shared, read-only engine, loaded on first use."""
     global _engine
     with _engine_lock:
         if _engine is None:
-            _engine = load_engine(_engine_options["model"], _engine_options["device"], _engine_options["dtype"],
-                                  progress)
+            _engine = load_engine(_config.model, _config.device, _config.dtype, progress)
         return _engine
-
-
-def settings_from_inputs(max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any, kv_cache: Any,
-                         batch_size: Any, kernel: Any = "fast") -> GenerationSettings:
-    """Page (or API) inputs -> settings; ValueError with a readable message for anything off."""
-    def number(name: str, value: Any, kind: type) -> Any:
-        try:
-            as_float = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
-        if kind is int:
-            if not as_float.is_integer():
-                raise ValueError(f"{name} must be a whole number, got {value!r}")
-            return int(as_float)
-        return as_float
-
-    if not isinstance(kv_cache, bool):
-        raise ValueError(f"kv_cache must be true or false, got {kv_cache!r}")
-    return GenerationSettings(max_new_tokens=number("max_new_tokens", max_new_tokens, int),
-                              temperature=number("temperature", temperature, float),
-                              top_p=number("top_p", top_p, float), seed=number("seed", seed, int),
-                              kv_cache=kv_cache, batch_size=number("batch_size", batch_size, int), kernel=kernel)
 
 
 def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) -> tuple:
@@ -151,7 +120,7 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
 
     engine = get_engine()
     try:
-        settings = settings_from_inputs(max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, kernel)
+        settings = GenerationSettings.from_form(max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, kernel)
         run = engine.generate(chat_prompt_ids(engine.loaded.tokenizer, prompt), settings, cancel=cancel,
                               prompt=prompt)
     except ValueError as exc:
@@ -162,7 +131,7 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     empty = run.trace()
     yield _outputs(live.full_message(empty, next(seq)),
                    summary.prefill_status_html(len(run.prompt_ids), 0, engine.loaded.info.layers, 0.0), empty)
-    background = BackgroundRun(run)
+    background = BackgroundRun(run, max_seconds=_config.max_run_seconds)
     try:
         yield from _stream(background, engine, seq)
     finally:
@@ -172,7 +141,7 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
         message = f"The run failed: {type(background.error).__name__}: {background.error}"
         yield _outputs(live.full_message(trace, next(seq)), summary.error_html(message), trace, trace.to_json())
         raise gr.Error(message, print_exception=False)
-    note = f" at the {MAX_RUN_SECONDS:g} s limit per run" if background.timed_out else ""
+    note = f" at the {background.max_seconds:g} s limit per run" if background.timed_out else ""
     yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace, note), trace,
                    trace.to_json() if trace.steps else gr.skip())
 
@@ -184,11 +153,7 @@ def _stream(background: BackgroundRun, engine: Engine, seq: Iterator[int]) -> It
         frame_end = time.perf_counter() + 1 / UPDATES_PER_S
         background.wait_for_steps(sent, 1 / UPDATES_PER_S)
         time.sleep(max(0.0, frame_end - time.perf_counter()))
-        have = len(background.steps)
-        elapsed = time.perf_counter() - background.started
-        if elapsed > MAX_RUN_SECONDS and not run.cancel.is_set():
-            background.timed_out = True
-            run.cancel.set()
+        have, elapsed = len(background.steps), background.elapsed
         if have == 0:
             if background.layers_done != shown_layers:
                 shown_layers = background.layers_done
@@ -214,14 +179,13 @@ def replay(trace_json: str | None, speed: float) -> Iterator[tuple]:
     trace = Trace.from_json(trace_json)
     speed = min(1.0, max(0.1, float(speed)))
     seq = itertools.count()
-    ends = list(itertools.accumulate(s.ms for s in trace.steps))
     empty = trace.prefix(0)
     yield _outputs(live.full_message(empty, next(seq)), summary.decode_status_html(0, 0.0), empty)
     start, sent = time.perf_counter(), 0
     while sent < len(trace.steps):
         time.sleep(1 / UPDATES_PER_S)
         now_ms = (time.perf_counter() - start) * 1e3 * speed
-        have = bisect.bisect_right(ends, now_ms)          # steps finished by now
+        have = trace.steps_done_by(now_ms)
         if have > sent:
             partial = trace.prefix(have)
             yield _outputs(live.extend_message(partial, sent, next(seq)),
@@ -292,9 +256,9 @@ def experiment_batch(sizes: list, claims: dict, progress: gr.Progress = gr.Progr
 
 
 def experiment_dtype(claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
-    options = dict(_engine_options)
+    config = _config
     return _experiment("dtype", lambda p: experiments.run_dtype_comparison(
-        options["model"], options["device"], ["float32", "bfloat16"], progress=p),
+        config.model, config.device, ["float32", "bfloat16"], progress=p),
         viz_experiments.dtype_figure, claims, progress)
 
 
@@ -309,28 +273,19 @@ def explain_roofline(trace_json: str | None, claims: dict) -> tuple:
 
 def what_if(models: list, gpus: list, prompt_tokens: float, context: float, batch: float, calibrate: bool,
             trace_json: str | None) -> str:
-    prefill_eff = decode_eff = 1.0
-    note = "roofline times at 100% of datasheet peaks (bf16, dense)"
-    if calibrate and trace_json:
-        trace = Trace.from_json(trace_json)
-        prefill_eff = min(1.0, trace.steps[0].achieved_flops / trace.device.peak_flops)
-        if trace.decode_steps:
-            decode_eff = min(1.0, trace.decode_bytes_per_s / trace.device.peak_bytes_per_s)
-        note = (f"roofline times scaled by this machine's measured efficiency (prefill {prefill_eff:.0%} of its "
-                f"compute roof, decode {decode_eff:.0%} of its memory roof), bf16")
+    efficiency = measured_efficiency(Trace.from_json(trace_json)) if calibrate and trace_json else Efficiency()
     chosen = [GPUS[g] for g in gpus or [] if g in GPUS]
     if THIS_MACHINE in (gpus or []):
-        d = get_engine().device_info
-        chosen.append(Gpu(THIS_MACHINE, "", d.peak_flops, d.peak_flops, d.peak_bytes_per_s, os.sysconf("SC_PHYS_PAGES") *
-                          os.sysconf("SC_PAGE_SIZE")))
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        chosen.append(device_as_gpu(THIS_MACHINE, get_engine().device_info, memory))
     try:
-        rows = [estimate(PRESETS[m], g, int(prompt_tokens), int(context), int(batch), prefill_eff, decode_eff)
-                for m in models or [] if m in PRESETS for g in chosen]
+        rows = [estimate(PRESETS[m], g, int(prompt_tokens), int(context), int(batch), efficiency.prefill,
+                         efficiency.decode) for m in models or [] if m in PRESETS for g in chosen]
     except (ValueError, ZeroDivisionError) as exc:
         raise gr.Error(f"Could not estimate: {exc}", print_exception=False) from None
     if not rows:
         raise gr.Error("Pick at least one model and one GPU.", print_exception=False)
-    return viz_experiments.whatif_table_html(rows, note)
+    return viz_experiments.whatif_table_html(rows, efficiency.note)
 
 
 def build_experiments_tab(trace_state: gr.State, claims: gr.State) -> None:
@@ -395,9 +350,7 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State) -> None:
 
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="PhaseScope: prefill and decode, live") as demo:
-        gr.HTML('<div class="ps-header"><h1>PhaseScope</h1><p>Watch a real language model answer: first '
-                '<b style="color:#e8710a">prefill</b> reads your whole prompt at once (the pause), then '
-                '<b style="color:#1a73e8">decode</b> writes one token per step, reading every weight again.</p></div>')
+        gr.HTML(header_html())
         cancel = gr.State(CancelFlag)
         trace_state = gr.State(None)
         claims = gr.State({})
@@ -415,8 +368,8 @@ def build_demo() -> gr.Blocks:
                         headline = gr.HTML(elem_id="ps-headline")
                         with gr.Accordion("Settings", open=False, elem_id="ps-settings"):
                             with gr.Row():
-                                model = gr.Dropdown(allowed_models(), value=_engine_options["model"], label="Model",
-                                                    allow_custom_value=any_model_allowed(), scale=3)
+                                model = gr.Dropdown(_config.allowed_models, value=_config.model, label="Model",
+                                                    allow_custom_value=_config.allow_any_model, scale=3)
                                 load_button = gr.Button("Load", scale=1, min_width=60)
                             model_status = gr.HTML(elem_id="ps-model-status")
                             max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="ps-max-new")
@@ -451,7 +404,7 @@ def build_demo() -> gr.Blocks:
         replay_button.click(replay, [trace_state, speed], outputs, api_name="replay")
         export_button.click(export, [trace_state], files, api_name="export")
         upload.upload(load_trace, [upload], outputs, api_name="load")
-        demo.load(engine_status, None, model_status, api_name=False)
+        demo.load(page_opened, None, [model, model_status], api_name=False)
     return demo
 
 
@@ -460,25 +413,32 @@ demo = build_demo()
 
 def launch(**kwargs: Any) -> Any:
     """Serve the page (theme and CSS go to launch() in Gradio 6)."""
-    demo.queue(max_size=int(os.environ.get("PHASESCOPE_QUEUE_SIZE", "64")))
+    demo.queue(max_size=_config.queue_size)
     return demo.launch(css=CSS, theme=gr.themes.Soft(), **kwargs)
 
 
+def launch_on_free_port(host: str = "127.0.0.1") -> str:
+    """Serve the page in this process on a free loopback port (tests, benchmarks); returns its URL."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True)
+    return f"http://{host}:{port}/"
+
+
 def main() -> None:
+    global _config
     parser = argparse.ArgumentParser(description="Serve the PhaseScope page.")
-    parser.add_argument("--model", default=_engine_options["model"])
-    parser.add_argument("--device", default=_engine_options["device"], choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--dtype", default=_engine_options["dtype"], choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--model", default=_config.model)
+    parser.add_argument("--device", default=_config.device, choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--dtype", default=_config.dtype, choices=("auto", "float32", "bfloat16"))
     parser.add_argument("--allow-any-model", action="store_true",
                         help="let the page load any hub id or folder (local use only; never on a public server)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
-    _engine_options.update(model=args.model, device=args.device, dtype=args.dtype)
-    if args.allow_any_model:
-        os.environ["PHASESCOPE_ALLOW_ANY_MODEL"] = "1"
-    global demo
-    demo = build_demo()          # again: the model list and --allow-any-model shape the page
+    _config = _config.replace(model=args.model, device=args.device, dtype=args.dtype,
+                              allow_any_model=_config.allow_any_model or args.allow_any_model)
     try:
         get_engine(progress=lambda message: print(message, flush=True))
     except ValueError as exc:

@@ -1,7 +1,9 @@
 // PhaseScope dashboard: runs inside gr.HTML's js_on_load (element, props, watch are given).
 // Messages arrive as JSON in props.value: {kind: "full"} redraws every chart with Plotly.react,
 // {kind: "extend"} appends new steps' columns to each chart's data, so zoom survives and only the
-// new points travel.
+// new points travel. An extend that does not start where the charts end (a message lost or out of
+// order) is not applied: the charts wait for the run's final full redraw rather than draw a gap.
+// The element's data-steps attribute says how many steps the charts hold (the browser tests read it).
 //
 // Drawing is paced by what it costs: appending data is cheap and happens per message, but each
 // chart is redrawn at most once per pass, and the next pass waits three times as long as the last
@@ -15,6 +17,7 @@ element.querySelectorAll("[data-chart]").forEach((div) => { divs[div.dataset.cha
 const MIN_GAP_MS = 50;        // at most 20 passes a second
 const COST_FACTOR = 3;        // wait 3x the last pass's drawing time before the next
 let lastSeq = -1;
+let have = 0;                 // steps the charts hold (after the last applied message)
 let dirty = new Set();
 let timer = null;
 let earliest = 0;             // performance.now() before which the next pass may not start
@@ -67,7 +70,6 @@ function draw() {
   }
   const now = performance.now();
   earliest = now + Math.max(MIN_GAP_MS, COST_FACTOR * (now - started));
-  element.dataset.drawn = element.dataset.steps;
 }
 
 function schedule() {
@@ -84,8 +86,8 @@ function apply(msg) {
     for (const [id, fig] of Object.entries(msg.figures)) {
       if (divs[id]) P.react(divs[id], fig.data, themed(fig.layout), config);
     }
-    element.dataset.drawn = String(msg.steps);
   } else if (msg.kind === "extend") {
+    if (msg.start !== have) return;
     for (const [id, chart] of Object.entries(msg.charts)) {
       const gd = divs[id];
       if (!gd || !gd.data) continue;
@@ -94,8 +96,8 @@ function apply(msg) {
     }
     schedule();
   }
+  have = msg.steps;
   element.dataset.steps = String(msg.steps);
-  element.dataset.seq = String(msg.seq);
 }
 
 function receive() {

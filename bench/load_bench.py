@@ -3,7 +3,6 @@ Prints completed runs, errors, and p50/p90 of queue wait and of time to first to
 student sees them: from pressing Run)."""
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -36,11 +35,7 @@ def _student(url: str, prompt: str, results: list[dict]) -> None:
 
 def main(students: int = STUDENTS) -> list[str]:
     app.get_engine(progress=lambda _: None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    url = f"http://127.0.0.1:{port}/"
+    url = app.launch_on_free_port()
     results: list[dict] = []
     threads = [threading.Thread(target=_student, args=(url, PROMPTS[i % len(PROMPTS)], results))
                for i in range(students)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import shutil
-import socket
 import statistics
 import threading
 
@@ -53,11 +52,7 @@ class BrowserRuns:
     decode tokens/s from the per-token latency chart the page drew."""
 
     def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-        self.url = f"http://127.0.0.1:{port}/"
+        self.url = app.launch_on_free_port()
         self.jobs: queue.Queue[bool] = queue.Queue()
         self.rates: queue.Queue[float | BaseException] = queue.Queue()
         self.done = threading.Event()

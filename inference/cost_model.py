@@ -41,7 +41,7 @@ def step_cost(info: ModelInfo, batch: int, tokens_in: int, past: int) -> StepCos
     attention_flops = 4 * info.layers * info.heads * info.head_dim * attended
     flops = batch * (2 * tokens_in * layer_matmul_params + attention_flops + 2 * lm_head_params)
 
-    kv_per_token = 2 * info.layers * info.kv_heads * info.head_dim * itemsize     # K and V
+    kv_per_token = info.kv_bytes_per_token
     # Per layer and token: the hidden state through norm, attention in/out and residual
     # (about 4 x hidden) and the MLP's gate, up and down activations (about 3 x intermediate),
     # each written once and read once.
@@ -53,3 +53,10 @@ def step_cost(info: ModelInfo, batch: int, tokens_in: int, past: int) -> StepCos
         kv_write_bytes=float(batch * tokens_in * kv_per_token),
         activation_bytes=float(batch * tokens_in * activation_per_token + batch * info.vocab * 4),
     )
+
+
+def compute_bound_batch(info: ModelInfo, ridge_intensity: float, context: int) -> float:
+    """Roofline estimate of the batch at which a decode step at `context` tokens turns compute-bound:
+    its FLOPs grow with the batch while the weight bytes, which dominate what it moves, do not."""
+    one = step_cost(info, 1, 1, context - 1)
+    return ridge_intensity * one.weight_bytes / one.flops

@@ -24,12 +24,6 @@ def kv_cache_bytes(cache: Any) -> int:
     return total
 
 
-def expected_kv_bytes(layers: int, batch: int, kv_heads: int, seq_len: int, head_dim: int,
-                      itemsize: int) -> int:
-    """The formula the page teaches: K and V for every layer, sequence, head and position."""
-    return 2 * layers * batch * kv_heads * seq_len * head_dim * itemsize
-
-
 def decodable_in_place(cache: Any, layers: int, batch: int) -> bool:
     """Whether every one of the cache's `layers` layers holds `batch` rows of the same length, in
     the DynamicCache layout that `decode_slot` extends in place."""

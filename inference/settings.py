@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_BATCH_SIZE = 64
@@ -39,6 +40,31 @@ class GenerationSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @classmethod
+    def from_form(cls, max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any, kv_cache: Any,
+                  batch_size: Any, kernel: Any = "fast") -> GenerationSettings:
+        """Settings from a form or an API call, where numbers may come as floats or strings
+        ("64", 64.0): whole numbers are accepted as such; anything else raises ValueError."""
+        return cls(max_new_tokens=_whole("max_new_tokens", max_new_tokens), temperature=_real("temperature", temperature),
+                   top_p=_real("top_p", top_p), seed=_whole("seed", seed), kv_cache=kv_cache,
+                   batch_size=_whole("batch_size", batch_size), kernel=kernel)
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def _whole(name: str, value: Any) -> int:
+    number = _real(name, value)
+    if not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:

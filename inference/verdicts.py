@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from inference.cost_model import compute_bound_batch
 from inference.trace import Trace
 
 
@@ -114,11 +115,9 @@ class BatchResult:
 
     @property
     def compute_bound_batch(self) -> float:
-        """Roofline estimate: the batch at which a decode step's intensity reaches the ridge point
-        (intensity grows about linearly with B while the weights dominate the bytes)."""
+        """Roofline estimate: the batch at which this model's decode step meets this device's ridge."""
         first = self.traces[0]
-        per_sequence = first.decode_steps[0].intensity / first.settings.batch_size
-        return first.device.ridge_intensity / per_sequence
+        return compute_bound_batch(first.model, first.device.ridge_intensity, first.decode_steps[0].context_len)
 
     @property
     def holds(self) -> bool:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inference.cost_model import step_cost
+from inference.cost_model import compute_bound_batch, step_cost
 from inference.gpus import GPUS_BY_NAME, Gpu
-from inference.trace import ModelInfo
+from inference.trace import DeviceInfo, ModelInfo, Trace
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,33 @@ def estimate(preset: Preset, gpu: Gpu, prompt_tokens: int, context: int, batch: 
     prefill = step_cost(info, batch, prompt_tokens, 0)
     decode = step_cost(info, batch, 1, context - 1)
     roof_s = lambda cost: max(cost.flops / gpu.bf16_flops, cost.bytes / gpu.bytes_per_s)
-    # Decode's intensity is about 2 * batch FLOPs per 2-byte weight: it meets the ridge near this batch.
-    ridge = gpu.bf16_flops / gpu.bytes_per_s
     kv_at_context = info.kv_bytes_per_token * context * batch
     return Estimate(model=preset.name, gpu=gpu.name, weight_bytes=info.weight_bytes,
                     kv_bytes_per_token=info.kv_bytes_per_token, kv_bytes_at_context=kv_at_context,
                     ttft_ms=roof_s(prefill) / prefill_efficiency * 1e3,
                     decode_ms_per_token=roof_s(decode) / decode_efficiency * 1e3,
-                    compute_bound_batch=ridge * decode.weight_bytes / (decode.flops / batch),
+                    compute_bound_batch=compute_bound_batch(info, gpu.bf16_flops / gpu.bytes_per_s, context),
                     fits=info.weight_bytes + kv_at_context <= gpu.memory_bytes)
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """The share of the roofs an estimate assumes: prefill of the compute roof, decode of the memory roof."""
+    prefill: float = 1.0
+    decode: float = 1.0
+    note: str = "roofline times at 100% of datasheet peaks (bf16, dense)"
+
+
+def measured_efficiency(trace: Trace) -> Efficiency:
+    """What this machine reached of its own roofs in `trace` (at most 100% each)."""
+    if not trace.steps:
+        return Efficiency()
+    prefill = min(1.0, trace.steps[0].achieved_flops / trace.device.peak_flops)
+    decode = min(1.0, trace.decode_bytes_per_s / trace.device.peak_bytes_per_s) if trace.decode_steps else 1.0
+    return Efficiency(prefill, decode, f"roofline times scaled by this machine's measured efficiency (prefill "
+                                       f"{prefill:.0%} of its compute roof, decode {decode:.0%} of its memory roof), bf16")
+
+
+def device_as_gpu(name: str, device: DeviceInfo, memory_bytes: float) -> Gpu:
+    """This machine's measured roofs in the datasheet table's shape, so it can sit beside the GPUs."""
+    return Gpu(name, "", device.peak_flops, device.peak_flops, device.peak_bytes_per_s, memory_bytes)

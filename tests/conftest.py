@@ -18,7 +18,7 @@ from inference.engine import Engine
 from inference.loading import LoadedModel, model_info
 from inference.trace import DeviceInfo
 
-# Fixed roofs for tests: the microbenchmark is exercised by its own test, not by every fixture.
+# Fixed roofs for tests: the microbenchmark has its own tests (test_roofs.py), not every fixture.
 TEST_DEVICE = DeviceInfo(type="cpu", name="test cpu", peak_flops=100e9, peak_bytes_per_s=20e9, source="fixed for tests")
 
 
@@ -88,14 +88,8 @@ def real_engine() -> Engine:
 @pytest.fixture(scope="session")
 def app_url(real_engine: Engine) -> Iterator[str]:
     """The page served in this process on a free port, on the real model."""
-    import socket
-
     import app
 
     app._engine = real_engine
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    yield app.launch_on_free_port()
     app.demo.close()

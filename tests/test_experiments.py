@@ -81,3 +81,26 @@ def test_whatif_through_the_page_api_is_labelled_an_estimate(app_url: str) -> No
     table = Client(app_url, verbose=False).predict(["Llama-3.1-8B"], ["H100 SXM", "T4"], 1024, 4096, 1, False, None,
                                                    api_name="/whatif")
     assert "Estimates" in table and "not measurements" in table and table.count("<tr>") == 3
+
+
+def test_calibrated_estimates_scale_by_what_this_run_reached_of_its_roofs() -> None:
+    from inference.whatif import measured_efficiency
+
+    trace = Trace.from_json(EXAMPLE.read_text())
+    efficiency = measured_efficiency(trace)
+    assert efficiency.prefill == min(1.0, trace.steps[0].achieved_flops / trace.device.peak_flops)
+    assert efficiency.decode == min(1.0, trace.decode_bytes_per_s / trace.device.peak_bytes_per_s)
+    assert f"{efficiency.decode:.0%}" in efficiency.note
+    assert measured_efficiency(trace.prefix(0)).prefill == 1.0, "a trace with no steps calibrates nothing"
+
+
+def test_the_batch_where_decode_turns_compute_bound_is_one_computation() -> None:
+    from inference.cost_model import compute_bound_batch
+
+    preset, gpu = PRESETS["Llama-3.1-8B"], GPUS["H100 SXM"]
+    e = estimate(preset, gpu, 1024, 4096)
+    ridge = gpu.bf16_flops / gpu.bytes_per_s
+    assert e.compute_bound_batch == compute_bound_batch(preset.model_info(), ridge, 4096)
+    # About 2 FLOPs per 2-byte weight per sequence, so near the ridge (FLOPs per byte) in sequences;
+    # attention over 4096 positions adds FLOPs, so a little before it.
+    assert 0.7 * ridge < e.compute_bound_batch <= ridge

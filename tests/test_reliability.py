@@ -1,8 +1,7 @@
-"""Bad input, hostile traces, faults and many users: clear messages, and the next run still works."""
+"""Bad input on the page, hostile traces and faults: clear messages, and the next run still works."""
 from __future__ import annotations
 
 import json
-import math
 import threading
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from hypothesis import strategies as st
 
 import app
 from inference.engine import Engine
-from inference.settings import GenerationSettings
 from inference.trace import Trace
 from viz import live
 
@@ -21,25 +19,6 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.jso
 ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
                         max_leaves=12)
-ANY_INPUT = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-
-
-@given(ANY_INPUT, ANY_INPUT, ANY_INPUT, ANY_INPUT, ANY_INPUT, ANY_INPUT)
-def test_settings_from_anything_are_valid_or_a_clear_value_error(max_new, temperature, top_p, seed, kv, batch) -> None:
-    try:
-        result = app.settings_from_inputs(max_new, temperature, top_p, seed, kv, batch)
-    except ValueError as exc:
-        assert str(exc) and "\n" not in str(exc)
-        return
-    assert isinstance(result, GenerationSettings)
-    assert 1 <= result.max_new_tokens and 1 <= result.batch_size and 0 < result.top_p <= 1
-    assert math.isfinite(result.temperature) and result.temperature >= 0
-
-
-@given(st.integers(1, 4096), st.floats(0, 10), st.floats(0.01, 1), st.integers(0, 2**31), st.booleans(), st.integers(1, 64))
-def test_every_setting_in_range_is_accepted(max_new, temperature, top_p, seed, kv, batch) -> None:
-    s = app.settings_from_inputs(max_new, temperature, top_p, seed, kv, batch)
-    assert (s.max_new_tokens, s.batch_size, s.kv_cache) == (max_new, batch, kv)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +160,7 @@ def test_closing_the_tab_mid_run_frees_the_engine(real_engine: Engine) -> None:
 
 def test_a_model_off_the_list_is_refused_and_the_current_one_keeps_working(real_engine: Engine, monkeypatch) -> None:
     monkeypatch.setattr(app, "_engine", real_engine)
-    monkeypatch.delenv("PHASESCOPE_ALLOW_ANY_MODEL", raising=False)
+    monkeypatch.setattr(app, "_config", app._config.replace(allow_any_model=False))
     with pytest.raises(gr.Error, match="not one of this server's models"):
         app.switch_model("someone/else-model")
     assert "Paris" in _drain("What is the capital of France?", 10)[3]
@@ -190,7 +169,7 @@ def test_a_model_off_the_list_is_refused_and_the_current_one_keeps_working(real_
 def test_an_unloadable_model_gives_a_message_and_the_current_one_keeps_working(real_engine: Engine, monkeypatch,
                                                                                 tmp_path: Path) -> None:
     monkeypatch.setattr(app, "_engine", real_engine)
-    monkeypatch.setenv("PHASESCOPE_ALLOW_ANY_MODEL", "1")
+    monkeypatch.setattr(app, "_config", app._config.replace(allow_any_model=True))
     (tmp_path / "config.json").write_text('{"model_type": "nonsense"}')
     for name in (str(tmp_path / "missing"), str(tmp_path)):
         with pytest.raises(gr.Error, match="could not load model.*Still using SmolLM2-135M-Instruct"):
@@ -203,9 +182,7 @@ def test_switching_to_another_local_model_runs_it(real_engine: Engine, monkeypat
     from transformers import LlamaConfig, LlamaForCausalLM
 
     monkeypatch.setattr(app, "_engine", real_engine)
-    monkeypatch.setitem(app._engine_options, "dtype", "float32")
-    monkeypatch.setitem(app._engine_options, "model", app._engine_options["model"])   # restored afterwards
-    monkeypatch.setenv("PHASESCOPE_ALLOW_ANY_MODEL", "1")
+    monkeypatch.setattr(app, "_config", app._config.replace(dtype="float32", allow_any_model=True))   # restored afterwards
     config = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=128, vocab_size=real_engine.loaded.info.vocab, max_position_embeddings=512)
     LlamaForCausalLM(config).save_pretrained(tmp_path)

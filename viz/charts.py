@@ -166,7 +166,7 @@ def _heatmap_base(trace: Trace) -> go.Figure:
     _layout(fig, "step (0 = prefill)", "layer", showlegend=False,
             updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=0, y=1.0, xanchor="left",
                               yanchor="bottom", pad=dict(t=0, b=2), showactive=True,
-                              font=dict(size=11, color="#1a73e8"), bgcolor="rgba(128,128,128,0.12)")])
+                              font=dict(size=11, color=DECODE), bgcolor="rgba(128,128,128,0.12)")])
     return fig
 
 

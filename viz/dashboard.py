@@ -10,13 +10,24 @@ import html
 import json
 from pathlib import Path
 
-from viz.charts import CHARTS
+from viz.charts import CHARTS, DECODE, PREFILL
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def explanations() -> dict[str, str]:
     return json.loads((ASSETS / "explanations.json").read_text())
+
+
+def phase_colour_css() -> str:
+    """The phases' colours as CSS variables, so the page's styles use the charts' colours."""
+    return f":root {{ --ps-prefill: {PREFILL}; --ps-decode: {DECODE}; }}\n"
+
+
+def header_html() -> str:
+    return ('<div class="ps-header"><h1>PhaseScope</h1><p>Watch a real language model answer: first '
+            '<b class="ps-word-prefill">prefill</b> reads your whole prompt at once (the pause), then '
+            '<b class="ps-word-decode">decode</b> writes one token per step, reading every weight again.</p></div>')
 
 
 def dashboard_template() -> str:

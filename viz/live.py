@@ -1,8 +1,9 @@
 """Messages for the live dashboard: a whole redraw, or small deltas the page appends to its charts.
 
 Each message is JSON for the page's one dashboard component. Deltas carry `start` (the first
-step they hold) so the browser can tell a gap; every run ends with a whole redraw, so what is
-left on screen is always exactly the trace.
+step they hold): assets/dashboard.js applies one only where its charts end, so a lost message
+freezes the charts instead of drawing a gap. Every run ends with a whole redraw, so what is left
+on screen is always exactly the trace.
 """
 from __future__ import annotations
 

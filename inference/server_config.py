@@ -1,0 +1,50 @@
+"""What one PhaseScope server offers: its model, device and dtype, and the models a visitor may load.
+
+Read once from the environment (PHASESCOPE_MODEL, PHASESCOPE_DEVICE, PHASESCOPE_DTYPE,
+PHASESCOPE_ALLOWED_MODELS, PHASESCOPE_ALLOW_ANY_MODEL=1, PHASESCOPE_MAX_RUN_SECONDS,
+PHASESCOPE_QUEUE_SIZE); `python app.py`'s flags override it. A frozen record: a change (a model
+switch, a flag) makes a new one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from inference.loading import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    listed_models: tuple[str, ...] = ()     # offered besides the server's model and the bundled default
+    allow_any_model: bool = False           # any hub id or folder: local use only, never a public server
+    max_run_seconds: float = 120.0          # one user cannot hold the shared model longer
+    queue_size: int = 64
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
+        listed = tuple(m.strip() for m in env.get("PHASESCOPE_ALLOWED_MODELS", "").split(",") if m.strip())
+        try:
+            max_run_seconds = float(env.get("PHASESCOPE_MAX_RUN_SECONDS", "120"))
+            queue_size = int(env.get("PHASESCOPE_QUEUE_SIZE", "64"))
+        except ValueError as exc:
+            raise ValueError(f"PHASESCOPE_MAX_RUN_SECONDS or PHASESCOPE_QUEUE_SIZE is not a number: {exc}") from None
+        return cls(model=env.get("PHASESCOPE_MODEL", DEFAULT_MODEL), device=env.get("PHASESCOPE_DEVICE", "auto"),
+                   dtype=env.get("PHASESCOPE_DTYPE", "auto"), listed_models=listed,
+                   allow_any_model=env.get("PHASESCOPE_ALLOW_ANY_MODEL") == "1", max_run_seconds=max_run_seconds,
+                   queue_size=queue_size)
+
+    @property
+    def allowed_models(self) -> list[str]:
+        """The server's model, the bundled default and the listed ones, in that order, once each."""
+        return list(dict.fromkeys([self.model, DEFAULT_MODEL, *self.listed_models]))
+
+    def may_load(self, name: str) -> bool:
+        return self.allow_any_model or name in self.allowed_models
+
+    def replace(self, **changes: object) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
