@@ -8,7 +8,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PEER := .venv-llamacpp
 PEER_STAMP := $(PEER)/.installed
 
-.PHONY: run test bench chromium clean
+# What a Hugging Face Space builds: requirements.txt alone (plus the `spaces` package its image
+# carries) on the Python the README's front matter names; the Space run test starts the app in it.
+SPACE := .venv-space
+SPACE_STAMP := $(SPACE)/.installed
+SPACE_PYTHON ?= python$(shell sed -n 's/^python_version: *"\{0,1\}\([0-9.]*\)"\{0,1\}/\1/p' README.md)
+
+.PHONY: run test bench bench-avx2 chromium clean space-venv
 
 $(STAMP): requirements.txt requirements-model.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +30,15 @@ chromium:
 run: $(STAMP)
 	$(PY) app.py
 
-test: $(STAMP) chromium
+$(SPACE_STAMP): requirements.txt requirements-space.txt
+	rm -rf $(SPACE)
+	$(SPACE_PYTHON) -m venv $(SPACE)
+	$(SPACE)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-space.txt
+	touch $(SPACE_STAMP)
+
+space-venv: $(SPACE_STAMP)
+
+test: $(STAMP) $(SPACE_STAMP) chromium
 	$(PY) -m pytest -q
 
 # llama.cpp, the speed peer, in a virtual environment of its own (compiles for about 4-10 minutes).
@@ -36,5 +50,20 @@ $(PEER_STAMP): bench/requirements-llamacpp.txt
 bench: $(STAMP) $(PEER_STAMP) chromium
 	$(PY) -m bench
 
+# The same on this machine held to AVX2 (PyTorch, oneDNN, MKL, our kernel and llama.cpp alike): how
+# an AVX2-only CPU's instructions fare, on this machine's memory.
+AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 PHASESCOPE_KERNEL_ARCH=x86-64-v3
+PEER_AVX2 := .venv-llamacpp-avx2
+$(PEER_AVX2)/.installed: bench/requirements-llamacpp.txt
+	test -x $(PEER_AVX2)/bin/python || $(PYTHON) -m venv $(PEER_AVX2)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+	  -DGGML_AVX512_BF16=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF \
+	  -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" $(PEER_AVX2)/bin/pip install -q --disable-pip-version-check \
+	  --no-cache-dir --no-binary llama-cpp-python -r bench/requirements-llamacpp.txt
+	touch $@
+
+bench-avx2: $(STAMP) $(PEER_AVX2)/.installed chromium
+	$(AVX2) $(PY) -m bench
+
 clean:
-	rm -rf $(VENV) $(PEER)
+	rm -rf $(VENV) $(PEER) $(PEER_AVX2) $(SPACE)

@@ -4,6 +4,7 @@ greedy tokens compared. llama.cpp runs in its own virtual environment (bench/lla
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 from pathlib import Path
@@ -17,7 +18,10 @@ from inference.prompts import fixed_length_prompt_ids
 from inference.settings import GenerationSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-PEER_PYTHON = ROOT / ".venv-llamacpp" / "bin" / "python"
+# Under AVX2 emulation (PHASESCOPE_KERNEL_ARCH=x86-64-v3, see the README) llama.cpp must be held to
+# AVX2 too: `make bench-avx2` builds it so in .venv-llamacpp-avx2.
+EMULATING_AVX2 = os.environ.get("PHASESCOPE_KERNEL_ARCH") == "x86-64-v3"
+PEER_PYTHON = ROOT / (".venv-llamacpp-avx2" if EMULATING_AVX2 else ".venv-llamacpp") / "bin" / "python"
 PROMPT_TOKENS, NEW_TOKENS, PREFILL_TOKENS = 128, 48, 512
 
 
@@ -37,7 +41,7 @@ def engine_run(engine: Engine, ids: list[int], prefill_ids: list[int]) -> dict:
 
 def main(repeats: int = 3) -> list[str]:
     if not PEER_PYTHON.is_file():
-        return ["(llama.cpp not installed: `make bench` builds it in .venv-llamacpp)"]
+        return [f"(llama.cpp not installed in {PEER_PYTHON.parent.parent.name}: `make bench` or `make bench-avx2` builds it)"]
     lines = ["| vs llama.cpp (same weights, 2 threads) | PhaseScope / llama.cpp | figures |", "|---|---|---|"]
     for dtype in ("float32", "bfloat16"):
         engine = load_engine("SmolLM2-135M-Instruct", "cpu", dtype)

@@ -17,6 +17,7 @@ from torch import nn
 
 from inference.cost_model import step_cost
 from inference.device import device_info
+from inference.cpu_quota import fit_threads_to_quota
 from inference.fast_path import fast_forwards
 from inference.kernel_build import build_error, kernel_module
 from inference.kv_cache import kv_cache_bytes
@@ -275,6 +276,9 @@ def load_engine(model: str, device: str = "auto", dtype: str = "auto",
 
     torch_device = resolve_device(device)
     if torch_device.type == "cpu":      # the compiler runs beside the model's first load (about 35 s, once)
+        quota_note = fit_threads_to_quota()
+        if quota_note:
+            progress(quota_note)
         threading.Thread(target=kernel_module, name="phasescope-kernel-build", daemon=True).start()
     torch_dtype, why = choose_dtype(dtype, torch_device, progress)
     loaded = load_model(model, torch_device, torch_dtype, progress)

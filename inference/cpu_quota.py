@@ -1,0 +1,67 @@
+"""How many CPUs this process may really use: a container's CPU quota, not the CPUs it can see.
+
+A Hugging Face Space (and many containers) shows the host's CPUs but grants a quota of two of
+them. Thread teams sized by the visible count then oversubscribe the quota, and the fused decode
+layer, whose threads meet at barriers, pays for every thread that waits for its time slice. So a
+CPU run uses as many threads as the quota allows (cgroup v2 `cpu.max`, or v1
+`cpu.cfs_quota_us` / `cpu.cfs_period_us`, on the process's cgroup and its parents).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def quota_cpus(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The smallest CPU quota on this process's cgroup or its parents, in CPUs; None without one."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":                                    # cgroup v2
+            quotas += [_v2_quota(folder) for folder in _folders(root, path)]
+        elif "cpu" in controllers.split(","):                    # cgroup v1, the cpu controller's hierarchy
+            mount = root / controllers if (root / controllers).is_dir() else root / "cpu"
+            quotas += [_v1_quota(folder) for folder in _folders(mount, path)]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _folders(mount: Path, path: str) -> list[Path]:
+    """The cgroup's folder and its parents' under `mount`."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    return [mount.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def fit_threads_to_quota() -> str:
+    """Lower PyTorch's (and the kernel's) thread count to the CPU quota where that is smaller; say
+    what was done, in a line for the log ("" when nothing changed)."""
+    quota = quota_cpus()
+    threads = torch.get_num_threads()
+    if quota is None or math.floor(quota) >= threads:
+        return ""
+    fitted = max(1, math.floor(quota))
+    torch.set_num_threads(fitted)
+    return f"CPU quota {quota:g} CPUs (of {threads} visible): running on {fitted} thread{'s' if fitted > 1 else ''}"
