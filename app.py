@@ -23,7 +23,7 @@ import gradio as gr
 import plotly
 
 from inference import experiments
-from inference.background import ENGINE_THREAD, BackgroundRun
+from inference.background import ENGINE_THREAD, BackgroundRun, CancelFlag
 from inference.engine import Engine, load_engine
 from inference.prompts import DEFAULT_PROMPT
 from inference.server_config import ServerConfig
@@ -43,27 +43,26 @@ THIS_MACHINE = "this machine (measured roofs)"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 CSS = phase_colour_css() + (Path(__file__).resolve().parent / "assets" / "style.css").read_text()
 
-try:                                # on a Hugging Face ZeroGPU Space, runs borrow a GPU
+GPU_START_MARGIN_S = 30            # a ZeroGPU worker's start (and its warm-up) before the run itself
+try:                                # a Hugging Face Space's image carries `spaces`
     import spaces
-    gpu = spaces.GPU
 except ImportError:
-    def gpu(fn: Any) -> Any:
-        return fn
+    spaces = None
 
 gr.set_static_paths([PLOTLY_JS])    # plotly.js from the installed package: the page works offline
-
-
-class CancelFlag(threading.Event):
-    """One per browser session (a gr.State): Stop sets it, the session's run polls it. Gradio
-    deep-copies state values; a copy would be a different flag, so copying returns itself."""
-
-    def __deepcopy__(self, memo: dict) -> CancelFlag:
-        return self
 
 
 _config = ServerConfig.from_env()    # replaced whole, by main()'s flags and by a model switch
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
+
+
+def gpu(fn: Any) -> Any:
+    """On a ZeroGPU Space, `fn` runs in a forked worker that holds a GPU for at most the run limit
+    (plus the worker's start); its arguments and what it yields are pickled. Elsewhere `fn` as it is."""
+    if spaces is None:
+        return fn
+    return spaces.GPU(duration=lambda *args, **kwargs: _config.max_run_seconds + GPU_START_MARGIN_S)(fn)
 
 
 def switch_model(name: str) -> str:
@@ -78,6 +77,9 @@ def switch_model(name: str) -> str:
     current = get_engine()
     if name == current.loaded.info.name:
         return engine_status()
+    if _config.zero_gpu:
+        raise gr.Error("A ZeroGPU Space serves the one model it started with (its GPU workers keep it): duplicate "
+                       "the Space with PHASESCOPE_MODEL set to run another.", print_exception=False)
     try:
         engine = ENGINE_THREAD.call(lambda: load_engine(name, _config.device, _config.dtype))
     except ValueError as exc:
@@ -104,7 +106,8 @@ def get_engine(progress: Any = print) -> Engine:
     global _engine
     with _engine_lock:
         if _engine is None:
-            _engine = load_engine(_config.model, _config.device, _config.dtype, progress)
+            # On ZeroGPU the main process must not run the model: each worker warms its own copy.
+            _engine = load_engine(_config.model, _config.device, _config.dtype, progress, warm_up=not _config.zero_gpu)
         return _engine
 
 
@@ -114,11 +117,12 @@ def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) ->
 
 @gpu
 def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
-                   kv_cache: bool, batch_size: float, cancel: threading.Event, kernel: str = "fast") -> Iterator[tuple]:
+                   kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast") -> Iterator[tuple]:
     """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S."""
     from inference.prompts import chat_prompt_ids
 
     engine = get_engine()
+    engine.ensure_warm()
     try:
         settings = GenerationSettings.from_form(max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, kernel)
         run = engine.generate(chat_prompt_ids(engine.loaded.tokenizer, prompt), settings, cancel=cancel,
@@ -168,7 +172,7 @@ def _stream(background: BackgroundRun, engine: Engine, seq: Iterator[int]) -> It
             sent = len(partial.steps)
 
 
-def stop_generation(cancel: threading.Event) -> None:
+def stop_generation(cancel: CancelFlag) -> None:
     cancel.set()
 
 
@@ -231,6 +235,7 @@ def _experiment(claim: str, run: Any, figure: Any, claims: dict, progress: gr.Pr
     return figure(result), verdict, claims, claims_html(claims)
 
 
+@gpu
 def experiment_sweep(lengths: list, new_tokens: float, claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
     lengths = sorted({int(n) for n in lengths or []})
     if len(lengths) < 2:
@@ -240,12 +245,14 @@ def experiment_sweep(lengths: list, new_tokens: float, claims: dict, progress: g
                        viz_experiments.sweep_figure, claims, progress)
 
 
+@gpu
 def experiment_race(prompt_tokens: float, new_tokens: float, claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
     engine = get_engine()
     return _experiment("race", lambda p: experiments.run_cache_race(engine, int(prompt_tokens), int(new_tokens), p),
                        viz_experiments.race_figure, claims, progress)
 
 
+@gpu
 def experiment_batch(sizes: list, claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
     sizes = sorted({int(b) for b in sizes or []})
     if len(sizes) < 2:
@@ -255,6 +262,7 @@ def experiment_batch(sizes: list, claims: dict, progress: gr.Progress = gr.Progr
                        viz_experiments.batch_figure, claims, progress)
 
 
+@gpu
 def experiment_dtype(claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
     config = _config
     return _experiment("dtype", lambda p: experiments.run_dtype_comparison(
@@ -351,7 +359,7 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State) -> None:
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="PhaseScope: prefill and decode, live") as demo:
         gr.HTML(header_html())
-        cancel = gr.State(CancelFlag)
+        cancel = gr.State(CancelFlag, delete_callback=lambda flag: flag.clear())
         trace_state = gr.State(None)
         claims = gr.State({})
         with gr.Tabs():

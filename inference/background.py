@@ -5,6 +5,10 @@ The engine never waits for drawing: it appends each Step as it comes, and the ca
 prefill, before the next step in decode) and waits for the end; a run that outlives its
 `max_seconds` is cancelled the same way, and says so in `timed_out`.
 
+A run may also happen in another process: on a ZeroGPU Space the run function executes in a forked
+worker that gets pickled copies of its arguments. So the Stop flag (`CancelFlag`) is a file, the
+same flag in every copy, and `ENGINE_THREAD` serves only in the process that called serve_forever.
+
 Where the runs happen matters: measured here, bfloat16 matrix-vector products run about 30%
 slower on a thread other than the process's main thread (the OpenMP thread team behaves
 differently there), which would distort what the page measures. So a server hands its main
@@ -14,10 +18,14 @@ notebooks) a run gets a thread of its own.
 from __future__ import annotations
 
 import math
+import os
 import queue
+import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from inference.engine import GenerationRun
@@ -26,12 +34,41 @@ from inference.trace import Step, Trace
 T = TypeVar("T")
 
 
+class CancelFlag:
+    """One per browser session: Stop sets it, the session's run polls it (set, clear, is_set, as a
+    threading.Event). It is a file, so a copy (Gradio deep-copies state values) or a pickled copy in
+    another process (a ZeroGPU worker) is the same flag; checking it costs about a microsecond."""
+
+    FOLDER = Path(tempfile.gettempdir()) / "phasescope-stop"
+
+    def __init__(self) -> None:
+        self.path = self.FOLDER / uuid.uuid4().hex
+
+    def set(self) -> None:
+        self.FOLDER.mkdir(exist_ok=True)
+        self.path.touch()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def is_set(self) -> bool:
+        return self.path.exists()
+
+    def __deepcopy__(self, memo: dict) -> CancelFlag:
+        return self
+
+
 class EngineThread:
     """Executes jobs on the thread that called `serve_forever`, one at a time."""
 
     def __init__(self) -> None:
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
-        self.serving = False
+        self._serving_pid: int | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Someone serves jobs in this process (a forked copy of a serving process has no such thread)."""
+        return self._serving_pid == os.getpid()
 
     def submit(self, job: Callable[[], None]) -> None:
         if self.serving:
@@ -56,7 +93,7 @@ class EngineThread:
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         """Run submitted jobs on this thread until `stop` is set (or forever)."""
-        self.serving = True
+        self._serving_pid = os.getpid()
         try:
             while stop is None or not stop.is_set():
                 try:
@@ -65,7 +102,7 @@ class EngineThread:
                     continue
                 job()
         finally:
-            self.serving = False
+            self._serving_pid = None
 
 
 ENGINE_THREAD = EngineThread()

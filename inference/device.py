@@ -41,7 +41,9 @@ def device_info(device: torch.device, dtype: torch.dtype, dtype_choice: str = ""
         gpu = next((g for g in GPUS if g.match in name), None)
         if gpu is not None:
             flops = gpu.bf16_flops if dtype != torch.float32 else gpu.fp32_flops
-            return DeviceInfo("cuda", name, flops, gpu.bytes_per_s, "datasheet table", dtype_choice=dtype_choice)
+            # A MIG slice (a ZeroGPU Space's "H200 MIG 3g.71gb") gets a share of the whole GPU's peaks.
+            source = "datasheet table" + (", whole GPU: this MIG slice has a share of it" if "MIG" in name else "")
+            return DeviceInfo("cuda", name, flops, gpu.bytes_per_s, source, dtype_choice=dtype_choice)
         flops, bandwidth = measure_gpu_peaks(device, dtype)
         return DeviceInfo("cuda", name, flops, bandwidth, "measured (microbenchmark)", dtype_choice=dtype_choice)
     roofs = cpu_roofs()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
 from typing import Any, Iterator
 
@@ -242,6 +243,13 @@ class Engine:
         """One short run, discarded: a process's first forward pass pays one-off costs (allocator,
         kernel selection) that are not prefill, and would otherwise inflate the first TTFT."""
         self.generate([1] * 16, GenerationSettings(max_new_tokens=3), instrument=False).run_to_end()
+        self._warm_in = os.getpid()
+
+    def ensure_warm(self) -> None:
+        """Warm up once in this process (a ZeroGPU worker is a fresh process that may not touch
+        the GPU before it holds one, so its engine is warmed there, not at start-up)."""
+        if getattr(self, "_warm_in", None) != os.getpid():
+            self.warm_up()
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context
@@ -268,8 +276,9 @@ def reference_generate(model: nn.Module, prompt_ids: list[int], max_new_tokens: 
 
 
 def load_engine(model: str, device: str = "auto", dtype: str = "auto",
-                progress: Any = lambda _: None) -> Engine:
-    """Resolve device and dtype names, load the model and measure (or look up) the device's roofs."""
+                progress: Any = lambda _: None, warm_up: bool = True) -> Engine:
+    """Resolve device and dtype names, load the model and measure (or look up) the device's roofs;
+    then warm it up, unless `warm_up` is False (a process that must not run the model yet)."""
     from inference.device import resolve_device
     from inference.dtype_choice import choose_dtype
     from inference.loading import load_model
@@ -284,5 +293,6 @@ def load_engine(model: str, device: str = "auto", dtype: str = "auto",
     loaded = load_model(model, torch_device, torch_dtype, progress)
     progress("Measuring this device's compute and bandwidth roofs (cached after the first time)")
     engine = Engine(loaded, device_info(torch_device, torch_dtype, why))
-    engine.warm_up()
+    if warm_up:
+        engine.warm_up()
     return engine

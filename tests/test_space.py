@@ -8,12 +8,18 @@ and, where this machine lets the test make one, a CPU quota smaller than the vis
 """
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -70,33 +76,41 @@ def cpu_quota_prefix(cpus: int) -> tuple[list[str], Path | None]:
 
 
 @pytest.fixture(scope="module")
-def space_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, bool]]:
+def space_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What a Space has before `python app.py`: the venv, the preloaded model, an empty cache."""
     subprocess.run(["make", "-s", "space-venv"], cwd=ROOT, check=True)
     version = subprocess.run([str(SPACE_PYTHON), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     assert version == front_matter_python(), f"the Space venv runs Python {version}"
     home = tmp_path_factory.mktemp("space")
     seed_hub_cache(home / "hf")
-    cache = home / "phasescope"
-    (cache / "kernels").mkdir(parents=True)
-    # The kernel's build (about 30 s) is the one part of a first start this test does not repeat.
+    return home
+
+
+@contextlib.contextmanager
+def running_space(home: Path, name: str, command: list[str], extra_env: dict[str, str],
+                  cpu_quota: int = 0) -> Iterator[tuple[str, Path, bool]]:
+    """`command` started as a Space starts app.py; yields its URL, its log and whether a CPU quota
+    was applied. Each start gets an empty PhaseScope cache except for the built kernel (about 30 s
+    to build: the one part of a first start not repeated here)."""
     from inference.loading import cache_dir
+
+    cache = home / f"{name}-cache"
+    (cache / "kernels").mkdir(parents=True)
     for built in (cache_dir() / "kernels").glob("*.so"):
         shutil.copy(built, cache / "kernels" / built.name)
-    import socket
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "SYSTEM": "spaces", "SPACE_ID": "teacher/phasescope",
            "SPACE_HOST": "teacher-phasescope.hf.space", "GRADIO_SERVER_NAME": "0.0.0.0",
            "GRADIO_SERVER_PORT": str(port), "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1",
-           "PHASESCOPE_CACHE": str(cache), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    quota = 1 if (os.cpu_count() or 1) > 1 else 0
-    prefix, cgroup = cpu_quota_prefix(quota) if quota else ([], None)
-    log = home / "space.log"
+           "PHASESCOPE_CACHE": str(cache), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           **extra_env}
+    prefix, cgroup = cpu_quota_prefix(cpu_quota) if cpu_quota else ([], None)
+    log = home / f"{name}.log"
     with log.open("w") as out:
-        process = subprocess.Popen([*prefix, str(SPACE_PYTHON), "app.py"], cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*prefix, *command], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while "Running on local URL" not in log.read_text():
@@ -110,26 +124,116 @@ def space_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
         if cgroup is not None:
             cgroup.rmdir()
 
 
-def test_a_cpu_space_answers_a_student_live(space_url: tuple[str, Path, bool]) -> None:
-    from gradio_client import Client
-
-    url, log, quota = space_url
-    job = Client(url, verbose=False).submit("What is the capital of France?", 12, 0, 1, 0, True, 1, api_name="/run")
-    updates = list(job)
-    answer = job.result()[3]
-    assert "Paris" in answer, f"answer {answer!r}\n{log.read_text()[-2000:]}"
-    assert len(updates) >= 5, f"only {len(updates)} updates reached the client: not live"
+def assert_clean_log(log: Path) -> str:
     text = log.read_text()
-    assert "loading HuggingFaceTB/SmolLM2-135M-Instruct from the hub cache" in text, text[-2000:]
     # Gradio's Space mode (its hot reloader) leaves asyncio loops whose __del__ logs an ignored
     # ValueError; that noise is Gradio's. Any other traceback is ours.
     ignored = text.count("Exception ignored in: <function BaseEventLoop.__del__")
     assert text.count("Traceback") == ignored, text[-3000:]
-    if quota:
+    return text
+
+
+def ask_live(url: str, prompt: str, new_tokens: int = 12) -> tuple[list, str]:
+    from gradio_client import Client
+
+    job = Client(url, verbose=False).submit(prompt, new_tokens, 0, 1, 0, True, 1, api_name="/run")
+    updates = list(job)
+    return updates, job.result()[3]
+
+
+def test_a_cpu_space_answers_a_student_live(space_home: Path) -> None:
+    quota = 1 if (os.cpu_count() or 1) > 1 else 0
+    with running_space(space_home, "cpu", [str(SPACE_PYTHON), "app.py"], {}, cpu_quota=quota) as (url, log, limited):
+        updates, answer = ask_live(url, "What is the capital of France?")
+        assert "Paris" in answer, f"answer {answer!r}\n{log.read_text()[-2000:]}"
+        assert len(updates) >= 5, f"only {len(updates)} updates reached the client: not live"
+        text = assert_clean_log(log)
+    assert "loading HuggingFaceTB/SmolLM2-135M-Instruct from the hub cache" in text, text[-2000:]
+    if limited:
         assert "CPU quota 1 CPUs (of" in text and "running on 1 thread" in text, text[-2000:]
     else:
         print("no cgroup could be made here: the Space ran without a CPU quota", file=sys.stderr)
+
+
+class DeviceApiStandIn:
+    """The ZeroGPU device API the `spaces` package calls (see spaces/zero/client.py and api.py):
+    every schedule is granted at once; each request is recorded."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self._answer()
+
+            def do_GET(self) -> None:
+                self._answer()
+
+            def _answer(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                params = dict(urllib.parse.parse_qsl(url.query))
+                stand_in.requests.append((url.path, params))
+                body = b"0"
+                if url.path == "/schedule":
+                    body = json.dumps({"idle": True, "nvidiaIndex": 0, "nvidiaUUID": "GPU-stand-in",
+                                       "allowToken": f"token-{len(stand_in.requests)}"}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def calls(self, path: str) -> list[dict[str, str]]:
+        return [params for called, params in self.requests if called == path]
+
+
+def test_a_zerogpu_space_streams_from_its_gpu_worker_and_stop_reaches_it(space_home: Path) -> None:
+    from gradio_client import Client
+
+    api = DeviceApiStandIn()
+    env = {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": api.url, "PHASESCOPE_DEVICE": "cpu",
+           "PHASESCOPE_MAX_RUN_SECONDS": "90", "PHASESCOPE_ALLOWED_MODELS": "someone/other-model"}
+    command = [str(SPACE_PYTHON), str(ROOT / "tests" / "zerogpu_app.py")]
+    try:
+        with running_space(space_home, "zerogpu", command, env) as (url, log, _):
+            updates, answer = ask_live(url, "What is the capital of France?")
+            assert "Paris" in answer, f"answer {answer!r}\n{log.read_text()[-3000:]}"
+            assert len(updates) >= 5, f"only {len(updates)} updates came back from the worker: not live"
+            schedules = api.calls("/schedule")
+            assert schedules and all(s["durationSeconds"] == "120" for s in schedules), schedules
+            workers = {call["pid"] for call in api.calls("/allow")}
+            assert workers, "no GPU worker was started"
+
+            client = Client(url, verbose=False)
+            job = client.submit("Write a long story about a lighthouse.", 400, 0, 1, 0, True, 1, api_name="/run")
+            while len(job.outputs()) < 4 and not job.done():
+                time.sleep(0.05)
+            client.predict(api_name="/stop")
+            started = time.monotonic()
+            final = job.result()
+            assert "stopped" in final[1], final[1]
+            assert time.monotonic() - started < 20, "Stop did not reach the run in the GPU worker"
+
+            with pytest.raises(Exception, match="ZeroGPU Space serves the one model"):
+                client.predict("someone/other-model", api_name="/model")
+            # An experiment runs the model several times inside one GPU call, its progress included.
+            _, verdict, _ = client.predict([1, 2], {}, api_name="/batch")
+            assert "Going from batch 1 to 2" in verdict, verdict
+            text = assert_clean_log(log)
+        assert "Low-level CUDA init" not in text
+        assert str(os.getpid()) not in workers
+    finally:
+        api.server.shutdown()
