@@ -24,6 +24,7 @@ import plotly
 
 from inference import experiments
 from inference.background import ENGINE_THREAD, BackgroundRun, CancelFlag
+from inference.batching import BatchRun, batch_server
 from inference.engine import Engine, load_engine
 from inference.prompts import DEFAULT_PROMPT
 from inference.server_config import ServerConfig
@@ -37,6 +38,7 @@ from viz.claims import claims_html
 from viz.dashboard import DASHBOARD_CSS, dashboard_js, dashboard_template, header_html, phase_colour_css
 from viz.figures import roofline_figure
 
+RUNS_AT_ONCE = 16                  # the fused kernel's rows per step: one class's batch
 UPDATES_PER_S = 15                 # live redraws per second: smooth, and cheap next to a decode step
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
 THIS_MACHINE = "this machine (measured roofs)"
@@ -125,17 +127,24 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     engine.ensure_warm()
     try:
         settings = GenerationSettings.from_form(max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, kernel)
-        run = engine.generate(chat_prompt_ids(engine.loaded.tokenizer, prompt), settings, cancel=cancel,
-                              prompt=prompt)
+        ids = chat_prompt_ids(engine.loaded.tokenizer, prompt)
+        engine.check_fits(len(ids), settings.max_new_tokens)
     except ValueError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
     cancel.clear()
     seq = itertools.count()
     # Draw the empty charts before the engine starts, so that work never competes with prefill.
-    empty = run.trace()
+    empty = engine.trace_of(ids, settings, [], None, prompt)
     yield _outputs(live.full_message(empty, next(seq)),
-                   summary.prefill_status_html(len(run.prompt_ids), 0, engine.loaded.info.layers, 0.0), empty)
-    background = BackgroundRun(run, max_seconds=_config.max_run_seconds)
+                   summary.prefill_status_html(len(ids), 0, engine.loaded.info.layers, 0.0), empty)
+    # Runs from every session decode together in one batch where they can (inference/batching.py);
+    # the others (no KV cache, the eager kernel) run alone, one after another.
+    server = batch_server(engine)
+    if server.can_batch(settings):
+        background = server.submit(ids, settings, cancel, prompt, _config.max_run_seconds)
+    else:
+        background = BackgroundRun(engine.generate(ids, settings, cancel=cancel, prompt=prompt),
+                                   max_seconds=_config.max_run_seconds)
     try:
         yield from _stream(background, engine, seq)
     finally:
@@ -150,7 +159,7 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
                    trace.to_json() if trace.steps else gr.skip())
 
 
-def _stream(background: BackgroundRun, engine: Engine, seq: Iterator[int]) -> Iterator[tuple]:
+def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[int]) -> Iterator[tuple]:
     run = background.run
     sent, shown_layers = 0, -1
     while not background.done:
@@ -167,8 +176,9 @@ def _stream(background: BackgroundRun, engine: Engine, seq: Iterator[int]) -> It
             continue
         if have > sent:
             partial = run.trace()              # every step so far (the engine may have added one since)
-            yield _outputs(live.extend_message(partial, sent, next(seq)),
-                           summary.decode_status_html(len(partial.steps), elapsed), partial)
+            status = summary.decode_status_html(len(partial.steps), elapsed, partial.steps[-1],
+                                                partial.settings.batch_size)
+            yield _outputs(live.extend_message(partial, sent, next(seq)), status, partial)
             sent = len(partial.steps)
 
 
@@ -403,9 +413,10 @@ def build_demo() -> gr.Blocks:
                 build_experiments_tab(trace_state, claims)
         outputs = [dashboard, status, headline, text, trace_state]
         run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel]
-        run_button.click(run_generation, run_inputs, outputs, api_name="run", concurrency_limit=1,
-                         concurrency_id="engine")
-        prompt.submit(run_generation, run_inputs, outputs, api_name=False, concurrency_limit=1, concurrency_id="engine")
+        # Up to a full batch of runs at once: they share decode steps (inference/batching.py).
+        runs_queue = dict(concurrency_limit=RUNS_AT_ONCE, concurrency_id="runs")
+        run_button.click(run_generation, run_inputs, outputs, api_name="run", **runs_queue)
+        prompt.submit(run_generation, run_inputs, outputs, api_name=False, **runs_queue)
         stop_button.click(stop_generation, [cancel], None, queue=False, api_name="stop")
         load_button.click(switch_model, [model], model_status, api_name="model", concurrency_limit=1,
                           concurrency_id="engine")

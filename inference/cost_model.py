@@ -60,3 +60,13 @@ def compute_bound_batch(info: ModelInfo, ridge_intensity: float, context: int) -
     its FLOPs grow with the batch while the weight bytes, which dominate what it moves, do not."""
     one = step_cost(info, 1, 1, context - 1)
     return ridge_intensity * one.weight_bytes / one.flops
+
+
+def shared_decode_cost(info: ModelInfo, groups: list[tuple[int, int]]) -> StepCost:
+    """One decode step shared by several runs (continuous batching): `groups` holds each run's
+    (rows, past tokens). The weights are read once for all of them; everything else adds up."""
+    costs = [step_cost(info, rows, 1, past) for rows, past in groups]
+    return StepCost(flops=sum(c.flops for c in costs), weight_bytes=costs[0].weight_bytes,
+                    kv_read_bytes=sum(c.kv_read_bytes for c in costs),
+                    kv_write_bytes=sum(c.kv_write_bytes for c in costs),
+                    activation_bytes=sum(c.activation_bytes for c in costs))

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from inference.cost_model import step_cost
+from inference.cost_model import StepCost, step_cost
 from inference.device import device_info
 from inference.cpu_quota import fit_threads_to_quota
 from inference.fast_path import fast_forwards
@@ -127,10 +127,7 @@ class GenerationRun:
         return self.trace()
 
     def trace(self) -> Trace:
-        reason = self.stop_reason or "cancelled"
-        return Trace(model=self.engine.loaded.info, device=self.engine.device_info, settings=self.settings,
-                     prompt_tokens=len(self.prompt_ids), steps=tuple(self.steps),
-                     summary=Summary.of(self.steps, self.settings.batch_size, reason), prompt=self.prompt)
+        return self.engine.trace_of(self.prompt_ids, self.settings, self.steps, self.stop_reason, self.prompt)
 
     def _run(self) -> Iterator[Step]:
         engine, settings = self.engine, self.settings
@@ -190,11 +187,19 @@ class GenerationRun:
         tokens_in = prompt_len if index == 0 else (1 if self.settings.kv_cache else context_len)
         past = context_len - tokens_in
         cost = step_cost(info, self.settings.batch_size, tokens_in, past)
-        return Step(
-            phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
-            context_len=context_len, ms=times.ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
-            mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
-            kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes, token_id=token, text=text)
+        return make_step(index, tokens_in, context_len, times, cache, cost, token, text)
+
+
+def make_step(index: int, tokens_in: int, context_len: int, times: StepTimes, cache: Any, cost: StepCost, token: int,
+              text: str, shared_rows: int = 0, waited_ms: float = 0.0) -> Step:
+    """The Step record of a forward pass: its times, the cache it left, its cost-model figures;
+    `waited_ms` (other runs' prefills before it, on a shared server) is part of its time."""
+    return Step(
+        phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
+        context_len=context_len, ms=times.ms + waited_ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
+        mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
+        kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes, token_id=token, text=text,
+        shared_rows=shared_rows, waited_ms=waited_ms)
 
 
 class Engine:
@@ -250,6 +255,13 @@ class Engine:
         the GPU before it holds one, so its engine is warmed there, not at start-up)."""
         if getattr(self, "_warm_in", None) != os.getpid():
             self.warm_up()
+
+    def trace_of(self, prompt_ids: list[int], settings: GenerationSettings, steps: list[Step],
+                 stop_reason: StopReason | None, prompt: str) -> Trace:
+        """A run's trace so far (a run without a stop reason yet reads as cancelled)."""
+        return Trace(model=self.loaded.info, device=self.device_info, settings=settings,
+                     prompt_tokens=len(prompt_ids), steps=tuple(steps),
+                     summary=Summary.of(steps, settings.batch_size, stop_reason or "cancelled"), prompt=prompt)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context

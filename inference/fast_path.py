@@ -34,8 +34,9 @@ _PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("
 
 
 @contextlib.contextmanager
-def fast_forwards(model: nn.Module, kernel: Any, timer: LayerTimer, native_bf16: bool) -> Iterator[None]:
-    """The fast path for one run of `model` (kernel: the built extension); plain PyTorch afterwards."""
+def fast_forwards(model: nn.Module, kernel: Any, timer: LayerTimer, native_bf16: bool) -> Iterator[FusedStack | None]:
+    """The fast path for one run of `model` (kernel: the built extension); plain PyTorch afterwards.
+    Yields the model's FusedStack where its decoder layers can be fused (else None)."""
     patched: list[nn.Module] = []
     try:
         for module in model.modules():
@@ -43,7 +44,8 @@ def fast_forwards(model: nn.Module, kernel: Any, timer: LayerTimer, native_bf16:
             if forward is not None:
                 module.forward = forward
                 patched.append(module)
-        yield
+        yield next((m.forward.__self__ for m in patched if isinstance(getattr(m.forward, "__self__", None), FusedStack)),
+                   None)
     finally:
         for module in patched:
             del module.forward           # the class's own forward again
@@ -57,7 +59,7 @@ def _fast_forward(module: nn.Module, kernel: Any, timer: LayerTimer, native_bf16
     if type(module) is LlamaRMSNorm:
         return _rmsnorm(module, kernel)
     if type(module) is LlamaModel and len(module.layers) > 0 and all(map(_fusable, module.layers)):
-        return _fused_stack(module, kernel, timer)
+        return FusedStack(module, kernel, timer).forward
     return None
 
 
@@ -92,6 +94,15 @@ def _rmsnorm(module: nn.Module, kernel: Any) -> Callable[[torch.Tensor], torch.T
     return forward
 
 
+def stack_fusable(model: nn.Module) -> bool:
+    """Whether a causal LM's decode steps can run as one FusedStack (a Llama whose layers all fuse)."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    inner = getattr(model, "model", None)
+    return (type(inner) is LlamaModel and len(inner.layers) > 0 and all(map(_fusable, inner.layers))
+            and isinstance(getattr(model, "lm_head", None), nn.Linear))
+
+
 def _fusable(layer: nn.Module) -> bool:
     """A Llama decoder layer the fused step computes exactly: Llama attention and SiLU MLP with
     every projection a bias-free nn.Linear, and Llama's RMSNorms."""
@@ -104,34 +115,49 @@ def _fusable(layer: nn.Module) -> bool:
     return all(type(p) is nn.Linear and p.bias is None for p in projections) and layer.mlp.config.hidden_act == "silu"
 
 
-def _fused_stack(model: nn.Module, kernel: Any, timer: LayerTimer) -> Callable[..., Any]:
+class FusedStack:
     """A decode step of every decoder layer of a LlamaModel in one kernel call (embedding, rotary
     and final norm stay in PyTorch). The layers are not called as modules, so their hooks cannot
-    fire: the kernel's stamps go to `timer`, and a Stop pressed during the step is seen before it."""
-    original = model.forward
-    weights = [_layer_weights(layer, kernel) for layer in model.layers]
-    limit, wq = kernel.MAX_ROWS, model.layers[0].self_attn.q_proj.weight
+    fire: the kernel's stamps go to `timer`, and a Stop pressed during the step is seen before it.
+    `forward` replaces the model's forward for one run's steps; `decode` is also called directly by
+    the continuous-batching server, with the caches of several runs."""
 
-    def forward(input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None, cache: Any = None,
+    def __init__(self, model: nn.Module, kernel: Any, timer: LayerTimer):
+        self.model, self.kernel, self.timer = model, kernel, timer
+        self.original = model.forward
+        self.weights = [_layer_weights(layer, kernel) for layer in model.layers]
+        self.limit, self.wq = kernel.MAX_ROWS, model.layers[0].self_attn.q_proj.weight
+
+    def forward(self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None, cache: Any = None,
                 inputs_embeds: Any = None, use_cache: Any = None, **kwargs: Any) -> Any:
         cache = cache if cache is not None else kwargs.get("past_key_values")
         if not (cache is not None and attention_mask is None and position_ids is None and inputs_embeds is None
                 and input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] == 1
-                and input_ids.shape[0] <= limit and decodable_in_place(cache, len(weights), input_ids.shape[0])):
-            return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
-        slots = [decode_slot(layer) for layer in cache.layers]
-        hidden = model.embed_tokens(input_ids)                               # (B, 1, hidden)
-        if not _few_rows(hidden, wq, limit):
-            raise RuntimeError(f"fused decode: embeddings in {hidden.dtype}, weights in {wq.dtype}")
-        position = slots[0][2]
-        cos, sin = model.rotary_emb(hidden, position_ids=torch.tensor([[position]], device=hidden.device))
-        timer.check_cancel()
-        hidden, stamps = kernel.layers(hidden, weights, cos, sin, [(k, v) for k, v, _ in slots], position)
-        timer.record_layers(stamps)
-        return BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), cache=cache)
+                and self.fits(input_ids.shape[0]) and decodable_in_place(cache, len(self.weights), input_ids.shape[0])):
+            return self.original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=self.decode(input_ids, [cache]), cache=cache)
 
-    return forward
+    def fits(self, rows: int) -> bool:
+        return rows <= self.limit
+
+    def decode(self, input_ids: torch.Tensor, caches: list[Any]) -> torch.Tensor:
+        """(M, 1) newest tokens, the rows of `caches` in order (each a DynamicCache that
+        `decodable_in_place` accepts, of any length) -> (M, 1, hidden) after the final norm; each
+        cache grows by one position."""
+        hidden = self.model.embed_tokens(input_ids)                          # (M, 1, hidden)
+        if not _few_rows(hidden, self.wq, self.limit):
+            raise RuntimeError(f"fused decode: embeddings in {hidden.dtype}, weights in {self.wq.dtype}")
+        slots = [[decode_slot(cache.layers[i]) for cache in caches] for i in range(len(self.weights))]
+        positions = [position for _, _, position in slots[0]]
+        rows = [cache.layers[0].keys.shape[0] for cache in caches]
+        position_ids = torch.tensor([p for p, n in zip(positions, rows) for _ in range(n)], device=hidden.device)
+        cos, sin = self.model.rotary_emb(hidden, position_ids=position_ids[:, None])
+        self.timer.check_cancel()
+        hidden, stamps = self.kernel.layers(hidden, self.weights, cos, sin,
+                                            [[(k, v) for k, v, _ in layer] for layer in slots], positions)
+        self.timer.record_layers(stamps)
+        return self.model.norm(hidden)
 
 
 def _layer_weights(layer: nn.Module, kernel: Any) -> Any:

@@ -229,6 +229,15 @@ void norm_rows(const float* x, const W* w, float eps, int64_t M, int64_t K, floa
   }
 }
 
+// One row's KV cache in one layer: K and V buffers (kv_heads, cap, head_dim) and the position its
+// new token is written at (it attends over positions 0..pos).
+template <typename W>
+struct RowCache {
+  W* k;
+  W* v;
+  int64_t cap, pos;
+};
+
 // The clock Python's time.perf_counter() reads on Linux, in seconds, so these stamps and the
 // layer hooks' stamps can be subtracted from each other.
 double monotonic_seconds() {
@@ -237,10 +246,11 @@ double monotonic_seconds() {
   return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
 }
 
-// One decode step of a Llama decoder layer for M rows (one new token each) at position `pos`:
+// One decode step of a Llama decoder layer for M rows (one new token each), row m at position
+// rc[m].pos of its own cache:
 //   mid = x + o(attention(rotary(q, k, v)(rmsnorm1(x)))), out = mid + down(silu(gate(h)) * up(h)),
 //   h = rmsnorm2(mid),
-// with K and V written into the caches at `pos`. Every intermediate is rounded to W where eager
+// with K and V written into each row's cache at its position. Every intermediate is rounded to W where eager
 // PyTorch stores it in W, so the numbers follow the eager path. The whole layer is one parallel
 // region: the threads share each product's rows and meet at barriers, rather than starting a
 // new team for each of the five products (at this model's size a product takes ~10-50 us).
@@ -248,14 +258,12 @@ double monotonic_seconds() {
 template <typename W>
 std::tuple<torch::Tensor, double, double, double, double> layer_step(
     const torch::Tensor& x, const LayerWeights& L, const torch::Tensor& cos, const torch::Tensor& sin,
-    torch::Tensor& kc, torch::Tensor& vc, int64_t pos) {
-  const int64_t M = x.size(0), K = x.size(1), Hk = kc.size(1), cap = kc.size(2), D = kc.size(3);
-  const int64_t Hq = L.wq.size(0) / D, group = Hq / Hk, half = D / 2, I = L.wg.size(0), T = pos + 1;
+    const std::vector<RowCache<W>>& rc, int64_t Hk, int64_t D) {
+  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t Hq = L.wq.size(0) / D, group = Hq / Hk, half = D / 2, I = L.wg.size(0);
   const std::vector<float> xf = floats<W>(x), cf = floats<W>(cos), sf = floats<W>(sin);
   std::vector<float> h(M * K), q(M * Hq * D), k(M * Hk * D), v(M * Hk * D), attended(M * Hq * D), o(M * K);
   std::vector<float> mid(M * K), h2(M * K), g(M * I), u(M * I), down(M * K);
-  W* kp = mutable_data<W>(kc);
-  W* vp = mutable_data<W>(vc);
   auto rotate = [&](float* r, const float* c, const float* s) {  // r * cos + rotate_half(r) * sin
     float tmp[kMaxHeadDim];
     for (int64_t j = 0; j < D; ++j) {
@@ -285,20 +293,20 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
         float* kh = k.data() + (m * Hk + hd) * D;
         for (int64_t j = 0; j < D; ++j) kh[j] = rounded<W>(kh[j]);
         rotate(kh, c, s);
-        const int64_t at = ((m * Hk + hd) * cap + pos) * D;
+        const int64_t at = (hd * rc[m].cap + rc[m].pos) * D;
         for (int64_t j = 0; j < D; ++j) {
-          store(kh[j], kp + at + j);
-          store(v[(m * Hk + hd) * D + j], vp + at + j);
+          store(kh[j], rc[m].k + at + j);
+          store(v[(m * Hk + hd) * D + j], rc[m].v + at + j);
         }
       }
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < M * Hq; ++i) {        // each query head over its K/V group's positions
+      const int64_t m = i / Hq, gk = (i % Hq) / group, T = rc[m].pos + 1;
       std::vector<float> score(T);
-      const int64_t m = i / Hq, gk = (i % Hq) / group;
       const float* qh = q.data() + i * D;
-      const W* keys = kp + (m * Hk + gk) * cap * D;
-      const W* values = vp + (m * Hk + gk) * cap * D;
+      const W* keys = rc[m].k + gk * rc[m].cap * D;
+      const W* values = rc[m].v + gk * rc[m].cap * D;
       float top = -std::numeric_limits<float>::infinity();
       for (int64_t t = 0; t < T; ++t) {
         score[t] = dot(qh, keys + t * D, D) * float(L.scaling);
@@ -384,39 +392,77 @@ torch::Tensor rmsnorm(torch::Tensor x, torch::Tensor weight, double eps) {
   return shaped_like(y, x);
 }
 
-// One decode step of every Llama decoder layer for a few rows, one new token each: for each layer
-//   mid = x + attention(rmsnorm1(x)), out = mid + mlp(rmsnorm2(mid)),
-// with K and V written into that layer's caches at `pos`. x: (..., hidden); cos, sin: (rows or 1,
-// ..., head_dim) as the model's rotary embedding gives them; caches[i] = (K, V) buffers of layer i.
-// One call for the whole stack: between layers there is no Python (measured at 50-80 us a layer,
-// a tenth of a decode step). Returns the last layer's out and, per layer, six perf_counter stamps:
-// layer start, attention start and end, MLP start and end, layer end (no module or hook is called).
-std::tuple<torch::Tensor, std::vector<double>> layers(
-    torch::Tensor x, const std::vector<LayerWeights>& weights, torch::Tensor cos, torch::Tensor sin,
-    const std::vector<std::pair<torch::Tensor, torch::Tensor>>& caches, int64_t pos) {
-  auto rows = as_rows(x);
-  const int64_t M = rows.size(0);
-  TORCH_CHECK(!caches.empty() && caches.size() == weights.size(), "layers: one (K, V) pair per layer");
-  const int64_t D = caches[0].first.size(3);
-  TORCH_CHECK(cos.size(-1) == D && sin.sizes() == cos.sizes() && (cos.numel() == D || cos.numel() == M * D),
-              "layers: bad rotary");
-  const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
+// Each row's cache in each layer, from groups of rows that share a (K, V) buffer pair: group g is
+// (K, V) each (rows_g, kv_heads, cap_g, head_dim) with its new tokens at positions[g].
+template <typename W>
+std::vector<std::vector<RowCache<W>>> row_caches(
+    const std::vector<std::vector<std::pair<torch::Tensor, torch::Tensor>>>& caches,
+    const std::vector<int64_t>& positions, const torch::Tensor& rows, int64_t Hk, int64_t D) {
+  std::vector<std::vector<RowCache<W>>> out(caches.size());
+  for (size_t i = 0; i < caches.size(); ++i) {
+    TORCH_CHECK(caches[i].size() == positions.size(), "layers: one (K, V) pair per group in every layer");
+    for (size_t g = 0; g < caches[i].size(); ++g) {
+      auto k = caches[i][g].first, v = caches[i][g].second;
+      check_block(rows, {k, v});
+      TORCH_CHECK(k.dim() == 4 && k.size(1) == Hk && k.size(3) == D && positions[g] >= 0 && positions[g] < k.size(2) &&
+                  v.sizes() == k.sizes(), "layers: bad cache for group ", g);
+      for (int64_t b = 0; b < k.size(0); ++b)
+        out[i].push_back({mutable_data<W>(k) + b * Hk * k.size(2) * D, mutable_data<W>(v) + b * Hk * k.size(2) * D,
+                          k.size(2), positions[g]});
+    }
+    TORCH_CHECK(int64_t(out[i].size()) == rows.size(0), "layers: the groups hold ", out[i].size(), " rows, x has ",
+                rows.size(0));
+  }
+  return out;
+}
+
+template <typename W>
+std::tuple<torch::Tensor, std::vector<double>> layers_step(
+    torch::Tensor rows, const std::vector<LayerWeights>& weights, const torch::Tensor& c, const torch::Tensor& s,
+    const std::vector<std::vector<std::pair<torch::Tensor, torch::Tensor>>>& caches,
+    const std::vector<int64_t>& positions, int64_t Hk, int64_t D) {
+  const auto rc = row_caches<W>(caches, positions, rows, Hk, D);
   std::vector<double> stamps;
   stamps.reserve(6 * weights.size());
   for (size_t i = 0; i < weights.size(); ++i) {
     const auto& L = weights[i];
-    auto kc = caches[i].first, vc = caches[i].second;
-    check_block(rows, {L.norm1, L.wq, L.wk, L.wv, L.wo, c, s, kc, vc, L.norm2, L.wg, L.wu, L.wd});
-    TORCH_CHECK(kc.dim() == 4 && kc.size(0) == M && kc.size(3) == D && pos < kc.size(2) && vc.sizes() == kc.sizes() &&
-                D <= kMaxHeadDim, "layers: bad cache");
+    check_block(rows, {L.norm1, L.wq, L.wk, L.wv, L.wo, c, s, L.norm2, L.wg, L.wu, L.wd});
     const double start = monotonic_seconds();
-    auto result = rows.scalar_type() == torch::kFloat32 ? layer_step<float>(rows, L, c, s, kc, vc, pos)
-                                                        : layer_step<uint16_t>(rows, L, c, s, kc, vc, pos);
+    auto result = layer_step<W>(rows, L, c, s, rc[i], Hk, D);
     rows = std::get<0>(result);
     stamps.insert(stamps.end(), {start, std::get<1>(result), std::get<2>(result), std::get<3>(result),
                                  std::get<4>(result), monotonic_seconds()});
   }
-  return {shaped_like(rows, x), stamps};
+  return {rows, stamps};
+}
+
+// One decode step of every Llama decoder layer for a few rows, one new token each: for each layer
+//   mid = x + attention(rmsnorm1(x)), out = mid + mlp(rmsnorm2(mid)),
+// with each row's K and V written into its own cache. x: (..., hidden), the rows of every group in
+// order; cos, sin: (rows or 1, ..., head_dim) as the model's rotary embedding gives them;
+// caches[layer][group] = (K, V), each (rows_g, kv_heads, cap_g, head_dim); positions[group] where
+// the group's new tokens go. The groups may be different runs with caches of different lengths
+// (continuous batching): each row attends over its own cache only, with no padding, while every
+// weight is read once for all the rows. One call for the whole stack: between layers there is no
+// Python (measured at 50-80 us a layer, a tenth of a decode step). Returns the last layer's out
+// and, per layer, six perf_counter stamps: layer start, attention start and end, MLP start and
+// end, layer end (no module or hook is called).
+std::tuple<torch::Tensor, std::vector<double>> layers(
+    torch::Tensor x, const std::vector<LayerWeights>& weights, torch::Tensor cos, torch::Tensor sin,
+    const std::vector<std::vector<std::pair<torch::Tensor, torch::Tensor>>>& caches,
+    const std::vector<int64_t>& positions) {
+  auto rows = as_rows(x);
+  const int64_t M = rows.size(0);
+  TORCH_CHECK(!caches.empty() && caches.size() == weights.size() && !caches[0].empty(),
+              "layers: one list of (K, V) groups per layer");
+  const int64_t Hk = caches[0][0].first.size(1), D = caches[0][0].first.size(3);
+  TORCH_CHECK(D <= kMaxHeadDim, "layers: head_dim ", D, " is above ", kMaxHeadDim);
+  TORCH_CHECK(cos.size(-1) == D && sin.sizes() == cos.sizes() && (cos.numel() == D || cos.numel() == M * D),
+              "layers: bad rotary");
+  const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
+  auto result = rows.scalar_type() == torch::kFloat32 ? layers_step<float>(rows, weights, c, s, caches, positions, Hk, D)
+                                                      : layers_step<uint16_t>(rows, weights, c, s, caches, positions, Hk, D);
+  return {shaped_like(std::get<0>(result), x), std::get<1>(result)};
 }
 
 // x: (M, K) float32 or bfloat16; w: (N, K) of the same dtype, contiguous -> (M, N) in x's dtype.

@@ -112,10 +112,10 @@ class LayerTimer:
         pair = self._stamps[kind][i]
         stamp = self.clock.stamp
 
-        cancel = self.cancel if kind == "layer" else None
-
         def pre(*_: object) -> None:
-            if cancel is not None and cancel.is_set():
+            # self.cancel is read at each call: a server that prefills several runs in turn
+            # points it at the run whose prefill is running.
+            if kind == "layer" and self.cancel is not None and self.cancel.is_set():
                 raise RunCancelled
             pair[0] = stamp()
 

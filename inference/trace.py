@@ -79,6 +79,9 @@ class Step:
     bytes: float               # cost model: bytes this step moved to or from memory
     token_id: int              # the token this step produced (row 0 of the batch)
     text: str                  # the new suffix of the decoded text that token added
+    # With continuous batching (a class on one server), what this run's step shared with other runs':
+    shared_rows: int = 0       # rows decoded in this step, every run's together (0: the run was alone)
+    waited_ms: float = 0.0     # before this step, time spent on other runs' prefills (included in ms)
 
     @property
     def intensity(self) -> float:

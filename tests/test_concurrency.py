@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from gradio_client import Client
 
 import app
+from inference.batching import batch_server
 
 QUESTIONS = {"What is the capital of France?": "Paris", "What is the capital of Japan?": "Tokyo"}
 
@@ -39,11 +40,25 @@ def test_concurrent_students_each_get_their_own_answer(app_url: str) -> None:
     assert rss_mib() - before < 200, f"memory grew by {rss_mib() - before:.0f} MiB over four runs"
 
 
-def test_a_client_that_leaves_mid_run_frees_the_model(app_url: str, monkeypatch) -> None:
-    engine = app.get_engine()
+def test_students_who_press_run_together_share_decode_steps(app_url: str, monkeypatch) -> None:
+    server = batch_server(app.get_engine())
     runs = []
-    real_generate = engine.generate
-    monkeypatch.setattr(engine, "generate", lambda *a, **k: runs.append(real_generate(*a, **k)) or runs[-1])
+    real_submit = server.submit
+    monkeypatch.setattr(server, "submit", lambda *a, **k: runs.append(real_submit(*a, **k)) or runs[-1])
+    prompts = list(QUESTIONS) * 2
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(lambda p: ask(app_url, p), prompts))
+    assert all(QUESTIONS[p] in a for p, a in zip(prompts, answers))
+    assert len(runs) == 4 and all(run.stop_reason in ("eos", "length") for run in runs)
+    shared = max(step.shared_rows for run in runs for step in run.steps)
+    assert shared >= 2, "four runs at once never shared a decode step"
+
+
+def test_a_client_that_leaves_mid_run_frees_the_model(app_url: str, monkeypatch) -> None:
+    server = batch_server(app.get_engine())
+    runs = []
+    real_submit = server.submit
+    monkeypatch.setattr(server, "submit", lambda *a, **k: runs.append(real_submit(*a, **k)) or runs[-1])
     leaving = Client(app_url, verbose=False).submit("Write a long story about a lighthouse.", 400, 0, 1, 0, True, 1,
                                                     api_name="/run")
     deadline = time.time() + 60

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -110,7 +111,9 @@ def running_space(home: Path, name: str, command: list[str], extra_env: dict[str
     prefix, cgroup = cpu_quota_prefix(cpu_quota) if cpu_quota else ([], None)
     log = home / f"{name}.log"
     with log.open("w") as out:
-        process = subprocess.Popen([*prefix, *command], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # A session of its own, so the teardown ends the app and every worker it forked.
+        process = subprocess.Popen([*prefix, *command], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while "Running on local URL" not in log.read_text():
@@ -119,14 +122,28 @@ def running_space(home: Path, name: str, command: list[str], extra_env: dict[str
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/", log, cgroup is not None
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        deadline = time.monotonic() + 10
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
         if cgroup is not None:
+            time.sleep(0.2)
             cgroup.rmdir()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def assert_clean_log(log: Path) -> str:

@@ -24,6 +24,7 @@ PREFILL = "#e8710a"
 DECODE = "#1a73e8"
 MEDIAN = "#188038"
 P90 = "#a142f4"
+OTHERS = "#9aa0a6"                  # other runs' prefills, on a server that batches a class
 Columns = dict[int, dict[str, list[Any]]]
 
 
@@ -54,6 +55,9 @@ def _timeline_base(trace: Trace) -> go.Figure:
         go.Scatter(name="decode steps", x=[], y=[], mode="markers", marker=dict(color=DECODE, symbol="line-ns-open",
                    size=26, line=dict(width=2, color=DECODE)), text=[],
                    hovertemplate="token %{text} done at %{x:.0f} ms<extra></extra>"),
+        # Filled only on a server where runs share decode steps (see inference/batching.py).
+        go.Scatter(name="other runs' prefills (you wait)", x=[], y=[], mode="lines", line=dict(color=OTHERS, width=28),
+                   hovertemplate="another run's prefill until %{x:.0f} ms<extra></extra>", showlegend=False),
     ])
     _layout(fig, "time since Run (ms)", "", height=170)
     fig.update_yaxes(visible=False, range=[-1, 1])
@@ -64,16 +68,21 @@ def _timeline_columns(trace: Trace, start: int) -> Columns:
     elapsed = sum(s.ms for s in trace.steps[:start])
     prefill: dict[str, list[Any]] = {"x": [], "y": []}
     decode: dict[str, list[Any]] = {"x": [], "y": [], "text": []}
+    others: dict[str, list[Any]] = {"x": [], "y": []}
     for step in trace.steps[start:]:
         if step.phase == "prefill":
             prefill["x"] += [elapsed, elapsed + step.ms]
             prefill["y"] += [0, 0]
         else:
+            if step.waited_ms > 0:                       # a gap in the line between blocks: None
+                others["x"] += [elapsed, elapsed + step.waited_ms, None]
+                others["y"] += [0, 0, None]
             decode["x"].append(elapsed + step.ms)
             decode["y"].append(0)
-            decode["text"].append(str(step.index))
+            decode["text"].append(f"{step.index} (step shared by {step.shared_rows} rows)" if step.shared_rows
+                                  else str(step.index))
         elapsed += step.ms
-    return {0: prefill, 1: decode}
+    return {0: prefill, 1: decode, 2: others}
 
 
 def _timeline_overlay(trace: Trace) -> dict[str, Any]:

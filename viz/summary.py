@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from inference.trace import DeviceInfo, ModelInfo, Trace
+from inference.trace import DeviceInfo, ModelInfo, Step, Trace
 
 
 def _card(label: str, value: str, note: str) -> str:
@@ -47,8 +47,15 @@ def prefill_status_html(prompt_tokens: int, layers_done: int, layers: int, elaps
             f'<div class="ps-bar"><div style="width:{share:.0f}%"></div></div></div>')
 
 
-def decode_status_html(steps: int, elapsed_s: float) -> str:
-    return f'<div class="ps-status ps-decode"><b>Decoding</b>: {steps} tokens · {elapsed_s:.2f} s</div>'
+def decode_status_html(steps: int, elapsed_s: float, last: Step | None = None, rows: int = 1) -> str:
+    """The status while decoding; on a shared server, whom the latest step was shared with."""
+    shared = ""
+    if last is not None and last.shared_rows > rows:
+        others = last.shared_rows - rows
+        shared = f" · step shared with {others} other row{'s' if others > 1 else ''} (other runs on this server)"
+        if last.waited_ms > 0:
+            shared += f", after {last.waited_ms:.0f} ms of their prefill"
+    return f'<div class="ps-status ps-decode"><b>Decoding</b>: {steps} tokens · {elapsed_s:.2f} s{shared}</div>'
 
 
 def done_status_html(trace: Trace, note: str = "") -> str:

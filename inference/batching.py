@@ -1,0 +1,270 @@
+"""Continuous batching: every run on the server decodes in one shared batch (a class on one machine).
+
+A run joins when it is admitted: its prefill runs alone (the whole pause, as the page teaches).
+Then each engine step decodes one token for every active run at once: the fused kernel reads each
+weight once for all their rows, while each row attends over its own run's cache (different
+lengths, no padding). A run leaves when it ends (EOS, its length, Stop, the time limit) and frees
+its cache. Each run's Steps record what that run experienced: the step's time, how many rows
+shared it (`shared_rows`, 0 when the run was alone) and how long other runs' prefills held it up
+before it (`waited_ms`, part of its time). A run alone on the server is recorded as before.
+
+`BatchServer` decides (whom to admit, when to stop); `FusedStack.decode` executes a shared step.
+Runs that cannot share a step (no KV cache, the eager kernel, a model or device without the fused
+kernel) run alone through GenerationRun, as before.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import weakref
+from typing import Any
+
+import torch
+
+from inference.background import ENGINE_THREAD, EngineThread
+from inference.cost_model import shared_decode_cost, step_cost
+from inference.engine import Engine, TextStream, eos_ids, make_step, prefill, sample
+from inference.fast_path import FusedStack, fast_forwards
+from inference.settings import GenerationSettings
+from inference.timing import LayerTimer, RunCancelled, StepTimes
+from inference.trace import StopReason, Step, Trace
+
+
+class BatchRun:
+    """One run in the shared batch, as its caller sees it (the same surface as BackgroundRun):
+    steps as they come, `wait_for_steps`, `stop`, `trace`. The server's thread fills it."""
+
+    def __init__(self, server: BatchServer, prompt_ids: list[int], settings: GenerationSettings, cancel: Any,
+                 prompt: str, max_seconds: float):
+        self.server, self.prompt_ids, self.settings, self.cancel, self.prompt = server, prompt_ids, settings, cancel, prompt
+        self.max_seconds = max_seconds
+        self.steps: list[Step] = []
+        self.stop_reason: StopReason | None = None
+        self.error: BaseException | None = None
+        self.timed_out = False
+        self.started = time.perf_counter()
+        self.timer: LayerTimer | None = None      # while this run's prefill runs: its layer progress
+        self._changed = threading.Condition()
+        self._finished = False
+        # The server's state for this run (touched only on the server's thread).
+        self.cache: Any = None
+        self.tokens: torch.Tensor | None = None   # (B,) the newest token of each row
+        self.finished_rows: torch.Tensor | None = None
+        self.generator: torch.Generator | None = None
+        self.stream: TextStream | None = None
+
+    @property
+    def run(self) -> BatchRun:                    # BackgroundRun's callers read .run.prompt_ids and .run.cancel
+        return self
+
+    @property
+    def layers_done(self) -> int:
+        timer = self.timer
+        return timer.layers_done if timer is not None else 0
+
+    @property
+    def rows(self) -> int:
+        return self.settings.batch_size
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def wait_for_steps(self, have: int, timeout: float) -> None:
+        """Return when there are more than `have` steps, the run has ended, or `timeout` passed;
+        cancel the run if it has run longer than max_seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.steps) > have or self._finished, timeout)
+        if not self._finished and not self.timed_out and self.elapsed > self.max_seconds:
+            self.timed_out = True
+            self.cancel.set()
+
+    def stop(self) -> None:
+        """Cancel and wait until the run has left the batch."""
+        self.cancel.set()
+        with self._changed:
+            self._changed.wait_for(lambda: self._finished)
+
+    def trace(self) -> Trace:
+        return self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
+                                           self.prompt)
+
+    def _add(self, step: Step) -> None:
+        with self._changed:
+            self.steps.append(step)
+            self._changed.notify_all()
+
+    def _finish(self, reason: StopReason, error: BaseException | None = None) -> None:
+        self.stop_reason, self.error, self.cache = reason, error, None
+        with self._changed:
+            self._finished = True
+            self._changed.notify_all()
+
+
+class BatchServer:
+    """Admits runs into one decode batch and steps it on the engine thread while any run is active."""
+
+    def __init__(self, engine: Engine, engine_thread: EngineThread = ENGINE_THREAD):
+        self.engine, self.engine_thread = engine, engine_thread
+        self.max_rows = engine.kernel.MAX_ROWS if engine.kernel is not None else 0
+        self._waiting: collections.deque[BatchRun] = collections.deque()
+        self._lock = threading.Lock()
+        self._serving = False
+        self.active: list[BatchRun] = []          # read by the class view; replaced, never mutated in place
+
+    def can_batch(self, settings: GenerationSettings) -> bool:
+        """Whether a run with these settings can share decode steps here."""
+        from inference.fast_path import stack_fusable
+
+        return (settings.kv_cache and settings.kernel == "fast" and self.engine.kernel is not None
+                and settings.batch_size <= self.max_rows and stack_fusable(self.engine.loaded.model))
+
+    def submit(self, prompt_ids: list[int], settings: GenerationSettings, cancel: Any, prompt: str = "",
+               max_seconds: float = float("inf")) -> BatchRun:
+        """Queue a run for the batch (ValueError if it does not fit the model's context)."""
+        self.engine.check_fits(len(prompt_ids), settings.max_new_tokens)
+        run = BatchRun(self, list(prompt_ids), settings, cancel, prompt, max_seconds)
+        with self._lock:
+            self._waiting.append(run)
+            if not self._serving:
+                self._serving = True
+                self.engine_thread.submit(self._serve)
+        return run
+
+    def _serve(self) -> None:
+        engine = self.engine
+        model = engine.loaded.model
+        active: list[BatchRun] = []
+        try:
+            with engine.lock, torch.inference_mode(), \
+                    LayerTimer(model, engine.loaded.info.layers, engine.loaded.device) as timer, \
+                    fast_forwards(model, engine.kernel, timer, engine.native_bf16) as stack:
+                while True:
+                    active = [run for run in active if not self._leaves(run)]
+                    admitted, waited = self._admit(active, timer)
+                    active += admitted
+                    self.active = list(active)
+                    if not active:
+                        with self._lock:
+                            if not self._waiting:
+                                self._serving = False
+                                return
+                        continue
+                    self._decode(active, timer, stack, waited)
+        except BaseException as exc:              # every run still here ends with the message
+            with self._lock:
+                stranded, self._waiting = [*active, *self._waiting], collections.deque()
+                self._serving = False
+            for run in stranded:
+                if not run.done:
+                    run._finish("cancelled", exc)
+        finally:
+            self.active = []
+
+    def _leaves(self, run: BatchRun) -> bool:
+        if run.done:
+            return True
+        if run.cancel.is_set():
+            run._finish("cancelled")
+            return True
+        return False
+
+    def _admit(self, active: list[BatchRun], timer: LayerTimer) -> tuple[list[BatchRun], dict[int, float]]:
+        """Prefill waiting runs, one at a time, while their rows fit. Returns the admitted runs and,
+        for every run, the time other runs' prefills took before its next decode step."""
+        admitted: list[BatchRun] = []
+        waited: dict[int, float] = collections.defaultdict(float)
+        rows = sum(run.rows for run in active)
+        while True:
+            with self._lock:
+                if not self._waiting or rows + self._waiting[0].rows > self.max_rows:
+                    return admitted, waited
+                run = self._waiting.popleft()
+            if run.cancel.is_set():
+                run._finish("cancelled")
+                continue
+            ms = self._prefill(run, timer)
+            for other in [*active, *admitted]:
+                waited[id(other)] += ms
+            if not run.done:
+                admitted.append(run)
+                rows += run.rows
+
+    def _prefill(self, run: BatchRun, timer: LayerTimer) -> float:
+        engine = self.engine
+        device = engine.loaded.device
+        run.generator = torch.Generator(device=device).manual_seed(run.settings.seed)
+        run.stream = TextStream(engine.loaded.tokenizer)
+        run.finished_rows = torch.zeros(run.rows, dtype=torch.bool, device=device)
+        ids = torch.tensor([run.prompt_ids] * run.rows, device=device)
+        timer.cancel, run.timer = run.cancel, timer
+        timer.start_step()
+        try:
+            logits, run.cache = prefill(engine.loaded.model, ids)
+        except RunCancelled:
+            timer.finish_step()
+            run._finish("cancelled")
+            return 0.0
+        finally:
+            timer.cancel, run.timer = None, None
+        tokens = sample(logits, run.settings, run.generator)
+        times = timer.finish_step()
+        cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0)
+        self._accept(run, 0, tokens, times, cost)
+        return times.ms
+
+    def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | None,
+                waited: dict[int, float]) -> None:
+        """One decode step for every active run's rows at once."""
+        model = self.engine.loaded.model
+        timer.start_step()
+        tokens = torch.cat([run.tokens for run in active])[:, None]                  # (M, 1)
+        hidden = stack.decode(tokens, [run.cache for run in active])                 # (M, 1, hidden)
+        logits = model.lm_head(hidden[:, -1, :])                                     # (M, V)
+        chosen, start = [], 0
+        for run in active:
+            chosen.append(sample(logits[start:start + run.rows], run.settings, run.generator))
+            start += run.rows
+        times = timer.finish_step()
+        index_of = {id(run): len(run.steps) for run in active}
+        cost = shared_decode_cost(self.engine.loaded.info,
+                                  [(run.rows, len(run.prompt_ids) + index_of[id(run)] - 1) for run in active])
+        shared = start if len(active) > 1 else 0
+        for run, run_tokens in zip(active, chosen):
+            self._accept(run, index_of[id(run)], run_tokens, times, cost, shared, waited.get(id(run), 0.0))
+
+    def _accept(self, run: BatchRun, index: int, tokens: torch.Tensor, times: StepTimes, cost: Any,
+                shared_rows: int = 0, waited_ms: float = 0.0) -> None:
+        """Record the run's step `index` that produced `tokens` (B,); end the run if it is done."""
+        engine = self.engine
+        eos = sorted(eos_ids(engine.loaded.model, engine.loaded.tokenizer))
+        # Finished rows keep emitting EOS, as padding, while the others go on.
+        tokens = torch.where(run.finished_rows, eos[0] if eos else 0, tokens)
+        token = int(tokens[0])
+        tokens_in = len(run.prompt_ids) if index == 0 else 1
+        step = make_step(index, tokens_in, len(run.prompt_ids) + index, times, run.cache, cost, token,
+                         run.stream.push(token), shared_rows, waited_ms)
+        run.tokens = tokens
+        run._add(step)
+        run.finished_rows |= torch.isin(tokens, torch.tensor(eos, dtype=torch.long, device=tokens.device))
+        if bool(run.finished_rows.all()):
+            run._finish("eos")
+        elif len(run.steps) == run.settings.max_new_tokens:
+            run._finish("length")
+
+
+_servers: weakref.WeakKeyDictionary[Engine, BatchServer] = weakref.WeakKeyDictionary()
+_servers_lock = threading.Lock()
+
+
+def batch_server(engine: Engine) -> BatchServer:
+    """The one batch server of `engine`."""
+    with _servers_lock:
+        if engine not in _servers:
+            _servers[engine] = BatchServer(engine)
+        return _servers[engine]

@@ -1,0 +1,126 @@
+"""Continuous batching: runs share decode steps and each still writes exactly what it writes alone."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from inference.background import CancelFlag, EngineThread
+from inference.batching import BatchServer
+from inference.engine import Engine
+from inference.settings import GenerationSettings
+from tests.conftest import engine_for, tiny_llama
+
+PROMPTS = [[1, 5, 9, 14, 3], [7, 7, 2 + 20, 40, 41, 42, 43, 44, 45, 46, 47], [99, 98]]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    engine = engine_for(tiny_llama(), "tiny-llama")
+    if engine.kernel is None:
+        pytest.skip("the fused kernel could not be built here")
+    return engine
+
+
+def alone(engine: Engine, prompt: list[int], settings: GenerationSettings) -> list[int]:
+    return [s.token_id for s in engine.generate(prompt, settings, stop_at_eos=False).run_to_end().steps]
+
+
+def finish_all(runs: list) -> None:
+    for run in runs:
+        while not run.done:
+            run.wait_for_steps(len(run.steps), 5.0)
+
+
+def test_runs_of_different_lengths_share_steps_and_write_what_they_write_alone(engine: Engine) -> None:
+    server = BatchServer(engine, EngineThread())
+    settings = GenerationSettings(max_new_tokens=12)
+    runs = [server.submit(p, settings, CancelFlag()) for p in PROMPTS]
+    finish_all(runs)
+    for prompt, run in zip(PROMPTS, runs):
+        assert run.error is None, run.error
+        assert [s.token_id for s in run.steps] == alone(engine, prompt, settings), f"prompt of {len(prompt)} tokens"
+    assert any(s.shared_rows == 3 for s in runs[0].steps), "the three runs never shared a step"
+    trace = runs[1].trace()
+    assert trace.summary.stop_reason == "length" and len(trace.steps) == 12
+
+
+def test_a_run_that_joins_later_holds_the_others_up_by_its_prefill_and_then_shares(engine: Engine) -> None:
+    server = BatchServer(engine, EngineThread())
+    first = server.submit(PROMPTS[0], GenerationSettings(max_new_tokens=200), CancelFlag())
+    first.wait_for_steps(3, 5.0)
+    second = server.submit(PROMPTS[1], GenerationSettings(max_new_tokens=5), CancelFlag())
+    finish_all([first, second])
+    held_up = [s for s in first.steps if s.waited_ms > 0]
+    assert held_up and all(s.ms >= s.waited_ms for s in held_up), "the newcomer's prefill did not show"
+    assert all(s.shared_rows == 2 for s in second.steps[1:]), [s.shared_rows for s in second.steps]
+    assert [s.token_id for s in second.steps] == alone(engine, PROMPTS[1], GenerationSettings(max_new_tokens=5))
+
+
+def test_stopping_one_run_leaves_the_others_running(engine: Engine) -> None:
+    server = BatchServer(engine, EngineThread())
+    settings = GenerationSettings(max_new_tokens=60)
+    stopped, kept = (server.submit(p, settings, CancelFlag()) for p in PROMPTS[:2])
+    stopped.wait_for_steps(4, 5.0)
+    threading.Thread(target=stopped.stop).start()
+    finish_all([stopped, kept])
+    assert stopped.stop_reason == "cancelled" and len(stopped.steps) < 60
+    assert kept.stop_reason == "length" and [s.token_id for s in kept.steps] == alone(engine, PROMPTS[1], settings)
+    assert not engine.lock.locked()
+
+
+def test_runs_beyond_the_row_limit_wait_for_room(engine: Engine) -> None:
+    server = BatchServer(engine, EngineThread())
+    server.max_rows = 3
+    settings = GenerationSettings(max_new_tokens=6, batch_size=2)
+    runs = [server.submit(p, settings, CancelFlag()) for p in PROMPTS[:2]]
+    finish_all(runs)
+    assert all(s.shared_rows == 0 for run in runs for s in run.steps), "4 rows shared a step with room for 3"
+    assert all(len(run.steps) == 6 for run in runs)
+
+
+def test_runs_that_cannot_share_a_step_are_told_apart(engine: Engine) -> None:
+    server = BatchServer(engine, EngineThread())
+    assert server.can_batch(GenerationSettings())
+    assert not server.can_batch(GenerationSettings(kv_cache=False))
+    assert not server.can_batch(GenerationSettings(kernel="eager"))
+    assert not server.can_batch(GenerationSettings(batch_size=64))
+
+
+def test_a_fault_in_a_shared_step_ends_every_run_with_it_and_the_server_recovers(engine: Engine) -> None:
+    server = BatchServer(engine, EngineThread())
+    calls = {"n": 0}
+
+    def fail_once(*_: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("injected")
+
+    handle = engine.loaded.model.lm_head.register_forward_pre_hook(fail_once)
+    try:
+        runs = [server.submit(p, GenerationSettings(max_new_tokens=8), CancelFlag()) for p in PROMPTS[:2]]
+        finish_all(runs)
+    finally:
+        handle.remove()
+    assert all(isinstance(run.error, MemoryError) for run in runs)
+    again = server.submit(PROMPTS[0], GenerationSettings(max_new_tokens=8), CancelFlag())
+    finish_all([again])
+    assert again.error is None and [s.token_id for s in again.steps] == alone(engine, PROMPTS[0],
+                                                                             GenerationSettings(max_new_tokens=8))
+
+
+def test_on_the_real_model_a_shared_batch_answers_each_question_as_it_would_alone(real_engine: Engine) -> None:
+    from inference.prompts import chat_prompt_ids
+
+    tokenizer = real_engine.loaded.tokenizer
+    questions = ["What is the capital of France?", "Name three colours of the rainbow, briefly please."]
+    prompts = [chat_prompt_ids(tokenizer, q) for q in questions]
+    server = BatchServer(real_engine, EngineThread())
+    settings = GenerationSettings(max_new_tokens=16)
+    runs = [server.submit(p, settings, CancelFlag()) for p in prompts]
+    finish_all(runs)
+    for prompt, run in zip(prompts, runs):
+        steps = real_engine.generate(prompt, settings).run_to_end().steps
+        assert [s.token_id for s in run.steps] == [s.token_id for s in steps], tokenizer.decode(prompt)
+    assert "Paris" in runs[0].trace().text and any(s.shared_rows == 2 for s in runs[1].steps)
