@@ -140,7 +140,7 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     # Runs from every session decode together in one batch where they can (inference/batching.py);
     # the others (no KV cache, the eager kernel) run alone, one after another.
     server = batch_server(engine)
-    if server.can_batch(settings):
+    if not _config.solo and server.can_batch(settings):
         background = server.submit(ids, settings, cancel, prompt, _config.max_run_seconds)
     else:
         background = BackgroundRun(engine.generate(ids, settings, cancel=cancel, prompt=prompt),
@@ -413,8 +413,9 @@ def build_demo() -> gr.Blocks:
                 build_experiments_tab(trace_state, claims)
         outputs = [dashboard, status, headline, text, trace_state]
         run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel]
-        # Up to a full batch of runs at once: they share decode steps (inference/batching.py).
-        runs_queue = dict(concurrency_limit=RUNS_AT_ONCE, concurrency_id="runs")
+        # Up to a full batch of runs at once (they share decode steps, inference/batching.py), or one
+        # at a time in solo mode: the limit is the queue's default, set at launch from the config.
+        runs_queue = dict(concurrency_limit="default", concurrency_id="runs")
         run_button.click(run_generation, run_inputs, outputs, api_name="run", **runs_queue)
         prompt.submit(run_generation, run_inputs, outputs, api_name=False, **runs_queue)
         stop_button.click(stop_generation, [cancel], None, queue=False, api_name="stop")
@@ -432,7 +433,7 @@ demo = build_demo()
 
 def launch(**kwargs: Any) -> Any:
     """Serve the page (theme and CSS go to launch() in Gradio 6)."""
-    demo.queue(max_size=_config.queue_size)
+    demo.queue(max_size=_config.queue_size, default_concurrency_limit=1 if _config.solo else RUNS_AT_ONCE)
     return demo.launch(css=CSS, theme=gr.themes.Soft(), **kwargs)
 
 
@@ -451,13 +452,16 @@ def main() -> None:
     parser.add_argument("--model", default=_config.model)
     parser.add_argument("--device", default=_config.device, choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default=_config.dtype, choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--solo", action="store_true",
+                        help="runs one at a time (clean single-run timings) instead of sharing decode steps")
     parser.add_argument("--allow-any-model", action="store_true",
                         help="let the page load any hub id or folder (local use only; never on a public server)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
     _config = _config.replace(model=args.model, device=args.device, dtype=args.dtype,
-                              allow_any_model=_config.allow_any_model or args.allow_any_model)
+                              allow_any_model=_config.allow_any_model or args.allow_any_model,
+                              solo=_config.solo or args.solo)
     try:
         get_engine(progress=lambda message: print(message, flush=True))
     except ValueError as exc:

@@ -159,8 +159,9 @@ class BackgroundRun:
         return time.perf_counter() - self.started
 
     def stop(self) -> None:
-        """Cancel and wait until the run has released the engine."""
-        self.run.cancel.set()
+        """Cancel (unless it has ended) and wait until the run has released the engine."""
+        if not self._finished:
+            self.run.cancel.set()
         with self._new_step:
             self._new_step.wait_for(lambda: self._finished)
 

@@ -4,9 +4,10 @@ A run joins when it is admitted: its prefill runs alone (the whole pause, as the
 Then each engine step decodes one token for every active run at once: the fused kernel reads each
 weight once for all their rows, while each row attends over its own run's cache (different
 lengths, no padding). A run leaves when it ends (EOS, its length, Stop, the time limit) and frees
-its cache. Each run's Steps record what that run experienced: the step's time, how many rows
-shared it (`shared_rows`, 0 when the run was alone) and how long other runs' prefills held it up
-before it (`waited_ms`, part of its time). A run alone on the server is recorded as before.
+its cache. Each run's Steps record what that run experienced: the step's time, how many sequences
+shared it (`batch_rows`, its own when alone), and the other runs' prompt tokens prefilled before it
+in the same engine step (`foreign_prefill_tokens`) with the time they took (`waited_ms`, part of
+its time). A run alone on the server is recorded as it would be alone.
 
 `BatchServer` decides (whom to admit, when to stop); `FusedStack.decode` executes a shared step.
 Runs that cannot share a step (no KV cache, the eager kernel, a model or device without the fused
@@ -85,14 +86,15 @@ class BatchRun:
             self.cancel.set()
 
     def stop(self) -> None:
-        """Cancel and wait until the run has left the batch."""
-        self.cancel.set()
+        """Cancel (unless it has ended) and wait until the run has left the batch."""
+        if not self._finished:
+            self.cancel.set()
         with self._changed:
             self._changed.wait_for(lambda: self._finished)
 
     def trace(self) -> Trace:
         return self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
-                                           self.prompt)
+                                           self.prompt, serving="batched")
 
     def _add(self, step: Step) -> None:
         with self._changed:
@@ -174,11 +176,12 @@ class BatchServer:
             return True
         return False
 
-    def _admit(self, active: list[BatchRun], timer: LayerTimer) -> tuple[list[BatchRun], dict[int, float]]:
+    def _admit(self, active: list[BatchRun], timer: LayerTimer) -> tuple[list[BatchRun], dict[int, tuple[int, float]]]:
         """Prefill waiting runs, one at a time, while their rows fit. Returns the admitted runs and,
-        for every run, the time other runs' prefills took before its next decode step."""
+        for every run, the other runs' prompt tokens prefilled before its next decode step and the
+        time that took."""
         admitted: list[BatchRun] = []
-        waited: dict[int, float] = collections.defaultdict(float)
+        waited: dict[int, tuple[int, float]] = collections.defaultdict(lambda: (0, 0.0))
         rows = sum(run.rows for run in active)
         while True:
             with self._lock:
@@ -190,7 +193,8 @@ class BatchServer:
                 continue
             ms = self._prefill(run, timer)
             for other in [*active, *admitted]:
-                waited[id(other)] += ms
+                tokens, before = waited[id(other)]
+                waited[id(other)] = (tokens + len(run.prompt_ids) * run.rows, before + ms)
             if not run.done:
                 admitted.append(run)
                 rows += run.rows
@@ -215,11 +219,11 @@ class BatchServer:
         tokens = sample(logits, run.settings, run.generator)
         times = timer.finish_step()
         cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0)
-        self._accept(run, 0, tokens, times, cost)
+        self._accept(run, 0, tokens, times, cost, run.rows)
         return times.ms
 
     def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | None,
-                waited: dict[int, float]) -> None:
+                waited: dict[int, tuple[int, float]]) -> None:
         """One decode step for every active run's rows at once."""
         model = self.engine.loaded.model
         timer.start_step()
@@ -234,12 +238,11 @@ class BatchServer:
         index_of = {id(run): len(run.steps) for run in active}
         cost = shared_decode_cost(self.engine.loaded.info,
                                   [(run.rows, len(run.prompt_ids) + index_of[id(run)] - 1) for run in active])
-        shared = start if len(active) > 1 else 0
         for run, run_tokens in zip(active, chosen):
-            self._accept(run, index_of[id(run)], run_tokens, times, cost, shared, waited.get(id(run), 0.0))
+            self._accept(run, index_of[id(run)], run_tokens, times, cost, start, *waited.get(id(run), (0, 0.0)))
 
     def _accept(self, run: BatchRun, index: int, tokens: torch.Tensor, times: StepTimes, cost: Any,
-                shared_rows: int = 0, waited_ms: float = 0.0) -> None:
+                batch_rows: int, foreign_tokens: int = 0, waited_ms: float = 0.0) -> None:
         """Record the run's step `index` that produced `tokens` (B,); end the run if it is done."""
         engine = self.engine
         eos = sorted(eos_ids(engine.loaded.model, engine.loaded.tokenizer))
@@ -248,7 +251,7 @@ class BatchServer:
         token = int(tokens[0])
         tokens_in = len(run.prompt_ids) if index == 0 else 1
         step = make_step(index, tokens_in, len(run.prompt_ids) + index, times, run.cache, cost, token,
-                         run.stream.push(token), shared_rows, waited_ms)
+                         run.stream.push(token), batch_rows, foreign_tokens, waited_ms)
         run.tokens = tokens
         run._add(step)
         run.finished_rows |= torch.isin(tokens, torch.tensor(eos, dtype=torch.long, device=tokens.device))

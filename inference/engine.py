@@ -187,11 +187,11 @@ class GenerationRun:
         tokens_in = prompt_len if index == 0 else (1 if self.settings.kv_cache else context_len)
         past = context_len - tokens_in
         cost = step_cost(info, self.settings.batch_size, tokens_in, past)
-        return make_step(index, tokens_in, context_len, times, cache, cost, token, text)
+        return make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size)
 
 
 def make_step(index: int, tokens_in: int, context_len: int, times: StepTimes, cache: Any, cost: StepCost, token: int,
-              text: str, shared_rows: int = 0, waited_ms: float = 0.0) -> Step:
+              text: str, batch_rows: int, foreign_prefill_tokens: int = 0, waited_ms: float = 0.0) -> Step:
     """The Step record of a forward pass: its times, the cache it left, its cost-model figures;
     `waited_ms` (other runs' prefills before it, on a shared server) is part of its time."""
     return Step(
@@ -199,7 +199,7 @@ def make_step(index: int, tokens_in: int, context_len: int, times: StepTimes, ca
         context_len=context_len, ms=times.ms + waited_ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
         mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
         kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes, token_id=token, text=text,
-        shared_rows=shared_rows, waited_ms=waited_ms)
+        batch_rows=batch_rows, foreign_prefill_tokens=foreign_prefill_tokens, waited_ms=waited_ms)
 
 
 class Engine:
@@ -257,11 +257,12 @@ class Engine:
             self.warm_up()
 
     def trace_of(self, prompt_ids: list[int], settings: GenerationSettings, steps: list[Step],
-                 stop_reason: StopReason | None, prompt: str) -> Trace:
+                 stop_reason: StopReason | None, prompt: str, serving: str = "solo") -> Trace:
         """A run's trace so far (a run without a stop reason yet reads as cancelled)."""
         return Trace(model=self.loaded.info, device=self.device_info, settings=settings,
                      prompt_tokens=len(prompt_ids), steps=tuple(steps),
-                     summary=Summary.of(steps, settings.batch_size, stop_reason or "cancelled"), prompt=prompt)
+                     summary=Summary.of(steps, settings.batch_size, stop_reason or "cancelled"), prompt=prompt,
+                     serving=serving)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context

@@ -79,9 +79,11 @@ class Step:
     bytes: float               # cost model: bytes this step moved to or from memory
     token_id: int              # the token this step produced (row 0 of the batch)
     text: str                  # the new suffix of the decoded text that token added
-    # With continuous batching (a class on one server), what this run's step shared with other runs':
-    shared_rows: int = 0       # rows decoded in this step, every run's together (0: the run was alone)
-    waited_ms: float = 0.0     # before this step, time spent on other runs' prefills (included in ms)
+    # What this step shared with other runs on a server that batches them (inference/batching.py);
+    # traces recorded before these fields existed read 0.
+    batch_rows: int = 0                # sequences decoded in this engine step, this run's included
+    foreign_prefill_tokens: int = 0    # other runs' prompt tokens prefilled in this engine step, before it
+    waited_ms: float = 0.0             # the time those prefills took (part of ms)
 
     @property
     def intensity(self) -> float:
@@ -129,6 +131,7 @@ class Trace:
     summary: Summary
     prompt: str = ""
     schema: str = field(default=TRACE_SCHEMA)
+    serving: str = "solo"      # "solo": one run at a time; "batched": decode steps shared with other runs
 
     @property
     def text(self) -> str:
@@ -175,6 +178,7 @@ class Trace:
                 steps=tuple(_build(Step, s) for s in data["steps"]),
                 summary=_build(Summary, data["summary"]),
                 prompt=data.get("prompt", ""),
+                serving=data.get("serving", "solo"),
             )
         except KeyError as exc:
             raise ValueError(f"trace is missing the field {exc.args[0]!r}") from None
@@ -192,6 +196,8 @@ class Trace:
             raise ValueError(f"prompt_tokens must be a positive whole number, got {self.prompt_tokens!r}")
         if not isinstance(self.prompt, str):
             raise ValueError("prompt must be text")
+        if self.serving not in ("solo", "batched"):
+            raise ValueError(f"serving must be solo or batched, got {self.serving!r}")
         if not self.steps or self.steps[0].phase != "prefill":
             raise ValueError("a trace starts with its prefill step")
         if self.device.peak_flops <= 0 or self.device.peak_bytes_per_s <= 0:

@@ -41,7 +41,7 @@ def test_runs_of_different_lengths_share_steps_and_write_what_they_write_alone(e
     for prompt, run in zip(PROMPTS, runs):
         assert run.error is None, run.error
         assert [s.token_id for s in run.steps] == alone(engine, prompt, settings), f"prompt of {len(prompt)} tokens"
-    assert any(s.shared_rows == 3 for s in runs[0].steps), "the three runs never shared a step"
+    assert any(s.batch_rows == 3 for s in runs[0].steps), "the three runs never shared a step"
     trace = runs[1].trace()
     assert trace.summary.stop_reason == "length" and len(trace.steps) == 12
 
@@ -53,8 +53,10 @@ def test_a_run_that_joins_later_holds_the_others_up_by_its_prefill_and_then_shar
     second = server.submit(PROMPTS[1], GenerationSettings(max_new_tokens=5), CancelFlag())
     finish_all([first, second])
     held_up = [s for s in first.steps if s.waited_ms > 0]
-    assert held_up and all(s.ms >= s.waited_ms for s in held_up), "the newcomer's prefill did not show"
-    assert all(s.shared_rows == 2 for s in second.steps[1:]), [s.shared_rows for s in second.steps]
+    assert len(held_up) == 1 and held_up[0].ms >= held_up[0].waited_ms, "the newcomer's prefill did not show"
+    assert held_up[0].foreign_prefill_tokens == len(PROMPTS[1])
+    assert all(s.batch_rows == 2 for s in second.steps[1:]), [s.batch_rows for s in second.steps]
+    assert first.steps[1].batch_rows == 1, "alone, a run's step holds its own sequence only"
     assert [s.token_id for s in second.steps] == alone(engine, PROMPTS[1], GenerationSettings(max_new_tokens=5))
 
 
@@ -76,7 +78,7 @@ def test_runs_beyond_the_row_limit_wait_for_room(engine: Engine) -> None:
     settings = GenerationSettings(max_new_tokens=6, batch_size=2)
     runs = [server.submit(p, settings, CancelFlag()) for p in PROMPTS[:2]]
     finish_all(runs)
-    assert all(s.shared_rows == 0 for run in runs for s in run.steps), "4 rows shared a step with room for 3"
+    assert all(s.batch_rows == 2 for run in runs for s in run.steps), "4 rows shared a step with room for 3"
     assert all(len(run.steps) == 6 for run in runs)
 
 
@@ -123,4 +125,4 @@ def test_on_the_real_model_a_shared_batch_answers_each_question_as_it_would_alon
     for prompt, run in zip(prompts, runs):
         steps = real_engine.generate(prompt, settings).run_to_end().steps
         assert [s.token_id for s in run.steps] == [s.token_id for s in steps], tokenizer.decode(prompt)
-    assert "Paris" in runs[0].trace().text and any(s.shared_rows == 2 for s in runs[1].steps)
+    assert "Paris" in runs[0].trace().text and any(s.batch_rows == 2 for s in runs[1].steps)

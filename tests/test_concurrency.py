@@ -50,7 +50,7 @@ def test_students_who_press_run_together_share_decode_steps(app_url: str, monkey
         answers = list(pool.map(lambda p: ask(app_url, p), prompts))
     assert all(QUESTIONS[p] in a for p, a in zip(prompts, answers))
     assert len(runs) == 4 and all(run.stop_reason in ("eos", "length") for run in runs)
-    shared = max(step.shared_rows for run in runs for step in run.steps)
+    shared = max(step.batch_rows for run in runs for step in run.steps)
     assert shared >= 2, "four runs at once never shared a decode step"
 
 
@@ -70,3 +70,23 @@ def test_a_client_that_leaves_mid_run_frees_the_model(app_url: str, monkeypatch)
     abandoned = runs[0]
     assert abandoned.stop_reason == "cancelled" and len(abandoned.steps) < 399, \
         f"the abandoned run went on: {len(abandoned.steps)} steps, {abandoned.stop_reason}"
+
+
+def test_in_solo_mode_runs_take_turns_and_their_traces_say_so(app_url: str, monkeypatch) -> None:
+    monkeypatch.setattr(app, "_config", app._config.replace(solo=True))
+    jobs = [Client(app_url, verbose=False).submit(prompt, 8, 0, 1, 0, True, 1, api_name="/run") for prompt in QUESTIONS]
+    for job, (prompt, city) in zip(jobs, QUESTIONS.items()):
+        assert city in job.result()[3], prompt
+    engine = app.get_engine()
+    assert not batch_server(engine).active and not engine.lock.locked()
+
+
+def test_a_batched_run_traces_its_serving_mode_and_loads_back(app_url: str) -> None:
+    from inference.trace import Trace
+
+    engine = app.get_engine()
+    run = batch_server(engine).submit([1, 2, 3], app.GenerationSettings(max_new_tokens=3), app.CancelFlag())
+    while not run.done:
+        run.wait_for_steps(len(run.steps), 5.0)
+    trace = Trace.from_json(run.trace().to_json())
+    assert trace.serving == "batched" and trace.steps[1].batch_rows == 1

@@ -29,3 +29,7 @@ def test_a_switch_makes_a_new_config_and_keeps_the_old_one() -> None:
 def test_a_limit_that_is_not_a_number_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="PHASESCOPE_MAX_RUN_SECONDS or PHASESCOPE_QUEUE_SIZE is not a number"):
         ServerConfig.from_env({"PHASESCOPE_MAX_RUN_SECONDS": "two minutes"})
+
+
+def test_solo_mode_is_a_server_switch() -> None:
+    assert not ServerConfig.from_env({}).solo and ServerConfig.from_env({"PHASESCOPE_SOLO": "1"}).solo

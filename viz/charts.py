@@ -79,7 +79,8 @@ def _timeline_columns(trace: Trace, start: int) -> Columns:
                 others["y"] += [0, 0, None]
             decode["x"].append(elapsed + step.ms)
             decode["y"].append(0)
-            decode["text"].append(f"{step.index} (step shared by {step.shared_rows} rows)" if step.shared_rows
+            shared = step.batch_rows > trace.settings.batch_size
+            decode["text"].append(f"{step.index} (step shared by {step.batch_rows} sequences)" if shared
                                   else str(step.index))
         elapsed += step.ms
     return {0: prefill, 1: decode, 2: others}

@@ -50,11 +50,11 @@ def prefill_status_html(prompt_tokens: int, layers_done: int, layers: int, elaps
 def decode_status_html(steps: int, elapsed_s: float, last: Step | None = None, rows: int = 1) -> str:
     """The status while decoding; on a shared server, whom the latest step was shared with."""
     shared = ""
-    if last is not None and last.shared_rows > rows:
-        others = last.shared_rows - rows
+    if last is not None and last.batch_rows > rows:
+        others = last.batch_rows - rows
         shared = f" · step shared with {others} other row{'s' if others > 1 else ''} (other runs on this server)"
         if last.waited_ms > 0:
-            shared += f", after {last.waited_ms:.0f} ms of their prefill"
+            shared += f", after {last.waited_ms:.0f} ms of their prefill ({last.foreign_prefill_tokens} tokens)"
     return f'<div class="ps-status ps-decode"><b>Decoding</b>: {steps} tokens · {elapsed_s:.2f} s{shared}</div>'
 
 
