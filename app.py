@@ -33,13 +33,17 @@ from inference.trace import Trace, steps_csv
 from inference.verdicts import roofline_verdict
 from inference.whatif import GPUS, PRESETS, Efficiency, device_as_gpu, estimate, measured_efficiency
 from viz import experiments as viz_experiments
-from viz import live, summary
+from viz import classroom, live, summary
 from viz.claims import claims_html
 from viz.dashboard import DASHBOARD_CSS, dashboard_js, dashboard_template, header_html, phase_colour_css
 from viz.figures import roofline_figure
 
-RUNS_AT_ONCE = 16                  # the fused kernel's rows per step: one class's batch
+RUNS_AT_ONCE = 32                  # the fused kernel's rows per step (gemv.cpp kMaxRows): one class's batch
 UPDATES_PER_S = 15                 # live redraws per second: smooth, and cheap next to a decode step
+# ... for one run. Each update costs the server a few ms of Python (the partial trace, the chart
+# deltas): with a whole class streaming at once that would take the cores the shared batch needs,
+# so the server's updates are shared out, each run getting at least 2 a second.
+SERVER_UPDATES_PER_S = 30
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
 THIS_MACHINE = "this machine (measured roofs)"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
@@ -163,8 +167,9 @@ def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[
     run = background.run
     sent, shown_layers = 0, -1
     while not background.done:
-        frame_end = time.perf_counter() + 1 / UPDATES_PER_S
-        background.wait_for_steps(sent, 1 / UPDATES_PER_S)
+        frame = max(1 / UPDATES_PER_S, min(0.5, len(batch_server(engine).active) / SERVER_UPDATES_PER_S))
+        frame_end = time.perf_counter() + frame
+        background.wait_for_steps(sent, frame)
         time.sleep(max(0.0, frame_end - time.perf_counter()))
         have, elapsed = len(background.steps), background.elapsed
         if have == 0:
@@ -306,6 +311,12 @@ def what_if(models: list, gpus: list, prompt_tokens: float, context: float, batc
     return viz_experiments.whatif_table_html(rows, efficiency.note)
 
 
+def class_view() -> tuple:
+    """The class view's figure and summary, now (the Class tab polls it while it is open)."""
+    snapshot = batch_server(get_engine()).snapshot()
+    return classroom.class_figure(snapshot), classroom.class_summary(snapshot)
+
+
 def build_experiments_tab(trace_state: gr.State, claims: gr.State) -> None:
     """One sub-tab per claim; each button measures on the model in front of the student."""
     panel = gr.HTML(claims_html({}), elem_id="ps-claims")
@@ -373,7 +384,7 @@ def build_demo() -> gr.Blocks:
         trace_state = gr.State(None)
         claims = gr.State({})
         with gr.Tabs():
-            with gr.Tab("Live run", id="live"):
+            with gr.Tab("Live run", id="live") as live_tab:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=300):
                         prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=3, max_lines=8)
@@ -409,8 +420,16 @@ def build_demo() -> gr.Blocks:
                         dashboard = gr.HTML(value="", html_template=dashboard_template(), css_template=DASHBOARD_CSS,
                                             js_on_load=dashboard_js(), elem_id="ps-dashboard",
                                             head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>')
-            with gr.Tab("Experiments", id="experiments"):
+            with gr.Tab("Experiments", id="experiments") as experiments_tab:
                 build_experiments_tab(trace_state, claims)
+            with gr.Tab("Class", id="class") as class_tab:
+                gr.Markdown("Every run on this server right now, anonymous: waiting (grey), prefill (orange), "
+                            "decode (blue). Runs that decode at the same time share each step: the weights are "
+                            "read once for all of them, so the class together gets many more tokens per second "
+                            "than one run alone. Ask everyone to press Run at once and watch the batch grow.")
+                class_summary = gr.Markdown(elem_id="ps-class-summary")
+                class_plot = gr.Plot(show_label=False, elem_id="ps-class")
+                class_timer = gr.Timer(1.0, active=False)
         outputs = [dashboard, status, headline, text, trace_state]
         run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel]
         # Up to a full batch of runs at once (they share decode steps, inference/batching.py), or one
@@ -425,6 +444,11 @@ def build_demo() -> gr.Blocks:
         export_button.click(export, [trace_state], files, api_name="export")
         upload.upload(load_trace, [upload], outputs, api_name="load")
         demo.load(page_opened, None, [model, model_status], api_name=False)
+        # The class view polls only while its tab is open.
+        class_timer.tick(class_view, None, [class_plot, class_summary], api_name="class", show_progress="hidden")
+        class_tab.select(lambda: gr.Timer(active=True), None, class_timer, api_name=False)
+        for tab in (live_tab, experiments_tab):
+            tab.select(lambda: gr.Timer(active=False), None, class_timer, api_name=False)
     return demo
 
 

@@ -29,7 +29,7 @@ from inference.engine import Engine, TextStream, eos_ids, make_step, prefill, sa
 from inference.fast_path import FusedStack, fast_forwards
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
-from inference.trace import StopReason, Step, Trace
+from inference.trace import ClassSnapshot, RunSpan, StopReason, Step, Trace
 
 
 class BatchRun:
@@ -45,6 +45,9 @@ class BatchRun:
         self.error: BaseException | None = None
         self.timed_out = False
         self.started = time.perf_counter()
+        self.prefill_start: float | None = None
+        self.prefill_end: float | None = None
+        self.ended: float | None = None
         self.timer: LayerTimer | None = None      # while this run's prefill runs: its layer progress
         self._changed = threading.Condition()
         self._finished = False
@@ -101,8 +104,11 @@ class BatchRun:
             self.steps.append(step)
             self._changed.notify_all()
 
+    def span(self) -> RunSpan:
+        return RunSpan(self.started, self.prefill_start, self.prefill_end, self.ended, len(self.steps))
+
     def _finish(self, reason: StopReason, error: BaseException | None = None) -> None:
-        self.stop_reason, self.error, self.cache = reason, error, None
+        self.stop_reason, self.error, self.cache, self.ended = reason, error, None, time.perf_counter()
         with self._changed:
             self._finished = True
             self._changed.notify_all()
@@ -117,7 +123,9 @@ class BatchServer:
         self._waiting: collections.deque[BatchRun] = collections.deque()
         self._lock = threading.Lock()
         self._serving = False
-        self.active: list[BatchRun] = []          # read by the class view; replaced, never mutated in place
+        self.active: list[BatchRun] = []          # replaced, never mutated in place
+        self._recent: collections.deque[BatchRun] = collections.deque(maxlen=200)     # for the class view
+        self._step_log: collections.deque[tuple[float, int]] = collections.deque(maxlen=5000)
 
     def can_batch(self, settings: GenerationSettings) -> bool:
         """Whether a run with these settings can share decode steps here."""
@@ -133,6 +141,7 @@ class BatchServer:
         run = BatchRun(self, list(prompt_ids), settings, cancel, prompt, max_seconds)
         with self._lock:
             self._waiting.append(run)
+            self._recent.append(run)
             if not self._serving:
                 self._serving = True
                 self.engine_thread.submit(self._serve)
@@ -207,6 +216,7 @@ class BatchServer:
         run.finished_rows = torch.zeros(run.rows, dtype=torch.bool, device=device)
         ids = torch.tensor([run.prompt_ids] * run.rows, device=device)
         timer.cancel, run.timer = run.cancel, timer
+        run.prefill_start = time.perf_counter()
         timer.start_step()
         try:
             logits, run.cache = prefill(engine.loaded.model, ids)
@@ -218,6 +228,7 @@ class BatchServer:
             timer.cancel, run.timer = None, None
         tokens = sample(logits, run.settings, run.generator)
         times = timer.finish_step()
+        run.prefill_end = time.perf_counter()
         cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0)
         self._accept(run, 0, tokens, times, cost, run.rows)
         return times.ms
@@ -235,6 +246,7 @@ class BatchServer:
             chosen.append(sample(logits[start:start + run.rows], run.settings, run.generator))
             start += run.rows
         times = timer.finish_step()
+        self._step_log.append((time.perf_counter(), start))
         index_of = {id(run): len(run.steps) for run in active}
         cost = shared_decode_cost(self.engine.loaded.info,
                                   [(run.rows, len(run.prompt_ids) + index_of[id(run)] - 1) for run in active])
@@ -259,6 +271,16 @@ class BatchServer:
             run._finish("eos")
         elif len(run.steps) == run.settings.max_new_tokens:
             run._finish("length")
+
+
+    def snapshot(self, window_s: float = 60.0) -> ClassSnapshot:
+        """The class view's data: runs that were alive in the last `window_s` seconds."""
+        now = time.perf_counter()
+        with self._lock:
+            runs = [run.span() for run in self._recent]
+            steps = [step for step in self._step_log if step[0] >= now - window_s]
+        runs = [r for r in runs if r.end is None or r.end >= now - window_s]
+        return ClassSnapshot(now, window_s, tuple(runs), tuple(steps))
 
 
 _servers: weakref.WeakKeyDictionary[Engine, BatchServer] = weakref.WeakKeyDictionary()

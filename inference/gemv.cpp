@@ -31,7 +31,7 @@ struct LayerWeights {
 namespace {
 
 // At most this many rows (sequences x new tokens) per call; Python reads it as MAX_ROWS.
-constexpr int64_t kMaxRows = 16;
+constexpr int64_t kMaxRows = 32;
 // Rows that share one pass over a weight row, their accumulators held in registers.
 constexpr int kRowBlock = 8;
 // The longest attention head the fused layer's rotary buffer holds.
@@ -502,7 +502,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("eps1", &LayerWeights::eps1)
       .def_readwrite("eps2", &LayerWeights::eps2)
       .def_readwrite("scaling", &LayerWeights::scaling);
-  m.def("gemv", &gemv, "multi-core matrix-vector product");
-  m.def("layers", &layers, "one decode step of every Llama decoder layer, K and V written into the caches");
+  // Without the GIL: while a decode step runs, the server's other Python threads (each student's
+  // page handler, the web server) can do their small jobs instead of queueing for it after.
+  m.def("gemv", &gemv, "multi-core matrix-vector product", pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("layers", &layers, "one decode step of every Llama decoder layer, K and V written into the caches",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("rmsnorm", &rmsnorm, "Llama's RMSNorm for a few rows");
 }

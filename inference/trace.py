@@ -222,6 +222,27 @@ class Trace:
         return Trace.from_dict(data)
 
 
+@dataclass(frozen=True)
+class RunSpan:
+    """One run as the class view draws it (anonymous): when it was asked for, prefilled and ended
+    (perf_counter seconds; None while it has not happened), and the tokens it has so far."""
+    submitted: float
+    prefill_start: float | None
+    prefill_end: float | None
+    end: float | None
+    tokens: int
+
+
+@dataclass(frozen=True)
+class ClassSnapshot:
+    """Everything the class view shows: the runs of the last `window_s` seconds and the batch size
+    (sequences) of every decode step in it, as (end time, rows)."""
+    now: float
+    window_s: float
+    runs: tuple[RunSpan, ...]
+    steps: tuple[tuple[float, int], ...]
+
+
 _TEXT_FIELDS = ("str", "Phase", "StopReason")
 
 

@@ -164,3 +164,28 @@ def test_phone_width_and_dark_theme_render_without_errors(browser, app_url: str,
     page.screenshot(path=str(SCREENSHOTS / f"{scheme}-{width}.png"), full_page=True)
     page.close()
     assert errors == []
+
+
+def test_two_students_pressing_run_share_decode_steps_and_both_pages_say_so(browser, app_url: str) -> None:
+    pages = []
+    for _ in range(2):
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(app_url)
+        page.wait_for_function("() => window.Plotly !== undefined")
+        pages.append(page)
+    try:
+        for page in pages:
+            run_prompt(page, "Write a long story about a lighthouse keeper.", 200)
+        for page in pages:
+            page.wait_for_selector("#ps-status:has-text('step shared with 1 other row')", timeout=60_000)
+        pages[0].click("#ps-class-button") if pages[0].is_visible("#ps-class-button") else pages[0].get_by_role(
+            "tab", name="Class").click()
+        pages[0].wait_for_selector("#ps-class-summary:has-text('2 runs decoding together')", timeout=30_000)
+        pages[0].screenshot(path=str(SCREENSHOTS / "class-view.png"))
+        for page in pages:
+            page.get_by_role("tab", name="Live run").click()
+            page.click("#ps-stop")
+            page.wait_for_selector(DONE, timeout=60_000)
+    finally:
+        for page in pages:
+            page.close()
