@@ -144,8 +144,12 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     # Runs from every session decode together in one batch where they can (inference/batching.py);
     # the others (no KV cache, the eager kernel) run alone, one after another.
     server = batch_server(engine)
+    server.prefill_chunk = _config.prefill_chunk
     if not _config.solo and server.can_batch(settings):
-        background = server.submit(ids, settings, cancel, prompt, _config.max_run_seconds)
+        try:
+            background = server.submit(ids, settings, cancel, prompt, _config.max_run_seconds)
+        except ValueError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
     else:
         background = BackgroundRun(engine.generate(ids, settings, cancel=cancel, prompt=prompt),
                                    max_seconds=_config.max_run_seconds)
@@ -173,6 +177,10 @@ def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[
         time.sleep(max(0.0, frame_end - time.perf_counter()))
         have, elapsed = len(background.steps), background.elapsed
         if have == 0:
+            position = getattr(background, "queue_position", 0)
+            if position:
+                yield gr.skip(), summary.waiting_status_html(position, elapsed), gr.skip(), gr.skip(), gr.skip()
+                continue
             if background.layers_done != shown_layers:
                 shown_layers = background.layers_done
                 yield (gr.skip(), summary.prefill_status_html(len(run.prompt_ids), shown_layers,
@@ -478,6 +486,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=_config.dtype, choices=("auto", "float32", "bfloat16"))
     parser.add_argument("--solo", action="store_true",
                         help="runs one at a time (clean single-run timings) instead of sharing decode steps")
+    parser.add_argument("--prefill-chunk", type=int, default=_config.prefill_chunk, metavar="N",
+                        help="prefill long prompts N tokens at a time between the batch's decode steps (0 = off)")
     parser.add_argument("--allow-any-model", action="store_true",
                         help="let the page load any hub id or folder (local use only; never on a public server)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -485,7 +495,7 @@ def main() -> None:
     args = parser.parse_args()
     _config = _config.replace(model=args.model, device=args.device, dtype=args.dtype,
                               allow_any_model=_config.allow_any_model or args.allow_any_model,
-                              solo=_config.solo or args.solo)
+                              solo=_config.solo or args.solo, prefill_chunk=max(0, args.prefill_chunk))
     try:
         get_engine(progress=lambda message: print(message, flush=True))
     except ValueError as exc:

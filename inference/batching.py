@@ -25,7 +25,7 @@ import torch
 
 from inference.background import ENGINE_THREAD, EngineThread
 from inference.cost_model import shared_decode_cost, step_cost
-from inference.engine import Engine, TextStream, eos_ids, make_step, prefill, sample
+from inference.engine import Engine, TextStream, eos_ids, make_step, sample
 from inference.fast_path import FusedStack, fast_forwards
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
@@ -53,6 +53,8 @@ class BatchRun:
         self._finished = False
         # The server's state for this run (touched only on the server's thread).
         self.cache: Any = None
+        self.prefilled = 0                        # prompt tokens prefilled so far
+        self.piece_times: list[StepTimes] = []    # one per prefill piece
         self.tokens: torch.Tensor | None = None   # (B,) the newest token of each row
         self.finished_rows: torch.Tensor | None = None
         self.generator: torch.Generator | None = None
@@ -61,6 +63,11 @@ class BatchRun:
     @property
     def run(self) -> BatchRun:                    # BackgroundRun's callers read .run.prompt_ids and .run.cancel
         return self
+
+    @property
+    def queue_position(self) -> int:
+        """Runs ahead of this one waiting for room in the batch, itself included (0 once admitted)."""
+        return self.server.position(self)
 
     @property
     def layers_done(self) -> int:
@@ -114,18 +121,47 @@ class BatchRun:
             self._changed.notify_all()
 
 
-class BatchServer:
-    """Admits runs into one decode batch and steps it on the engine thread while any run is active."""
+def kv_budget_bytes(device: torch.device) -> int:
+    """What the class's KV caches may hold: half the memory free when the server starts (the other
+    half for activations, the page, and everything else on the machine)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = 2 << 30                       # unknown: assume a small machine
+    return available // 2
 
-    def __init__(self, engine: Engine, engine_thread: EngineThread = ENGINE_THREAD):
+
+class BatchServer:
+    """Admits runs into one decode batch and steps it on the engine thread while any run is active.
+    A run waits (its position shown) until its rows fit the batch and its KV cache, at its full
+    length, fits what the runs already admitted leave of the budget: never an out-of-memory."""
+
+    def __init__(self, engine: Engine, engine_thread: EngineThread = ENGINE_THREAD, prefill_chunk: int = 0):
         self.engine, self.engine_thread = engine, engine_thread
+        # Prompt tokens per prefill piece (0: a whole prompt at once). With chunks, a long prompt's
+        # prefill alternates with the batch's decode steps instead of freezing every stream.
+        self.prefill_chunk = prefill_chunk
         self.max_rows = engine.kernel.MAX_ROWS if engine.kernel is not None else 0
+        self.kv_budget = kv_budget_bytes(engine.loaded.device)
         self._waiting: collections.deque[BatchRun] = collections.deque()
         self._lock = threading.Lock()
         self._serving = False
         self.active: list[BatchRun] = []          # replaced, never mutated in place
         self._recent: collections.deque[BatchRun] = collections.deque(maxlen=200)     # for the class view
         self._step_log: collections.deque[tuple[float, int]] = collections.deque(maxlen=5000)
+
+    def kv_bytes(self, run: BatchRun) -> int:
+        """The most a run's KV cache can hold: every row at its full length."""
+        length = len(run.prompt_ids) + run.settings.max_new_tokens
+        return run.rows * length * self.engine.loaded.info.kv_bytes_per_token
+
+    def position(self, run: BatchRun) -> int:
+        """1 for the next run to be admitted, 2 for the one after...; 0 once admitted."""
+        with self._lock:
+            return next((i + 1 for i, waiting in enumerate(self._waiting) if waiting is run), 0)
 
     def can_batch(self, settings: GenerationSettings) -> bool:
         """Whether a run with these settings can share decode steps here."""
@@ -136,9 +172,13 @@ class BatchServer:
 
     def submit(self, prompt_ids: list[int], settings: GenerationSettings, cancel: Any, prompt: str = "",
                max_seconds: float = float("inf")) -> BatchRun:
-        """Queue a run for the batch (ValueError if it does not fit the model's context)."""
+        """Queue a run for the batch (ValueError if it does not fit the model's context or could
+        never fit the KV budget)."""
         self.engine.check_fits(len(prompt_ids), settings.max_new_tokens)
         run = BatchRun(self, list(prompt_ids), settings, cancel, prompt, max_seconds)
+        if self.kv_bytes(run) > self.kv_budget:
+            raise ValueError(f"this run's KV cache could grow to {self.kv_bytes(run) / 1e9:.2f} GB, more than this "
+                             f"server's budget of {self.kv_budget / 1e9:.2f} GB: ask for fewer tokens or copies")
         with self._lock:
             self._waiting.append(run)
             self._recent.append(run)
@@ -150,26 +190,33 @@ class BatchServer:
     def _serve(self) -> None:
         engine = self.engine
         model = engine.loaded.model
-        active: list[BatchRun] = []
+        active: list[BatchRun] = []         # decoding
+        filling: list[BatchRun] = []        # admitted, prefill in chunks not finished yet
         try:
             with engine.lock, torch.inference_mode(), \
                     LayerTimer(model, engine.loaded.info.layers, engine.loaded.device) as timer, \
                     fast_forwards(model, engine.kernel, timer, engine.native_bf16) as stack:
                 while True:
                     active = [run for run in active if not self._leaves(run)]
-                    admitted, waited = self._admit(active, timer)
-                    active += admitted
+                    filling = [run for run in filling if not self._leaves(run)]
+                    waited: dict[int, tuple[int, float]] = collections.defaultdict(lambda: (0, 0.0))
+                    if filling:                 # one chunk of the oldest unfinished prefill per step
+                        self._prefill_piece(filling[0], timer, active, waited)
+                    else:
+                        filling += self._admit(active, timer, waited)
+                    active += [run for run in filling if run.prefill_end is not None and not run.done]
+                    filling = [run for run in filling if run.prefill_end is None and not run.done]
                     self.active = list(active)
                     if not active:
                         with self._lock:
-                            if not self._waiting:
+                            if not self._waiting and not filling:
                                 self._serving = False
                                 return
                         continue
                     self._decode(active, timer, stack, waited)
         except BaseException as exc:              # every run still here ends with the message
             with self._lock:
-                stranded, self._waiting = [*active, *self._waiting], collections.deque()
+                stranded, self._waiting = [*active, *filling, *self._waiting], collections.deque()
                 self._serving = False
             for run in stranded:
                 if not run.done:
@@ -185,53 +232,75 @@ class BatchServer:
             return True
         return False
 
-    def _admit(self, active: list[BatchRun], timer: LayerTimer) -> tuple[list[BatchRun], dict[int, tuple[int, float]]]:
-        """Prefill waiting runs, one at a time, while their rows fit. Returns the admitted runs and,
-        for every run, the other runs' prompt tokens prefilled before its next decode step and the
-        time that took."""
+    def _admit(self, active: list[BatchRun], timer: LayerTimer, waited: dict[int, tuple[int, float]]) -> list[BatchRun]:
+        """Admit waiting runs, one at a time, while their rows and KV caches fit, and prefill each
+        (or its first chunk). Returns them; `waited` gathers, for every run, the other runs' prompt
+        tokens prefilled before its next decode step and the time that took."""
         admitted: list[BatchRun] = []
-        waited: dict[int, tuple[int, float]] = collections.defaultdict(lambda: (0, 0.0))
         rows = sum(run.rows for run in active)
+        kv = sum(self.kv_bytes(run) for run in active)
         while True:
             with self._lock:
-                if not self._waiting or rows + self._waiting[0].rows > self.max_rows:
-                    return admitted, waited
+                if not self._waiting:
+                    return admitted
+                head = self._waiting[0]
+                if rows + head.rows > self.max_rows or kv + self.kv_bytes(head) > self.kv_budget:
+                    return admitted
                 run = self._waiting.popleft()
             if run.cancel.is_set():
                 run._finish("cancelled")
                 continue
-            ms = self._prefill(run, timer)
-            for other in [*active, *admitted]:
-                tokens, before = waited[id(other)]
-                waited[id(other)] = (tokens + len(run.prompt_ids) * run.rows, before + ms)
+            self._prefill_piece(run, timer, [*active, *admitted], waited)
             if not run.done:
                 admitted.append(run)
                 rows += run.rows
+                kv += self.kv_bytes(run)
+            if run.prefill_end is None:     # prefilling in chunks: the batch decodes before the next one
+                return admitted
 
-    def _prefill(self, run: BatchRun, timer: LayerTimer) -> float:
+    def _prefill_piece(self, run: BatchRun, timer: LayerTimer, others: list[BatchRun],
+                       waited: dict[int, tuple[int, float]]) -> None:
+        """The run's whole prefill, or its next `prefill_chunk` prompt tokens; the last piece
+        samples its first token and records its prefill step, whose time runs from the first
+        piece's start to the first token (the decode steps between pieces included)."""
         engine = self.engine
         device = engine.loaded.device
-        run.generator = torch.Generator(device=device).manual_seed(run.settings.seed)
-        run.stream = TextStream(engine.loaded.tokenizer)
-        run.finished_rows = torch.zeros(run.rows, dtype=torch.bool, device=device)
-        ids = torch.tensor([run.prompt_ids] * run.rows, device=device)
+        if run.prefill_start is None:
+            run.generator = torch.Generator(device=device).manual_seed(run.settings.seed)
+            run.stream = TextStream(engine.loaded.tokenizer)
+            run.finished_rows = torch.zeros(run.rows, dtype=torch.bool, device=device)
+            run.prefilled, run.piece_times = 0, []
+            run.prefill_start = time.perf_counter()
+        end = len(run.prompt_ids) if not self.prefill_chunk else min(len(run.prompt_ids), run.prefilled + self.prefill_chunk)
+        ids = torch.tensor([run.prompt_ids[run.prefilled:end]] * run.rows, device=device)
         timer.cancel, run.timer = run.cancel, timer
-        run.prefill_start = time.perf_counter()
         timer.start_step()
         try:
-            logits, run.cache = prefill(engine.loaded.model, ids)
+            out = engine.loaded.model(input_ids=ids, cache=run.cache, use_cache=True, logits_to_keep=1)
         except RunCancelled:
             timer.finish_step()
             run._finish("cancelled")
-            return 0.0
+            return
         finally:
             timer.cancel, run.timer = None, None
-        tokens = sample(logits, run.settings, run.generator)
+        run.cache, logits = out.cache, out.logits[:, -1, :]
+        complete = end == len(run.prompt_ids)
+        tokens = sample(logits, run.settings, run.generator) if complete else None
         times = timer.finish_step()
-        run.prefill_end = time.perf_counter()
-        cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0)
-        self._accept(run, 0, tokens, times, cost, run.rows)
-        return times.ms
+        run.piece_times.append(times)
+        for other in others:
+            before_tokens, before_ms = waited[id(other)]
+            waited[id(other)] = (before_tokens + (end - run.prefilled) * run.rows, before_ms + times.ms)
+        run.prefilled = end
+        if complete:
+            run.prefill_end = time.perf_counter()
+            pieces = run.piece_times
+            total = StepTimes(ms=(run.prefill_end - run.prefill_start) * 1e3,
+                              layer_ms=tuple(map(sum, zip(*(t.layer_ms for t in pieces)))),
+                              attn_ms=tuple(map(sum, zip(*(t.attn_ms for t in pieces)))),
+                              mlp_ms=tuple(map(sum, zip(*(t.mlp_ms for t in pieces)))))
+            cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0)
+            self._accept(run, 0, tokens, total, cost, run.rows)
 
     def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | None,
                 waited: dict[int, tuple[int, float]]) -> None:

@@ -2,7 +2,7 @@
 
 Read once from the environment (PHASESCOPE_MODEL, PHASESCOPE_DEVICE, PHASESCOPE_DTYPE,
 PHASESCOPE_ALLOWED_MODELS, PHASESCOPE_ALLOW_ANY_MODEL=1, PHASESCOPE_MAX_RUN_SECONDS,
-PHASESCOPE_QUEUE_SIZE, PHASESCOPE_SOLO=1, and SPACES_ZERO_GPU, which a ZeroGPU Space sets); `python app.py`'s flags
+PHASESCOPE_QUEUE_SIZE, PHASESCOPE_SOLO=1, PHASESCOPE_PREFILL_CHUNK, and SPACES_ZERO_GPU, which a ZeroGPU Space sets); `python app.py`'s flags
 override it. A frozen record: a change (a model
 switch, a flag) makes a new one.
 """
@@ -25,6 +25,7 @@ class ServerConfig:
     allow_any_model: bool = False           # any hub id or folder: local use only, never a public server
     max_run_seconds: float = 120.0          # one user cannot hold the shared model longer
     queue_size: int = 64
+    prefill_chunk: int = 0                  # prompt tokens per prefill piece on a shared server (0: whole)
     solo: bool = False                      # one run at a time (clean single-run timings), no shared batch
     zero_gpu: bool = False                  # a ZeroGPU Space: runs happen in forked workers that hold a GPU
 
@@ -34,12 +35,16 @@ class ServerConfig:
         try:
             max_run_seconds = float(env.get("PHASESCOPE_MAX_RUN_SECONDS", "120"))
             queue_size = int(env.get("PHASESCOPE_QUEUE_SIZE", "64"))
+            prefill_chunk = int(env.get("PHASESCOPE_PREFILL_CHUNK", "0"))
         except ValueError as exc:
-            raise ValueError(f"PHASESCOPE_MAX_RUN_SECONDS or PHASESCOPE_QUEUE_SIZE is not a number: {exc}") from None
+            raise ValueError(f"PHASESCOPE_MAX_RUN_SECONDS, PHASESCOPE_QUEUE_SIZE or PHASESCOPE_PREFILL_CHUNK is not "
+                             f"a number: {exc}") from None
+        if prefill_chunk < 0:
+            raise ValueError(f"PHASESCOPE_PREFILL_CHUNK must be 0 (off) or a number of tokens, got {prefill_chunk}")
         return cls(model=env.get("PHASESCOPE_MODEL", DEFAULT_MODEL), device=env.get("PHASESCOPE_DEVICE", "auto"),
                    dtype=env.get("PHASESCOPE_DTYPE", "auto"), listed_models=listed,
                    allow_any_model=env.get("PHASESCOPE_ALLOW_ANY_MODEL") == "1", max_run_seconds=max_run_seconds,
-                   queue_size=queue_size, solo=env.get("PHASESCOPE_SOLO") == "1", zero_gpu=env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"))
+                   queue_size=queue_size, prefill_chunk=prefill_chunk, solo=env.get("PHASESCOPE_SOLO") == "1", zero_gpu=env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"))
 
     @property
     def allowed_models(self) -> list[str]:

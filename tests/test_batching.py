@@ -126,3 +126,36 @@ def test_on_the_real_model_a_shared_batch_answers_each_question_as_it_would_alon
         steps = real_engine.generate(prompt, settings).run_to_end().steps
         assert [s.token_id for s in run.steps] == [s.token_id for s in steps], tokenizer.decode(prompt)
     assert "Paris" in runs[0].trace().text and any(s.batch_rows == 2 for s in runs[1].steps)
+
+
+def test_runs_beyond_the_kv_budget_wait_their_turn_and_one_that_could_never_fit_is_refused(engine: Engine) -> None:
+    server = BatchServer(engine, EngineThread())
+    settings = GenerationSettings(max_new_tokens=40)
+    one_run = len(PROMPTS[0]) + 40
+    server.kv_budget = one_run * engine.loaded.info.kv_bytes_per_token       # room for one run's cache
+    first = server.submit(PROMPTS[0], settings, CancelFlag())
+    second = server.submit(PROMPTS[0], settings, CancelFlag())
+    first.wait_for_steps(2, 5.0)
+    assert second.queue_position == 1 and not second.steps, "the second run joined beyond the budget"
+    finish_all([first, second])
+    assert all(s.batch_rows == 1 for run in (first, second) for s in run.steps)
+    assert second.queue_position == 0 and len(second.steps) == 40
+    with pytest.raises(ValueError, match="KV cache could grow to .* more than this server's budget"):
+        server.submit(PROMPTS[1], settings, CancelFlag())
+
+
+def test_a_long_prompt_prefilled_in_chunks_lets_the_batch_decode_between_them(engine: Engine) -> None:
+    server = BatchServer(engine, EngineThread(), prefill_chunk=8)
+    long_prompt = [3 + (i * 7) % 120 for i in range(100)]
+    streaming = server.submit(PROMPTS[0], GenerationSettings(max_new_tokens=150), CancelFlag())
+    streaming.wait_for_steps(2, 5.0)
+    newcomer = server.submit(long_prompt, GenerationSettings(max_new_tokens=6), CancelFlag())
+    finish_all([streaming, newcomer])
+    interrupted = [s for s in streaming.steps if s.foreign_prefill_tokens]
+    assert len(interrupted) == 13 and max(s.foreign_prefill_tokens for s in interrupted) == 8, \
+        [s.foreign_prefill_tokens for s in interrupted]        # 100 tokens in 12 pieces of 8 and one of 4
+    assert sum(s.foreign_prefill_tokens for s in interrupted) == 100
+    assert [s.token_id for s in newcomer.steps] == alone(engine, long_prompt, GenerationSettings(max_new_tokens=6))
+    assert [s.token_id for s in streaming.steps] == alone(engine, PROMPTS[0], GenerationSettings(max_new_tokens=150))
+    prefill = newcomer.steps[0]
+    assert prefill.ms >= sum(s.ms - s.waited_ms for s in interrupted[1:-1]), "its TTFT hides the steps between pieces"

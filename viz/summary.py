@@ -40,6 +40,12 @@ def headline_html(trace: Trace) -> str:
     return f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>{note}'
 
 
+def waiting_status_html(position: int, elapsed_s: float) -> str:
+    """A run waiting for room in the shared batch (or for the KV-cache budget)."""
+    return (f'<div class="ps-status ps-prefill"><b>Waiting for room in the batch</b>: position {position} · '
+            f'{elapsed_s:.2f} s (other runs are decoding; yours starts when one ends)</div>')
+
+
 def prefill_status_html(prompt_tokens: int, layers_done: int, layers: int, elapsed_s: float) -> str:
     share = 100 * layers_done / layers if layers else 0
     return (f'<div class="ps-status ps-prefill"><b>Prefill running</b>: {prompt_tokens:,} prompt tokens '
