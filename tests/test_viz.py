@@ -117,3 +117,17 @@ def test_the_figures_never_import_torch() -> None:
             "print(sorted(m for m in ('torch', 'inference.engine', 'gradio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"viz/ imported {out.stdout.strip()}"
+
+
+def test_the_rhythm_chart_reads_tpot_and_itl_as_serving_engines_define_them() -> None:
+    from inference.trace import percentile
+    from viz.charts import CHARTS, time_per_output_token_ms
+
+    trace = Trace.from_json(EXAMPLE.read_text())
+    steps = trace.steps
+    assert time_per_output_token_ms(trace) == pytest.approx((sum(s.ms for s in steps) - steps[0].ms) / (len(steps) - 1))
+    rhythm = next(chart for chart in CHARTS if chart.id == "rhythm")
+    assert rhythm.columns(trace, 0)[0]["x"] == [s.ms for s in trace.decode_steps], "ITL is every decode step's time"
+    texts = [a["text"] for a in rhythm.overlay(trace)["layout"]["annotations"]]
+    p99 = percentile([s.ms for s in trace.decode_steps], 99)
+    assert f" p99 {p99:.1f}" in texts and any(t.startswith("TPOT ") for t in texts)

@@ -128,6 +128,45 @@ def _latency_overlay(trace: Trace) -> dict[str, Any]:
     }}
 
 
+# Decode rhythm: the distribution of inter-token latencies -----------------------------------------
+
+P99 = "#d93025"
+
+
+def _rhythm_base(trace: Trace) -> go.Figure:
+    fig = go.Figure([go.Histogram(name="decode steps", x=[], marker=dict(color=DECODE), opacity=0.85,
+                                  hovertemplate="%{x} ms: %{y} steps<extra></extra>")])
+    return _layout(fig, "ms between two tokens (ITL)", "decode steps", showlegend=False, bargap=0.05,
+                   margin=dict(l=60, r=16, t=40, b=44))
+
+
+def _rhythm_columns(trace: Trace, start: int) -> Columns:
+    return {0: {"x": [s.ms for s in trace.steps[start:] if s.phase == "decode"]}}
+
+
+def time_per_output_token_ms(trace: Trace) -> float:
+    """TPOT as vLLM and OpenTelemetry's gen_ai.server.time_per_output_token define it: (end-to-end
+    time - time to first token) / (output tokens - 1), the mean of the inter-token latencies."""
+    steps = trace.steps
+    return (sum(s.ms for s in steps) - steps[0].ms) / (len(steps) - 1) if len(steps) > 1 else 0.0
+
+
+def _rhythm_overlay(trace: Trace) -> dict[str, Any]:
+    itl = [s.ms for s in trace.decode_steps]
+    if not itl:
+        return {}
+    lines = [("p50", percentile(itl, 50), MEDIAN), ("p90", percentile(itl, 90), P90), ("p99", percentile(itl, 99), P99)]
+    return {"layout": {
+        "shapes": [dict(type="line", yref="paper", y0=0, y1=1, x0=v, x1=v, line=dict(color=c, dash="dash", width=1.5))
+                   for _, v, c in lines],
+        "annotations": [dict(yref="paper", y=0.97 - 0.11 * i, x=v, text=f" {name} {v:.1f}", showarrow=False,
+                             xanchor="left", yanchor="top", font=dict(color=c, size=12))
+                        for i, (name, v, c) in enumerate(lines)]
+        + [dict(xref="paper", yref="paper", x=0, y=1.02, xanchor="left", yanchor="bottom", showarrow=False,
+                text=f"TPOT {time_per_output_token_ms(trace):.1f} ms (mean ITL)", font=dict(size=13))],
+    }}
+
+
 # KV cache --------------------------------------------------------------------------------------
 
 def _kv_base(trace: Trace) -> go.Figure:
@@ -247,4 +286,6 @@ CHARTS: tuple[Chart, ...] = (
     Chart("kv", "KV cache growth", _kv_base, _kv_columns, _kv_overlay),
     Chart("heatmap", "Layers × steps (ms)", _heatmap_base, _heatmap_columns, _heatmap_overlay),
     Chart("roofline", "Roofline", _roofline_base, _roofline_columns, _no_overlay),
+    Chart("rhythm", "Decode rhythm: inter-token latency (ITL) and TPOT", _rhythm_base, _rhythm_columns,
+          _rhythm_overlay),
 )
