@@ -22,3 +22,5 @@ print("device:", t.device.name, "| roofs from", t.device.source)
 print("layer ms (decode step 1), first 5:", [round(x, 3) for x in s.layer_ms[:5]], "other_ms", round(s.other_ms, 3))
 print("summary:", t.summary)
 PYEOF
+# The phases on a larger Llama-shaped model (1.2B parameters, random weights) in bf16.
+$PY -m bench.gpu_model
