@@ -12,7 +12,9 @@ PEER_STAMP := $(PEER)/.installed
 # carries) on the Python the README's front matter names; the Space run test starts the app in it.
 SPACE := .venv-space
 SPACE_STAMP := $(SPACE)/.installed
-SPACE_PYTHON ?= python$(shell sed -n 's/^python_version: *"\{0,1\}\([0-9.]*\)"\{0,1\}/\1/p' README.md)
+SPACE_VERSION := $(shell sed -n 's/^python_version: *"\{0,1\}\([0-9.]*\)"\{0,1\}/\1/p' README.md)
+# pythonX.Y where it is on the PATH, else $(PYTHON) (the Space test checks the version it got).
+SPACE_PYTHON ?= $(shell command -v python$(SPACE_VERSION) || echo $(PYTHON))
 
 .PHONY: run test bench bench-avx2 chromium clean space-venv
 
