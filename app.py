@@ -26,6 +26,7 @@ from inference import experiments
 from inference.background import ENGINE_THREAD, BackgroundRun, CancelFlag
 from inference.batching import BatchRun, batch_server
 from inference.engine import Engine, load_engine
+from inference.perfetto import to_chrome_trace_json
 from inference.prompts import DEFAULT_PROMPT
 from inference.server_config import ServerConfig
 from inference.settings import GenerationSettings
@@ -229,7 +230,8 @@ def export(trace_json: str | None) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="phasescope-"))
     (folder / "phasescope-trace.json").write_text(trace.to_json(indent=1))
     (folder / "phasescope-steps.csv").write_text(steps_csv(trace))
-    return [str(folder / "phasescope-trace.json"), str(folder / "phasescope-steps.csv")]
+    (folder / "phasescope-perfetto.json").write_text(to_chrome_trace_json(trace))       # opens in ui.perfetto.dev
+    return [str(folder / name) for name in ("phasescope-trace.json", "phasescope-steps.csv", "phasescope-perfetto.json")]
 
 
 def load_trace(path: str | None) -> tuple:
@@ -421,7 +423,7 @@ def build_demo() -> gr.Blocks:
                         with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
                             speed = gr.Slider(0.1, 1.0, value=0.5, step=0.1, label="Replay speed (x real time)", elem_id="ps-speed")
                             replay_button = gr.Button("Replay", elem_id="ps-replay")
-                            export_button = gr.Button("Export JSON + CSV")
+                            export_button = gr.Button("Export JSON + CSV + Perfetto")
                             files = gr.File(label="Exported files", file_count="multiple", interactive=False)
                             upload = gr.File(label="Load a trace (JSON)", file_types=[".json"], type="filepath")
                     with gr.Column(scale=3):

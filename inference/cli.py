@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     run.add_argument("--top-p", type=float, default=1.0)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--perfetto", type=Path, metavar="OUT.json",
+                     help="also write the run as Chrome trace-event JSON (open it in ui.perfetto.dev)")
     sweep = commands.add_parser("sweep", help="one short run per prompt length (prefill grows, decode stays flat)")
     sweep.add_argument("--prompt-tokens", required=True, type=_int_list, help="comma-separated, e.g. 16,128,512,1024")
     _common(sweep, default_new_tokens=16)
@@ -118,6 +120,10 @@ def _run(args: argparse.Namespace) -> int:
     print(format_summary(trace))
     if args.json:
         _write(args.json, trace.to_json(indent=1))
+    if args.perfetto:
+        from inference.perfetto import to_chrome_trace_json
+
+        _write(args.perfetto, to_chrome_trace_json(trace))
     return 0
 
 

@@ -21,9 +21,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_run_answers_with_the_real_model_and_writes_a_trace(tmp_path: Path) -> None:
-    out = tmp_path / "trace.json"
+    out, perfetto = tmp_path / "trace.json", tmp_path / "perfetto.json"
     result = cli("run", "What is the capital of France?", "--dtype", "float32", "--max-new-tokens", "20",
-                 "--json", str(out))
+                 "--json", str(out), "--perfetto", str(perfetto))
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     for label in ("TTFT", "ms/token", "tokens/s", "KV cache", "GB/s"):
@@ -32,6 +32,8 @@ def test_run_answers_with_the_real_model_and_writes_a_trace(tmp_path: Path) -> N
     assert "The capital of France is Paris." in trace.text
     assert trace.model.layers == 30 and all(len(s.layer_ms) == 30 for s in trace.steps)
     assert json.loads(out.read_text())["schema"] == "phasescope.trace/1"
+    events = json.loads(perfetto.read_text())["traceEvents"]
+    assert sum(1 for e in events if e.get("tid") == 1 and e["ph"] == "X") == len(trace.steps)
 
 
 def test_sweep_longer_prompt_takes_longer_to_prefill(tmp_path: Path) -> None:
