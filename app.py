@@ -170,7 +170,7 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
 
 def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[int]) -> Iterator[tuple]:
     run = background.run
-    sent, shown_layers = 0, -1
+    sent = 0
     while not background.done:
         frame = max(1 / UPDATES_PER_S, min(0.5, len(batch_server(engine).active) / SERVER_UPDATES_PER_S))
         frame_end = time.perf_counter() + frame
@@ -182,11 +182,10 @@ def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[
             if position:
                 yield gr.skip(), summary.waiting_status_html(position, elapsed), gr.skip(), gr.skip(), gr.skip()
                 continue
-            if background.layers_done != shown_layers:
-                shown_layers = background.layers_done
-                yield (gr.skip(), summary.prefill_status_html(len(run.prompt_ids), shown_layers,
-                                                              engine.loaded.info.layers, elapsed),
-                       gr.skip(), gr.skip(), gr.skip())
+            done, layers = background.layers_done, engine.loaded.info.layers
+            yield (live.prefill_message(elapsed * 1e3, done, layers, next(seq)),
+                   summary.prefill_status_html(len(run.prompt_ids), done, layers, elapsed),
+                   gr.skip(), gr.skip(), gr.skip())
             continue
         if have > sent:
             partial = run.trace()              # every step so far (the engine may have added one since)

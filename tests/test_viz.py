@@ -131,3 +131,18 @@ def test_the_rhythm_chart_reads_tpot_and_itl_as_serving_engines_define_them() ->
     texts = [a["text"] for a in rhythm.overlay(trace)["layout"]["annotations"]]
     p99 = percentile([s.ms for s in trace.decode_steps], 99)
     assert f" p99 {p99:.1f}" in texts and any(t.startswith("TPOT ") for t in texts)
+
+
+def test_while_prefill_runs_the_timeline_block_grows_and_the_first_step_replaces_it() -> None:
+    from viz.charts import CHARTS
+
+    from viz.live import prefill_message
+
+    message = json.loads(prefill_message(1234.0, 11, 30, seq=3))
+    assert (message["kind"], message["start"], message["steps"]) == ("extend", 0, 0), "it must apply before step 0"
+    layout = message["charts"]["timeline"]["layout"]
+    assert layout["shapes"][0]["x1"] == 1234.0 and "layer 11/30" in layout["annotations"][0]["text"]
+    trace = Trace.from_json(EXAMPLE.read_text()).prefix(1)
+    timeline = next(chart for chart in CHARTS if chart.id == "timeline")
+    shapes = timeline.overlay(trace)["layout"]["shapes"]
+    assert all(shape["type"] == "line" for shape in shapes), "the step's overlay must replace the growing block"

@@ -11,13 +11,25 @@ import json
 from typing import Any
 
 from inference.trace import Trace
-from viz.charts import CHARTS
+from viz.charts import CHARTS, PREFILL
 from viz.figures import all_figures
 
 
 def full_message(trace: Trace, seq: int) -> str:
     figures = {chart_id: json.loads(fig.to_json()) for chart_id, fig in all_figures(trace).items()}
     return json.dumps({"kind": "full", "seq": seq, "steps": len(trace.steps), "figures": figures})
+
+
+def prefill_message(elapsed_ms: float, layers_done: int, layers: int, seq: int) -> str:
+    """While prefill runs (no step yet): the timeline's prefill block grows with the elapsed time, so
+    the pause is drawn as it happens. An extend with no columns; the prefill step's own overlay
+    replaces the growing block when it arrives."""
+    block = dict(type="rect", xref="x", yref="y", x0=0, x1=max(elapsed_ms, 1e-3), y0=-0.35, y1=0.35,
+                 fillcolor=PREFILL, opacity=0.55, line=dict(width=0))
+    note = dict(x=elapsed_ms, y=0.75, xref="x", yref="y", showarrow=False, xanchor="left",
+                text=f"prefill running: layer {layers_done}/{layers}, {elapsed_ms:.0f} ms", font=dict(color=PREFILL, size=13))
+    timeline = {"extend": [], "layout": {"shapes": [block], "annotations": [note]}}       # the axis autoranges to it
+    return json.dumps({"kind": "extend", "seq": seq, "start": 0, "steps": 0, "charts": {"timeline": timeline}})
 
 
 def extend_message(trace: Trace, start: int, seq: int) -> str:
