@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     dtypes = commands.add_parser("dtype", help="the same prompt in float32 and bfloat16")
     dtypes.add_argument("--prompt-tokens", type=int, default=32)
     _common(dtypes, default_new_tokens=24)
+    chat = commands.add_parser("chat", help="a conversation whose turns reuse the KV cache of the turns before")
+    chat.add_argument("--turn", action="append", required=True, metavar="TEXT", help="one user message (repeat it)")
+    chat.add_argument("--no-reuse", action="store_true", help="forget the cache between turns, to compare")
+    _common(chat, default_new_tokens=48)
     whatif = commands.add_parser("whatif", help="estimates for large models on large GPUs (roofline, no model run)")
     whatif.add_argument("--prompt-tokens", type=int, default=1024)
     whatif.add_argument("--context", type=int, default=4096, help="tokens in the sequence for the decode estimate")
@@ -79,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        commands = {"run": _run, "sweep": _sweep, "race": _race, "batch": _batch, "dtype": _dtype, "whatif": _whatif}
+        commands = {"run": _run, "sweep": _sweep, "race": _race, "batch": _batch, "dtype": _dtype, "whatif": _whatif,
+                    "chat": _chat}
         return commands[args.command](args)
     except ValueError as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
@@ -124,6 +129,39 @@ def _run(args: argparse.Namespace) -> int:
         from inference.perfetto import to_chrome_trace_json
 
         _write(args.perfetto, to_chrome_trace_json(trace))
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    """Each turn's prompt is the whole conversation so far; with reuse (the default) its prefill
+    computes only what the last turn's cache does not hold."""
+    from inference.engine import load_engine
+    from inference.prompts import check_prompt_text, conversation_ids
+
+    settings = _settings(args)
+    for turn in args.turn:
+        check_prompt_text(turn)
+    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    messages: list[dict[str, str]] = []
+    traces, previous = [], None
+    for number, turn in enumerate(args.turn, start=1):
+        messages.append({"role": "user", "content": turn})
+        ids = conversation_ids(engine.loaded.tokenizer, messages)
+        try:
+            engine.check_fits(len(ids), settings.max_new_tokens)
+        except ValueError as exc:
+            raise ValueError(f"turn {number}: the conversation no longer fits the model's context ({exc}); "
+                             f"start a new conversation") from None
+        run = engine.generate(ids, settings, prompt=turn, reuse=None if args.no_reuse else previous)
+        trace = run.run_to_end()
+        previous = run.cached_prefix
+        messages.append({"role": "assistant", "content": trace.text})
+        traces.append(trace)
+        print(f"\n[turn {number}] {turn}\n{trace.text}")
+        print(f"  prompt {trace.prompt_tokens} tokens: {trace.reused_tokens} reused from the cache, "
+              f"{trace.steps[0].tokens_in} prefilled; TTFT {trace.summary.ttft_ms:.1f} ms")
+    if args.json:
+        _write(args.json, sweep_to_json(traces, indent=1))
     return 0
 
 

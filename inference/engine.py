@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -21,7 +22,7 @@ from inference.device import device_info
 from inference.cpu_quota import fit_threads_to_quota
 from inference.fast_path import fast_forwards
 from inference.kernel_build import build_error, kernel_module
-from inference.kv_cache import kv_cache_bytes
+from inference.kv_cache import keep_first, kv_cache_bytes
 from inference.loading import LoadedModel
 from inference.roofs import bf16_native
 from inference.settings import GenerationSettings
@@ -94,11 +95,31 @@ def eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
     return set(configured) if isinstance(configured, (list, tuple)) else {int(configured)}
 
 
+@dataclass(frozen=True)
+class CachedPrefix:
+    """What a finished run leaves for the next turn of a conversation: the token ids its KV cache
+    holds, and the cache."""
+    ids: tuple[int, ...]
+    cache: Any
+
+
+def shared_prefix(a: tuple[int, ...] | list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class GenerationRun:
-    """One generation: iterate it for Step records; afterwards `stop_reason` and `trace()`."""
+    """One generation: iterate it for Step records; afterwards `stop_reason` and `trace()`, and
+    `cached_prefix` for a conversation's next turn."""
 
     def __init__(self, engine: Engine, prompt_ids: list[int], settings: GenerationSettings,
-                 cancel: threading.Event | None, instrument: bool, prompt: str, stop_at_eos: bool = True):
+                 cancel: threading.Event | None, instrument: bool, prompt: str, stop_at_eos: bool = True,
+                 reuse: CachedPrefix | None = None):
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.settings = settings
@@ -110,6 +131,10 @@ class GenerationRun:
         self.batch_tokens: list[list[int]] = []     # every row's token, step by step
         self.stop_reason: StopReason | None = None
         self.timer: LayerTimer | None = None       # set while running; its layers_done shows progress
+        self.reuse = reuse
+        # Prompt tokens served from the reused cache (prefix caching): the prefill computes the rest.
+        self.reused_tokens = 0
+        self.cached_prefix: CachedPrefix | None = None
         self._steps_iter = self._run()
 
     def __iter__(self) -> Iterator[Step]:
@@ -127,7 +152,8 @@ class GenerationRun:
         return self.trace()
 
     def trace(self) -> Trace:
-        return self.engine.trace_of(self.prompt_ids, self.settings, self.steps, self.stop_reason, self.prompt)
+        return dataclasses.replace(self.engine.trace_of(self.prompt_ids, self.settings, self.steps, self.stop_reason,
+                                                        self.prompt), reused_tokens=self.reused_tokens)
 
     def _run(self) -> Iterator[Step]:
         engine, settings = self.engine, self.settings
@@ -144,7 +170,7 @@ class GenerationRun:
             # (B, S): B identical copies of the prompt step together.
             sequence = torch.tensor([self.prompt_ids] * settings.batch_size, device=engine.loaded.device)
             finished = torch.zeros(settings.batch_size, dtype=torch.bool, device=engine.loaded.device)
-            cache = None
+            cache = self._reused_cache()
             for index in range(settings.max_new_tokens):
                 if index > 0 and self.cancel.is_set():
                     self.stop_reason = "cancelled"
@@ -164,6 +190,9 @@ class GenerationRun:
                 token = int(tokens[0])
                 step = self._record(index, times, sequence.shape[1] - 1, cache, token, stream.push(token))
                 self.steps.append(step)
+                if cache is not None and settings.batch_size == 1:
+                    # The cache holds every token but the newest (it is fed at the next step).
+                    self.cached_prefix = CachedPrefix(tuple(sequence[0, :-1].tolist()), cache)
                 yield step
                 finished |= torch.isin(tokens, eos)
                 if bool(finished.all()):
@@ -171,10 +200,26 @@ class GenerationRun:
                     return
             self.stop_reason = "length"
 
+    def _reused_cache(self) -> Any:
+        """The previous turn's cache, cut to the prefix this prompt shares with it (at least one
+        prompt token is left to prefill: its logits give the first new token)."""
+        reuse, settings = self.reuse, self.settings
+        if reuse is None or not settings.kv_cache or settings.batch_size != 1:
+            return None
+        self.reused_tokens = min(shared_prefix(reuse.ids, self.prompt_ids), len(self.prompt_ids) - 1)
+        if self.reused_tokens == 0:
+            return None
+        keep_first(reuse.cache, self.reused_tokens)
+        return reuse.cache
+
     def _forward(self, index: int, sequence: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-        """Step `index` on (B, S) `sequence`: prefill, a cached decode step, or a full recompute."""
+        """Step `index` on (B, S) `sequence`: prefill (of what the cache does not hold yet), a cached
+        decode step, or a full recompute."""
         model = self.engine.loaded.model
         if index == 0:
+            if cache is not None:
+                out = model(input_ids=sequence[:, self.reused_tokens:], cache=cache, use_cache=True, logits_to_keep=1)
+                return out.logits[:, -1, :], out.cache
             logits, cache = prefill(model, sequence)
             return logits, cache if self.settings.kv_cache else None
         if self.settings.kv_cache:
@@ -184,7 +229,7 @@ class GenerationRun:
     def _record(self, index: int, times: StepTimes, context_len: int, cache: Any, token: int, text: str) -> Step:
         info = self.engine.loaded.info
         prompt_len = len(self.prompt_ids)
-        tokens_in = prompt_len if index == 0 else (1 if self.settings.kv_cache else context_len)
+        tokens_in = prompt_len - self.reused_tokens if index == 0 else (1 if self.settings.kv_cache else context_len)
         past = context_len - tokens_in
         cost = step_cost(info, self.settings.batch_size, tokens_in, past)
         return make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size)
@@ -236,13 +281,14 @@ class Engine:
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, instrument: bool = True, prompt: str = "",
-                 stop_at_eos: bool = True) -> GenerationRun:
+                 stop_at_eos: bool = True, reuse: CachedPrefix | None = None) -> GenerationRun:
         """A run to iterate. `instrument=False` times whole steps only (the benchmark's baseline);
-        `stop_at_eos=False` always generates max_new_tokens (for fair timing)."""
+        `stop_at_eos=False` always generates max_new_tokens (for fair timing); `reuse`: the last
+        turn's cache, whose shared prefix this prompt does not compute again."""
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
         if settings.kernel == "fast" and not self.fast_kernels:
             settings = dataclasses.replace(settings, kernel="eager")     # the trace says what really ran
-        return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos)
+        return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos, reuse)
 
     def warm_up(self) -> None:
         """One short run, discarded: a process's first forward pass pays one-off costs (allocator,

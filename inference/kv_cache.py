@@ -24,6 +24,14 @@ def kv_cache_bytes(cache: Any) -> int:
     return total
 
 
+def keep_first(cache: Any, tokens: int) -> None:
+    """Drop every position after the first `tokens` from the cache (a conversation's next turn
+    reuses the prefix it shares with the last one)."""
+    length = cache.get_seq_length()
+    if tokens < length:
+        cache.crop(tokens - length)
+
+
 def decodable_in_place(cache: Any, layers: int, batch: int) -> bool:
     """Whether every one of the cache's `layers` layers holds `batch` rows of the same length, in
     the DynamicCache layout that `decode_slot` extends in place."""

@@ -25,11 +25,15 @@ def check_prompt_text(prompt: object) -> str:
 
 def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     check_prompt_text(prompt)
+    return conversation_ids(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def conversation_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """A conversation so far (user and assistant messages), ready for the assistant's next answer."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])
+    return list(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
 
 
 def fixed_length_prompt_ids(tokenizer: Any, n_tokens: int) -> list[int]:

@@ -132,6 +132,7 @@ class Trace:
     prompt: str = ""
     schema: str = field(default=TRACE_SCHEMA)
     serving: str = "solo"      # "solo": one run at a time; "batched": decode steps shared with other runs
+    reused_tokens: int = 0     # prompt tokens served from the last turn's KV cache (a conversation)
 
     @property
     def text(self) -> str:
@@ -179,6 +180,7 @@ class Trace:
                 summary=_build(Summary, data["summary"]),
                 prompt=data.get("prompt", ""),
                 serving=data.get("serving", "solo"),
+                reused_tokens=data.get("reused_tokens", 0),
             )
         except KeyError as exc:
             raise ValueError(f"trace is missing the field {exc.args[0]!r}") from None
@@ -196,6 +198,9 @@ class Trace:
             raise ValueError(f"prompt_tokens must be a positive whole number, got {self.prompt_tokens!r}")
         if not isinstance(self.prompt, str):
             raise ValueError("prompt must be text")
+        if isinstance(self.reused_tokens, bool) or not isinstance(self.reused_tokens, int) or \
+                not 0 <= self.reused_tokens < self.prompt_tokens:
+            raise ValueError(f"reused_tokens must be a whole number below prompt_tokens, got {self.reused_tokens!r}")
         if self.serving not in ("solo", "batched"):
             raise ValueError(f"serving must be solo or batched, got {self.serving!r}")
         if not self.steps or self.steps[0].phase != "prefill":

@@ -66,3 +66,19 @@ def test_bad_arguments_give_one_line_and_exit_2(args: list[str], message: str) -
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_chat_reuses_the_conversation_cache_and_answers_as_without_it(tmp_path: Path) -> None:
+    turns = ["--turn", "What is the capital of France?", "--turn", "And of Japan?"]
+    runs = {}
+    for mode in ("reuse", "no-reuse"):
+        out = tmp_path / f"{mode}.json"
+        result = cli("chat", *turns, "--dtype", "float32", "--max-new-tokens", "16", "--json", str(out),
+                     *(["--no-reuse"] if mode == "no-reuse" else []))
+        assert result.returncode == 0, result.stderr
+        runs[mode] = sweep_from_json(out.read_text())
+    reused, fresh = runs["reuse"], runs["no-reuse"]
+    assert "Paris" in reused[0].text and "Tokyo" in reused[1].text
+    assert [t.text for t in reused] == [t.text for t in fresh], "reusing the cache changed the answer"
+    assert reused[1].reused_tokens > reused[0].prompt_tokens and fresh[1].reused_tokens == 0
+    assert reused[1].steps[0].tokens_in == reused[1].prompt_tokens - reused[1].reused_tokens
