@@ -25,6 +25,7 @@ import plotly
 from inference import experiments
 from inference.background import ENGINE_THREAD, BackgroundRun, CancelFlag
 from inference.batching import BatchRun, batch_server
+from inference.conversation import Conversation
 from inference.engine import Engine, load_engine
 from inference.perfetto import to_chrome_trace_json
 from inference.prompts import DEFAULT_PROMPT
@@ -124,18 +125,23 @@ def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) ->
 
 @gpu
 def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
-                   kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast") -> Iterator[tuple]:
-    """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S."""
+                   kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
+                   chat: bool = False, forget: bool = False, conversation: Conversation | None = None) -> Iterator[tuple]:
+    """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S. With
+    `chat`, the prompt continues the session's conversation, reusing its cache unless `forget`."""
     from inference.prompts import chat_prompt_ids
 
     engine = get_engine()
     engine.ensure_warm()
+    conversation = conversation if chat and conversation is not None else None
     try:
         settings = GenerationSettings.from_form(max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, kernel)
-        ids = chat_prompt_ids(engine.loaded.tokenizer, prompt)
+        ids = (conversation.prompt_ids(engine.loaded.tokenizer, prompt) if conversation is not None
+               else chat_prompt_ids(engine.loaded.tokenizer, prompt))
         engine.check_fits(len(ids), settings.max_new_tokens)
     except ValueError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+        hint = "; press New conversation" if conversation is not None and conversation.messages else ""
+        raise gr.Error(f"{exc}{hint}", print_exception=False) from None
     cancel.clear()
     seq = itertools.count()
     # Draw the empty charts before the engine starts, so that work never competes with prefill.
@@ -146,13 +152,14 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     # the others (no KV cache, the eager kernel) run alone, one after another.
     server = batch_server(engine)
     server.prefill_chunk = _config.prefill_chunk
-    if not _config.solo and server.can_batch(settings):
+    if conversation is None and not _config.solo and server.can_batch(settings):
         try:
             background = server.submit(ids, settings, cancel, prompt, _config.max_run_seconds)
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-    else:
-        background = BackgroundRun(engine.generate(ids, settings, cancel=cancel, prompt=prompt),
+    else:                           # alone; a conversation's turn reuses its cache on this path
+        reuse = conversation.prefix if conversation is not None and not forget else None
+        background = BackgroundRun(engine.generate(ids, settings, cancel=cancel, prompt=prompt, reuse=reuse),
                                    max_seconds=_config.max_run_seconds)
     try:
         yield from _stream(background, engine, seq)
@@ -164,6 +171,9 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
         yield _outputs(live.full_message(trace, next(seq)), summary.error_html(message), trace, trace.to_json())
         raise gr.Error(message, print_exception=False)
     note = f" at the {background.max_seconds:g} s limit per run" if background.timed_out else ""
+    if conversation is not None and trace.steps:
+        conversation.add(prompt, trace, background.run.cached_prefix, keep_cache=not forget)
+        note += conversation.summary()
     yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace, note), trace,
                    trace.to_json() if trace.steps else gr.skip())
 
@@ -390,6 +400,7 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="PhaseScope: prefill and decode, live") as demo:
         gr.HTML(header_html())
         cancel = gr.State(CancelFlag, delete_callback=lambda flag: flag.clear())
+        conversation = gr.State(Conversation)
         trace_state = gr.State(None)
         claims = gr.State({})
         with gr.Tabs():
@@ -415,6 +426,11 @@ def build_demo() -> gr.Blocks:
                             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
                             seed = gr.Number(0, precision=0, label="Seed", minimum=0)
                             kv_cache = gr.Checkbox(True, label="KV cache (off: recompute the whole sequence each step)")
+                            with gr.Row():
+                                chat = gr.Checkbox(False, label="Conversation: each Run continues it", elem_id="ps-chat")
+                                forget = gr.Checkbox(False, label="forget the cache between turns (to compare)",
+                                                     elem_id="ps-forget")
+                            new_chat = gr.Button("New conversation", size="sm", elem_id="ps-new-chat")
                             batch_size = gr.Slider(1, 16, value=1, step=1, label="Batch size (copies of the prompt)")
                             kernel = gr.Radio([("fast: fused decode kernels on every core", "fast"),
                                                ("eager: plain PyTorch (the reference)", "eager")], value="fast",
@@ -440,13 +456,15 @@ def build_demo() -> gr.Blocks:
                 class_plot = gr.Plot(show_label=False, elem_id="ps-class")
                 class_timer = gr.Timer(1.0, active=False)
         outputs = [dashboard, status, headline, text, trace_state]
-        run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel]
+        run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel, chat, forget,
+                      conversation]
         # Up to a full batch of runs at once (they share decode steps, inference/batching.py), or one
         # at a time in solo mode: the limit is the queue's default, set at launch from the config.
         runs_queue = dict(concurrency_limit="default", concurrency_id="runs")
         run_button.click(run_generation, run_inputs, outputs, api_name="run", **runs_queue)
         prompt.submit(run_generation, run_inputs, outputs, api_name=False, **runs_queue)
         stop_button.click(stop_generation, [cancel], None, queue=False, api_name="stop")
+        new_chat.click(lambda c: c.reset(), [conversation], None, queue=False, api_name="new_conversation")
         load_button.click(switch_model, [model], model_status, api_name="model", concurrency_limit=1,
                           concurrency_id="engine")
         replay_button.click(replay, [trace_state, speed], outputs, api_name="replay")

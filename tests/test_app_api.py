@@ -33,3 +33,19 @@ def test_bad_settings_give_a_message_and_the_next_run_works(client: Client) -> N
         client.predict("   ", 8, 0, 1, 0, True, 1, api_name="/run")
     final = client.predict("What is the capital of France?", 12, 0, 1, 0, True, 1, api_name="/run")
     assert "Paris" in final[3]
+
+
+def test_a_conversation_on_the_page_reuses_its_cache_turn_after_turn(app_url: str) -> None:
+    client = Client(app_url, verbose=False)
+    turn = lambda prompt, forget=False: client.predict(prompt, 16, 0, 1, 0, True, 1, "fast", True, forget,
+                                                       api_name="/run")
+    first = turn("What is the capital of France?")
+    assert "Paris" in first[3] and "turn 1:" in first[1]
+    second = turn("And of Japan?")
+    assert "Tokyo" in second[3], second[3]
+    reused, prompt_tokens = (int(n.replace(",", "")) for n in re.search(r"turn 2: ([\d,]+) of ([\d,]+) prompt", second[1]).groups())
+    assert 0 < reused < prompt_tokens, second[1]
+    third = turn("And of Italy?", forget=True)
+    assert "turn 3: 0 of" in third[1], "forgetting the cache must prefill everything"
+    client.predict(api_name="/new_conversation")
+    assert "turn 1:" in turn("What is 2 + 2?")[1]

@@ -41,3 +41,19 @@ def test_without_a_cache_there_is_nothing_to_reuse() -> None:
     trace = engine.generate(FIRST + [4], GenerationSettings(max_new_tokens=3, kv_cache=False),
                             reuse=first.cached_prefix).run_to_end()
     assert trace.reused_tokens == 0 and trace.steps[0].tokens_in == len(FIRST) + 1
+
+
+def test_a_conversation_is_one_object_in_gradio_state_and_a_pickled_copy_leaves_the_cache_behind() -> None:
+    import copy
+    import pickle
+
+    from inference.conversation import Conversation
+
+    engine = engine_for(tiny_llama(), "tiny-llama")
+    run = engine.generate(FIRST, GenerationSettings(max_new_tokens=3))
+    conversation = Conversation()
+    conversation.add("hi", run.run_to_end(), run.cached_prefix, keep_cache=True)
+    assert copy.deepcopy(conversation) is conversation and conversation.prefix is not None
+    copied = pickle.loads(pickle.dumps(conversation))
+    assert copied.prefix is None and copied.messages == conversation.messages
+    assert "turn 1: 0 of 8 prompt tokens reused" in conversation.summary()
