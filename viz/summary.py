@@ -27,7 +27,9 @@ def headline_html(trace: Trace) -> str:
     n = headline_numbers(trace)
     decode = bool(trace.decode_steps)
     cards = [
-        _card("TTFT", f"{n['ttft_ms']:,.0f} ms", f"prefill of {trace.prompt_tokens} prompt tokens"),
+        _card("TTFT", f"{n['ttft_ms']:,.0f} ms",
+              f"prefill of {trace.prompt_tokens - trace.reused_tokens} new prompt tokens, {trace.reused_tokens} "
+              f"reused from the cache" if trace.reused_tokens else f"prefill of {trace.prompt_tokens} prompt tokens"),
         _card("decode", f"{n['decode_ms_median']:.1f} ms" if decode else "–", "per token (median)"),
         _card("speed", f"{n['tokens_per_s']:.1f} tok/s" if decode else "–",
               f"batch {trace.settings.batch_size}" if trace.settings.batch_size > 1 else "decode"),
