@@ -38,10 +38,12 @@ def choose_dtype(name: str, device: torch.device, progress: Progress = lambda _:
 
 
 def cpu_dtype_choice(progress: Progress = lambda _: None) -> DtypeChoice:
-    """The trial's result for this CPU, run once and then read from disk."""
+    """The trial's result for this CPU and this decode kernel (the trial runs it: a changed kernel
+    is measured again), run once and then read from disk."""
+    from inference.kernel_build import library_path
     from inference.roofs import cpu_key
 
-    key = cpu_key()
+    key = f"{cpu_key()}|kernel {library_path().name}"
     return cached_per_key("dtype-choice", key, DtypeChoice, lambda: _trial(key, progress))
 
 

@@ -34,3 +34,15 @@ def test_an_explicit_dtype_is_taken_as_asked() -> None:
     assert dtype_choice.choose_dtype("bfloat16", torch.device("cpu"))[0] == torch.bfloat16
     with pytest.raises(ValueError, match="got 'float16'"):
         dtype_choice.choose_dtype("float16", torch.device("cpu"))
+
+
+def test_a_changed_decode_kernel_is_tried_again(monkeypatch, tmp_path) -> None:
+    from pathlib import Path
+
+    monkeypatch.setenv("PHASESCOPE_CACHE", str(tmp_path))
+    times = {torch.float32: (3.5, 162.0, 50.0), torch.bfloat16: (2.0, 606.0, 22.0)}
+    monkeypatch.setattr(dtype_choice, "_timed_run", lambda dtype, progress: times[dtype])
+    assert dtype_choice.choose_dtype("auto", torch.device("cpu"))[0] == torch.bfloat16
+    times[torch.float32] = (1.0, 100.0, 10.0)
+    monkeypatch.setattr("inference.kernel_build.library_path", lambda: Path("phasescope_gemv-new.so"))
+    assert dtype_choice.choose_dtype("auto", torch.device("cpu"))[0] == torch.float32
