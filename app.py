@@ -129,38 +129,18 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
                    chat: bool = False, forget: bool = False, conversation: Conversation | None = None) -> Iterator[tuple]:
     """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S. With
     `chat`, the prompt continues the session's conversation, reusing its cache unless `forget`."""
-    from inference.prompts import chat_prompt_ids
-
     engine = get_engine()
     engine.ensure_warm()
-    conversation = conversation if chat and conversation is not None else None
-    try:
-        settings = GenerationSettings.from_form(max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, kernel)
-        ids = (conversation.prompt_ids(engine.loaded.tokenizer, prompt) if conversation is not None
-               else chat_prompt_ids(engine.loaded.tokenizer, prompt))
-        engine.check_fits(len(ids), settings.max_new_tokens)
-    except ValueError as exc:
-        hint = "; press New conversation" if conversation is not None and conversation.messages else ""
-        raise gr.Error(f"{exc}{hint}", print_exception=False) from None
+    conversation = conversation if chat else None
+    settings, ids = _prompt_and_settings(engine, prompt, conversation, max_new_tokens, temperature, top_p, seed,
+                                         kv_cache, batch_size, kernel)
     cancel.clear()
     seq = itertools.count()
     # Draw the empty charts before the engine starts, so that work never competes with prefill.
     empty = engine.trace_of(ids, settings, [], None, prompt)
     yield _outputs(live.full_message(empty, next(seq)),
                    summary.prefill_status_html(len(ids), 0, engine.loaded.info.layers, 0.0), empty)
-    # Runs from every session decode together in one batch where they can (inference/batching.py);
-    # the others (no KV cache, the eager kernel) run alone, one after another.
-    server = batch_server(engine)
-    server.prefill_chunk = _config.prefill_chunk
-    if conversation is None and not _config.solo and server.can_batch(settings):
-        try:
-            background = server.submit(ids, settings, cancel, prompt, _config.max_run_seconds)
-        except ValueError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-    else:                           # alone; a conversation's turn reuses its cache on this path
-        reuse = conversation.prefix if conversation is not None and not forget else None
-        background = BackgroundRun(engine.generate(ids, settings, cancel=cancel, prompt=prompt, reuse=reuse),
-                                   max_seconds=_config.max_run_seconds)
+    background = _start(engine, ids, settings, cancel, prompt, conversation, forget)
     try:
         yield from _stream(background, engine, seq)
     finally:
@@ -176,6 +156,40 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
         note += conversation.summary()
     yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace, note), trace,
                    trace.to_json() if trace.steps else gr.skip())
+
+
+def _prompt_and_settings(engine: Engine, prompt: str, conversation: Conversation | None, *form: Any
+                         ) -> tuple[GenerationSettings, list[int]]:
+    """The run's settings and prompt ids (the whole conversation in chat mode), or a gr.Error."""
+    from inference.prompts import chat_prompt_ids
+
+    try:
+        settings = GenerationSettings.from_form(*form)
+        tokenizer = engine.loaded.tokenizer
+        ids = conversation.prompt_ids(tokenizer, prompt) if conversation is not None else chat_prompt_ids(tokenizer,
+                                                                                                          prompt)
+        engine.check_fits(len(ids), settings.max_new_tokens)
+    except ValueError as exc:
+        hint = "; press New conversation" if conversation is not None and conversation.messages else ""
+        raise gr.Error(f"{exc}{hint}", print_exception=False) from None
+    return settings, ids
+
+
+def _start(engine: Engine, ids: list[int], settings: GenerationSettings, cancel: CancelFlag, prompt: str,
+           conversation: Conversation | None, forget: bool) -> BackgroundRun | BatchRun:
+    """Runs from every session decode together in one batch where they can (inference/batching.py);
+    the others (no KV cache, the eager kernel, solo mode, a conversation's turn, which reuses its
+    cache) run alone, one after another."""
+    server = batch_server(engine)
+    server.prefill_chunk = _config.prefill_chunk
+    if conversation is None and not _config.solo and server.can_batch(settings):
+        try:
+            return server.submit(ids, settings, cancel, prompt, _config.max_run_seconds)
+        except ValueError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+    reuse = conversation.prefix if conversation is not None and not forget else None
+    return BackgroundRun(engine.generate(ids, settings, cancel=cancel, prompt=prompt, reuse=reuse),
+                         max_seconds=_config.max_run_seconds)
 
 
 def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[int]) -> Iterator[tuple]:
