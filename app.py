@@ -44,8 +44,8 @@ RUNS_AT_ONCE = 32                  # the fused kernel's rows per step (gemv.cpp 
 UPDATES_PER_S = 15                 # live redraws per second: smooth, and cheap next to a decode step
 # ... for one run. Each update costs the server a few ms of Python (the partial trace, the chart
 # deltas): with a whole class streaming at once that would take the cores the shared batch needs,
-# so the server's updates are shared out, each run getting at least 2 a second.
-SERVER_UPDATES_PER_S = 30
+# so the server's updates are shared out, each run getting at least one a second.
+SERVER_UPDATES_PER_S = 20
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
 THIS_MACHINE = "this machine (measured roofs)"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
@@ -132,8 +132,10 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     engine = get_engine()
     engine.ensure_warm()
     conversation = conversation if chat else None
+    received = time.perf_counter()
     settings, ids = _prompt_and_settings(engine, prompt, conversation, max_new_tokens, temperature, top_p, seed,
                                          kv_cache, batch_size, kernel)
+    tokenized = time.perf_counter()
     cancel.clear()
     seq = itertools.count()
     # Draw the empty charts before the engine starts, so that work never competes with prefill.
@@ -142,7 +144,7 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
                    summary.prefill_status_html(len(ids), 0, engine.loaded.info.layers, 0.0), empty)
     background = _start(engine, ids, settings, cancel, prompt, conversation, forget)
     try:
-        yield from _stream(background, engine, seq)
+        yield from _stream(background, engine, seq, ((tokenized - received) * 1e3, tokenized))
     finally:
         background.stop()          # Stop, a closed tab or an error: the engine is free again
     trace = background.trace()
@@ -192,20 +194,27 @@ def _start(engine: Engine, ids: list[int], settings: GenerationSettings, cancel:
                          max_seconds=_config.max_run_seconds)
 
 
-def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[int]) -> Iterator[tuple]:
+def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[int],
+            tokenizing: tuple[float, float]) -> Iterator[tuple]:
+    """Live updates while the run goes on; `tokenizing` = (ms the chat template and tokenizer took,
+    perf_counter when they were done), for the first token's time breakdown."""
     run = background.run
-    sent = 0
+    sent, waiting_shown = 0, None
     while not background.done:
-        frame = max(1 / UPDATES_PER_S, min(0.5, len(batch_server(engine).active) / SERVER_UPDATES_PER_S))
+        frame = max(1 / UPDATES_PER_S, min(1.0, len(batch_server(engine).active) / SERVER_UPDATES_PER_S))
         frame_end = time.perf_counter() + frame
         background.wait_for_steps(sent, frame)
         time.sleep(max(0.0, frame_end - time.perf_counter()))
         have, elapsed = len(background.steps), background.elapsed
-        if have == 0:
-            position = getattr(background, "queue_position", 0)
-            if position:
-                yield gr.skip(), summary.waiting_status_html(position, elapsed), gr.skip(), gr.skip(), gr.skip()
-                continue
+        if have == 0 and background.prefill_start is None:
+            # Waiting for the engine: a new status only when the position or the second changes (a
+            # class of waiting runs must not take the cores from the runs being served).
+            shown = (getattr(background, "queue_position", 0), int(elapsed))
+            if shown != waiting_shown:
+                waiting_shown = shown
+                yield gr.skip(), summary.waiting_status_html(shown[0], elapsed), gr.skip(), gr.skip(), gr.skip()
+            continue
+        if have == 0:                          # prefill running: its block grows on the timeline
             done, layers = background.layers_done, engine.loaded.info.layers
             yield (live.prefill_message(elapsed * 1e3, done, layers, next(seq)),
                    summary.prefill_status_html(len(run.prompt_ids), done, layers, elapsed),
@@ -215,8 +224,20 @@ def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[
             partial = run.trace()              # every step so far (the engine may have added one since)
             status = summary.decode_status_html(len(partial.steps), elapsed, partial.steps[-1],
                                                 partial.settings.batch_size)
-            yield _outputs(live.extend_message(partial, sent, next(seq)), status, partial)
+            parts = _ttft_parts(background, partial, tokenizing) if sent == 0 else None
+            yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial)
             sent = len(partial.steps)
+
+
+def _ttft_parts(background: BackgroundRun | BatchRun, trace: Trace, tokenizing: tuple[float, float]) -> dict:
+    """The server's share of the time to first token, measured: template and tokenizing, waiting
+    for the engine (other runs), prefill with the first sample, and the rest until this update."""
+    tokenize_ms, tokenized = tokenizing
+    started = background.prefill_start or tokenized
+    prefill_ms = trace.steps[0].ms
+    return {"template and tokenizing": tokenize_ms, "waiting for the engine": max(0.0, (started - tokenized) * 1e3),
+            "prefill and first sample": prefill_ms,
+            "detokenizing and the next live update": max(0.0, (time.perf_counter() - started) * 1e3 - prefill_ms)}
 
 
 def stop_generation(cancel: CancelFlag) -> None:

@@ -11,6 +11,30 @@
 // most about a quarter of a core on drawing, never queues redraws behind each other, and stays
 // responsive (Stop must answer at once), while the data shown is never more than a pass behind.
 const P = window.Plotly;
+// The first token's time: the server sends its parts; the page measures from the click (or Enter
+// in the prompt) to the moment the first token's update has been drawn.
+const TTFT_COLOURS = ["#9aa0a6", "#fbbc04", "#e8710a", "#1a73e8", "#34a853"];
+let clickAt = null;
+document.addEventListener("click", (e) => { if (e.target.closest && e.target.closest("#ps-run")) clickAt = performance.now(); }, true);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && e.target.closest && e.target.closest("textarea")) clickAt = performance.now();
+}, true);
+
+function showTtft(parts, total) {
+  const bar = element.querySelector("[data-ttft-bar]");
+  if (!bar) return;
+  const entries = Object.entries(parts);
+  const server = entries.reduce((sum, [, ms]) => sum + ms, 0);
+  if (total !== null && total > server) entries.push(["Gradio's queue, network and drawing (in your browser)", total - server]);
+  const whole = entries.reduce((sum, [, ms]) => sum + ms, 0) || 1;
+  const esc = (t) => String(t).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
+  bar.innerHTML = `<div class="ps-ttft-bar">${entries.map(([name, ms], i) =>
+    `<div title="${esc(name)}: ${ms.toFixed(0)} ms" style="width:${(100 * ms / whole).toFixed(2)}%;background:${TTFT_COLOURS[i % 5]}"></div>`).join("")}</div>`
+    + `<div class="ps-ttft-legend">${entries.map(([name, ms], i) =>
+      `<span style="background:${TTFT_COLOURS[i % 5]}"></span>${esc(name)} ${ms.toFixed(0)} ms`).join("")}`
+    + ` · <b>${total !== null ? `${total.toFixed(0)} ms in all, from your click` : `${server.toFixed(0)} ms on the server`}</b></div>`;
+  element.dataset.ttft = String(Math.round(total !== null ? total : server));
+}
 const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
 const divs = {};
 element.querySelectorAll("[data-chart]").forEach((div) => { divs[div.dataset.chart] = div; });
@@ -88,6 +112,13 @@ function apply(msg) {
     }
   } else if (msg.kind === "extend") {
     if (msg.start !== have) return;
+    if (msg.ttft_parts) {
+      const clicked = clickAt;
+      clickAt = null;
+      // Two frames later the update has been painted: that is when the student sees the token.
+      requestAnimationFrame(() => requestAnimationFrame(() =>
+        showTtft(msg.ttft_parts, clicked !== null ? performance.now() - clicked : null)));
+    }
     for (const [id, chart] of Object.entries(msg.charts)) {
       const gd = divs[id];
       if (!gd || !gd.data) continue;

@@ -141,6 +141,10 @@ class BackgroundRun:
         return self.run.steps
 
     @property
+    def prefill_start(self) -> float | None:
+        return self.run.prefill_start
+
+    @property
     def layers_done(self) -> int:
         timer = self.run.timer
         return timer.layers_done if timer else 0

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -132,6 +133,7 @@ class GenerationRun:
         self.stop_reason: StopReason | None = None
         self.timer: LayerTimer | None = None       # set while running; its layers_done shows progress
         self.reuse = reuse
+        self.prefill_start: float | None = None   # perf_counter when the engine took the run up
         # Prompt tokens served from the reused cache (prefix caching): the prefill computes the rest.
         self.reused_tokens = 0
         self.cached_prefix: CachedPrefix | None = None
@@ -162,6 +164,7 @@ class GenerationRun:
                 LayerTimer(model, engine.loaded.info.layers, engine.loaded.device, self.instrument, self.cancel) as timer, \
                 engine.fast_path(settings, timer):
             self.timer = timer
+            self.prefill_start = time.perf_counter()
             generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
             stream = TextStream(engine.loaded.tokenizer)
             eos = torch.tensor(sorted(eos_ids(model, engine.loaded.tokenizer)) if self.stop_at_eos else [],

@@ -189,3 +189,17 @@ def test_two_students_pressing_run_share_decode_steps_and_both_pages_say_so(brow
     finally:
         for page in pages:
             page.close()
+
+
+def test_the_first_tokens_time_is_broken_down_from_the_click(page) -> None:
+    run_prompt(page, "What is the capital of France?", 8)
+    page.wait_for_selector(DONE, timeout=120_000)
+    page.wait_for_selector(".ps-ttft-legend", timeout=10_000)
+    legend = page.inner_text(".ps-ttft-legend")
+    for part in ("template and tokenizing", "waiting for the engine", "prefill and first sample",
+                 "in your browser", "ms in all, from your click"):
+        assert part in legend, legend
+    total = page.evaluate("() => Number([...document.querySelectorAll('#ps-dashboard, #ps-dashboard *')]"
+                          ".find((e) => e.dataset.ttft).dataset.ttft)")
+    ttft_card = float(page.inner_text("#ps-headline .ps-card-value").split()[0].replace(",", ""))
+    assert total >= ttft_card, "from the click it cannot take less than the prefill step alone"

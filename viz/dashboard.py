@@ -36,13 +36,23 @@ def dashboard_template() -> str:
         f'<section class="ps-chart ps-chart-{c.id}"><h3>{html.escape(c.title)}</h3>'
         f'<p class="ps-explain">{html.escape(text.get(c.id, ""))}</p><div data-chart="{c.id}"></div></section>'
         for c in CHARTS)
-    return f'<div class="ps-dashboard">{cells}</div>'
+    ttft = ('<section class="ps-ttft"><h3>Where the first token\'s time went</h3>'
+            '<p class="ps-explain">From your click to the first token on this page: the server\'s parts, measured '
+            'there, and the rest (Gradio\'s queue, the network and drawing), measured in your browser. Run a '
+            'prompt to fill it.</p><div data-ttft-bar></div></section>')
+    return f'<div class="ps-dashboard">{ttft}{cells}</div>'
 
 
 DASHBOARD_CSS = """
 .ps-dashboard { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; }
 .ps-chart { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; min-width: 0; }
 .ps-chart-timeline { grid-column: 1 / -1; }
+.ps-ttft { grid-column: 1 / -1; border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; }
+.ps-ttft h3 { margin: 0 0 2px; font-size: 1.05rem; }
+.ps-ttft-bar { display: flex; height: 22px; border-radius: 4px; overflow: hidden; margin: 4px 0; }
+.ps-ttft-bar > div { min-width: 2px; }
+.ps-ttft-legend { font-size: 0.85rem; line-height: 1.4; }
+.ps-ttft-legend span { display: inline-block; width: 0.8em; height: 0.8em; margin: 0 4px 0 10px; border-radius: 2px; }
 .ps-chart h3 { margin: 0 0 2px; font-size: 1.05rem; }
 .ps-explain { margin: 0 0 4px; font-size: 0.85rem; opacity: 0.8; line-height: 1.3; }
 @media (max-width: 900px) { .ps-dashboard { grid-template-columns: 1fr; } }

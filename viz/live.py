@@ -32,8 +32,10 @@ def prefill_message(elapsed_ms: float, layers_done: int, layers: int, seq: int) 
     return json.dumps({"kind": "extend", "seq": seq, "start": 0, "steps": 0, "charts": {"timeline": timeline}})
 
 
-def extend_message(trace: Trace, start: int, seq: int) -> str:
-    """The columns steps[start:] add to each chart, grouped so each chart redraws once."""
+def extend_message(trace: Trace, start: int, seq: int, ttft_parts: dict[str, float] | None = None) -> str:
+    """The columns steps[start:] add to each chart, grouped so each chart redraws once. The message
+    that brings the first token also carries `ttft_parts`: the server's share of the time to first
+    token, in ms; the page measures the rest (queue, network, drawing) and shows all of it."""
     charts: dict[str, Any] = {}
     for chart in CHARTS:
         groups: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -43,4 +45,7 @@ def extend_message(trace: Trace, start: int, seq: int) -> str:
             for attr, values in attrs.items():
                 group["update"][attr].append(values)
         charts[chart.id] = {"extend": list(groups.values()), **chart.overlay(trace)}
-    return json.dumps({"kind": "extend", "seq": seq, "start": start, "steps": len(trace.steps), "charts": charts})
+    message = {"kind": "extend", "seq": seq, "start": start, "steps": len(trace.steps), "charts": charts}
+    if ttft_parts is not None:
+        message["ttft_parts"] = ttft_parts
+    return json.dumps(message)

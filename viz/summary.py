@@ -43,9 +43,13 @@ def headline_html(trace: Trace) -> str:
 
 
 def waiting_status_html(position: int, elapsed_s: float) -> str:
-    """A run waiting for room in the shared batch (or for the KV-cache budget)."""
-    return (f'<div class="ps-status ps-prefill"><b>Waiting for room in the batch</b>: position {position} · '
-            f'{elapsed_s:.2f} s (other runs are decoding; yours starts when one ends)</div>')
+    """A run waiting for the engine: for room in the shared batch (its position known), or for the
+    runs ahead of it to finish (solo mode, or a run that cannot share steps)."""
+    if position:
+        return (f'<div class="ps-status ps-prefill"><b>Waiting for room in the batch</b>: position {position} · '
+                f'{elapsed_s:.0f} s (other runs are decoding; yours starts when one ends)</div>')
+    return (f'<div class="ps-status ps-prefill"><b>Waiting for the engine</b>: other runs go first · '
+            f'{elapsed_s:.0f} s</div>')
 
 
 def prefill_status_html(prompt_tokens: int, layers_done: int, layers: int, elapsed_s: float) -> str:
