@@ -63,11 +63,12 @@ def test_a_run_that_joins_later_holds_the_others_up_by_its_prefill_and_then_shar
 def test_stopping_one_run_leaves_the_others_running(engine: Engine) -> None:
     server = BatchServer(engine, EngineThread())
     settings = GenerationSettings(max_new_tokens=60)
-    stopped, kept = (server.submit(p, settings, CancelFlag()) for p in PROMPTS[:2])
+    stopped = server.submit(PROMPTS[0], GenerationSettings(max_new_tokens=250), CancelFlag())
+    kept = server.submit(PROMPTS[1], settings, CancelFlag())
     stopped.wait_for_steps(4, 5.0)
     threading.Thread(target=stopped.stop).start()
     finish_all([stopped, kept])
-    assert stopped.stop_reason == "cancelled" and len(stopped.steps) < 60
+    assert stopped.stop_reason == "cancelled" and len(stopped.steps) < 250
     assert kept.stop_reason == "length" and [s.token_id for s in kept.steps] == alone(engine, PROMPTS[1], settings)
     assert not engine.lock.locked()
 
@@ -130,18 +131,17 @@ def test_on_the_real_model_a_shared_batch_answers_each_question_as_it_would_alon
 
 def test_runs_beyond_the_kv_budget_wait_their_turn_and_one_that_could_never_fit_is_refused(engine: Engine) -> None:
     server = BatchServer(engine, EngineThread())
-    settings = GenerationSettings(max_new_tokens=40)
-    one_run = len(PROMPTS[0]) + 40
-    server.kv_budget = one_run * engine.loaded.info.kv_bytes_per_token       # room for one run's cache
-    first = server.submit(PROMPTS[0], settings, CancelFlag())
-    second = server.submit(PROMPTS[0], settings, CancelFlag())
+    long, short = GenerationSettings(max_new_tokens=150), GenerationSettings(max_new_tokens=40)
+    server.kv_budget = (len(PROMPTS[0]) + 150) * engine.loaded.info.kv_bytes_per_token     # room for one long run
+    first = server.submit(PROMPTS[0], long, CancelFlag())      # 150 tokens: it is still running below
+    second = server.submit(PROMPTS[0], short, CancelFlag())
     first.wait_for_steps(2, 5.0)
     assert second.queue_position == 1 and not second.steps, "the second run joined beyond the budget"
     finish_all([first, second])
     assert all(s.batch_rows == 1 for run in (first, second) for s in run.steps)
     assert second.queue_position == 0 and len(second.steps) == 40
     with pytest.raises(ValueError, match="KV cache could grow to .* more than this server's budget"):
-        server.submit(PROMPTS[1], settings, CancelFlag())
+        server.submit(PROMPTS[1], long, CancelFlag())
 
 
 def test_a_long_prompt_prefilled_in_chunks_lets_the_batch_decode_between_them(engine: Engine) -> None:
