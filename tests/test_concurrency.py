@@ -46,8 +46,9 @@ def test_students_who_press_run_together_share_decode_steps(app_url: str, monkey
     real_submit = server.submit
     monkeypatch.setattr(server, "submit", lambda *a, **k: runs.append(real_submit(*a, **k)) or runs[-1])
     prompts = list(QUESTIONS) * 2
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        answers = list(pool.map(lambda p: ask(app_url, p), prompts))
+    clients = [Client(app_url, verbose=False) for _ in prompts]        # connected first: then they press Run together
+    jobs = [client.submit(p, 12, 0, 1, 0, True, 1, api_name="/run") for client, p in zip(clients, prompts)]
+    answers = [job.result()[3] for job in jobs]
     assert all(QUESTIONS[p] in a for p, a in zip(prompts, answers))
     assert len(runs) == 4 and all(run.stop_reason in ("eos", "length") for run in runs)
     shared = max(step.batch_rows for run in runs for step in run.steps)
