@@ -23,8 +23,8 @@ import gradio as gr
 import plotly
 
 from inference import experiments
-from inference.background import ENGINE_THREAD, BackgroundRun, CancelFlag
-from inference.batching import BatchRun, batch_server
+from inference.background import ENGINE_THREAD, BackgroundRun, CancelFlag, WatchedRun
+from inference.batching import batch_server
 from inference.conversation import Conversation
 from inference.engine import Engine, load_engine
 from inference.perfetto import to_chrome_trace_json
@@ -178,7 +178,7 @@ def _prompt_and_settings(engine: Engine, prompt: str, conversation: Conversation
 
 
 def _start(engine: Engine, ids: list[int], settings: GenerationSettings, cancel: CancelFlag, prompt: str,
-           conversation: Conversation | None, forget: bool) -> BackgroundRun | BatchRun:
+           conversation: Conversation | None, forget: bool) -> WatchedRun:
     """Runs from every session decode together in one batch where they can (inference/batching.py);
     the others (no KV cache, the eager kernel, solo mode, a conversation's turn, which reuses its
     cache) run alone, one after another."""
@@ -194,14 +194,14 @@ def _start(engine: Engine, ids: list[int], settings: GenerationSettings, cancel:
                          max_seconds=_config.max_run_seconds)
 
 
-def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[int],
+def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int],
             tokenizing: tuple[float, float]) -> Iterator[tuple]:
     """Live updates while the run goes on; `tokenizing` = (ms the chat template and tokenizer took,
     perf_counter when they were done), for the first token's time breakdown."""
-    run = background.run
+    run, server = background.run, batch_server(engine)
     sent, waiting_shown = 0, None
     while not background.done:
-        frame = max(1 / UPDATES_PER_S, min(1.0, len(batch_server(engine).active) / SERVER_UPDATES_PER_S))
+        frame = max(1 / UPDATES_PER_S, min(1.0, len(server.active) / SERVER_UPDATES_PER_S))
         frame_end = time.perf_counter() + frame
         background.wait_for_steps(sent, frame)
         time.sleep(max(0.0, frame_end - time.perf_counter()))
@@ -209,7 +209,7 @@ def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[
         if have == 0 and background.prefill_start is None:
             # Waiting for the engine: a new status only when the position or the second changes (a
             # class of waiting runs must not take the cores from the runs being served).
-            shown = (getattr(background, "queue_position", 0), int(elapsed))
+            shown = (background.queue_position, int(elapsed))
             if shown != waiting_shown:
                 waiting_shown = shown
                 yield gr.skip(), summary.waiting_status_html(shown[0], elapsed), gr.skip(), gr.skip(), gr.skip()
@@ -229,7 +229,7 @@ def _stream(background: BackgroundRun | BatchRun, engine: Engine, seq: Iterator[
             sent = len(partial.steps)
 
 
-def _ttft_parts(background: BackgroundRun | BatchRun, trace: Trace, tokenizing: tuple[float, float]) -> dict:
+def _ttft_parts(background: WatchedRun, trace: Trace, tokenizing: tuple[float, float]) -> dict:
     """The server's share of the time to first token, measured: template and tokenizing, waiting
     for the engine (other runs), prefill with the first sample, and the rest until this update."""
     tokenize_ms, tokenized = tokenizing

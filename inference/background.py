@@ -26,7 +26,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from inference.engine import GenerationRun
 from inference.trace import Step, Trace
@@ -108,37 +108,89 @@ class EngineThread:
 ENGINE_THREAD = EngineThread()
 
 
-class BackgroundRun:
-    def __init__(self, run: GenerationRun, engine_thread: EngineThread = ENGINE_THREAD,
-                 max_seconds: float = math.inf):
-        self.run = run
+class WatchedRun:
+    """What a page watches of a run that goes on elsewhere: its steps as they come, its end, its
+    time limit, Stop. A subclass provides `steps`, `cancel` and `trace()`, and calls `_notify()` on
+    each new step and `_end()` when the run has ended."""
+
+    steps: list[Step]
+    cancel: Any
+
+    def __init__(self, max_seconds: float = math.inf):
         self.error: BaseException | None = None
         self.max_seconds = max_seconds
         self.timed_out = False          # cancelled for running longer than max_seconds
         self.started = time.perf_counter()
         self._finished = False
-        self._new_step = threading.Condition()
-        engine_thread.submit(self._work)
-
-    def _work(self) -> None:
-        try:
-            for _ in self.run:
-                with self._new_step:
-                    self._new_step.notify_all()
-        except BaseException as exc:      # reported to the caller, who shows it as a message
-            self.error = exc
-        finally:
-            with self._new_step:
-                self._finished = True
-                self._new_step.notify_all()
+        self._changed = threading.Condition()
 
     @property
     def done(self) -> bool:
         return self._finished
 
     @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def queue_position(self) -> int:
+        """Place in a queue for room to run (0: none, or no longer waiting)."""
+        return 0
+
+    def wait_for_steps(self, have: int, timeout: float) -> None:
+        """Return when there are more than `have` steps, the run has ended, or `timeout` passed;
+        cancel the run if it has run longer than max_seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.steps) > have or self._finished, timeout)
+        if not self._finished and not self.timed_out and self.elapsed > self.max_seconds:
+            self.timed_out = True
+            self.cancel.set()
+
+    def stop(self) -> None:
+        """Cancel (unless it has ended) and wait until the run has released the engine."""
+        if not self._finished:
+            self.cancel.set()
+        with self._changed:
+            self._changed.wait_for(lambda: self._finished)
+
+    def trace(self) -> Trace:
+        raise NotImplementedError
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _end(self) -> None:
+        with self._changed:
+            self._finished = True
+            self._changed.notify_all()
+
+
+class BackgroundRun(WatchedRun):
+    """A GenerationRun iterated on the engine thread."""
+
+    def __init__(self, run: GenerationRun, engine_thread: EngineThread = ENGINE_THREAD,
+                 max_seconds: float = math.inf):
+        super().__init__(max_seconds)
+        self.run = run
+        engine_thread.submit(self._work)
+
+    def _work(self) -> None:
+        try:
+            for _ in self.run:
+                self._notify()
+        except BaseException as exc:      # reported to the caller, who shows it as a message
+            self.error = exc
+        finally:
+            self._end()
+
+    @property
     def steps(self) -> list[Step]:
         return self.run.steps
+
+    @property
+    def cancel(self) -> Any:
+        return self.run.cancel
 
     @property
     def prefill_start(self) -> float | None:
@@ -148,26 +200,6 @@ class BackgroundRun:
     def layers_done(self) -> int:
         timer = self.run.timer
         return timer.layers_done if timer else 0
-
-    def wait_for_steps(self, have: int, timeout: float) -> None:
-        """Return when there are more than `have` steps, the run has ended, or `timeout` passed;
-        cancel the run if it has run longer than max_seconds."""
-        with self._new_step:
-            self._new_step.wait_for(lambda: len(self.run.steps) > have or self._finished, timeout)
-        if not self._finished and not self.timed_out and self.elapsed > self.max_seconds:
-            self.timed_out = True
-            self.run.cancel.set()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def stop(self) -> None:
-        """Cancel (unless it has ended) and wait until the run has released the engine."""
-        if not self._finished:
-            self.run.cancel.set()
-        with self._new_step:
-            self._new_step.wait_for(lambda: self._finished)
 
     def trace(self) -> Trace:
         return self.run.trace()

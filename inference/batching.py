@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from inference.background import ENGINE_THREAD, EngineThread
+from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
 from inference.engine import Engine, TextStream, eos_ids, make_step, sample
 from inference.fast_path import FusedStack, fast_forwards
@@ -32,25 +32,20 @@ from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import ClassSnapshot, RunSpan, StopReason, Step, Trace
 
 
-class BatchRun:
-    """One run in the shared batch, as its caller sees it (the same surface as BackgroundRun):
-    steps as they come, `wait_for_steps`, `stop`, `trace`. The server's thread fills it."""
+class BatchRun(WatchedRun):
+    """One run in the shared batch, as its caller sees it (steps as they come, `wait_for_steps`,
+    `stop`, `trace`: the same surface as BackgroundRun). The server's thread fills it."""
 
     def __init__(self, server: BatchServer, prompt_ids: list[int], settings: GenerationSettings, cancel: Any,
                  prompt: str, max_seconds: float):
+        super().__init__(max_seconds)
         self.server, self.prompt_ids, self.settings, self.cancel, self.prompt = server, prompt_ids, settings, cancel, prompt
-        self.max_seconds = max_seconds
         self.steps: list[Step] = []
         self.stop_reason: StopReason | None = None
-        self.error: BaseException | None = None
-        self.timed_out = False
-        self.started = time.perf_counter()
         self.prefill_start: float | None = None
         self.prefill_end: float | None = None
         self.ended: float | None = None
         self.timer: LayerTimer | None = None      # while this run's prefill runs: its layer progress
-        self._changed = threading.Condition()
-        self._finished = False
         # The server's state for this run (touched only on the server's thread).
         self.cache: Any = None
         self.prefilled = 0                        # prompt tokens prefilled so far
@@ -78,47 +73,20 @@ class BatchRun:
     def rows(self) -> int:
         return self.settings.batch_size
 
-    @property
-    def done(self) -> bool:
-        return self._finished
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def wait_for_steps(self, have: int, timeout: float) -> None:
-        """Return when there are more than `have` steps, the run has ended, or `timeout` passed;
-        cancel the run if it has run longer than max_seconds."""
-        with self._changed:
-            self._changed.wait_for(lambda: len(self.steps) > have or self._finished, timeout)
-        if not self._finished and not self.timed_out and self.elapsed > self.max_seconds:
-            self.timed_out = True
-            self.cancel.set()
-
-    def stop(self) -> None:
-        """Cancel (unless it has ended) and wait until the run has left the batch."""
-        if not self._finished:
-            self.cancel.set()
-        with self._changed:
-            self._changed.wait_for(lambda: self._finished)
-
     def trace(self) -> Trace:
         return self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
                                            self.prompt, serving="batched")
 
-    def _add(self, step: Step) -> None:
-        with self._changed:
-            self.steps.append(step)
-            self._changed.notify_all()
-
     def span(self) -> RunSpan:
         return RunSpan(self.started, self.prefill_start, self.prefill_end, self.ended, len(self.steps))
 
+    def _add(self, step: Step) -> None:
+        self.steps.append(step)
+        self._notify()
+
     def _finish(self, reason: StopReason, error: BaseException | None = None) -> None:
         self.stop_reason, self.error, self.cache, self.ended = reason, error, None, time.perf_counter()
-        with self._changed:
-            self._finished = True
-            self._changed.notify_all()
+        self._end()
 
 
 def kv_budget_bytes(device: torch.device) -> int:
@@ -146,6 +114,9 @@ class BatchServer:
         self.prefill_chunk = prefill_chunk
         self.max_rows = engine.kernel.MAX_ROWS if engine.kernel is not None else 0
         self.kv_budget = kv_budget_bytes(engine.loaded.device)
+        eos = sorted(eos_ids(engine.loaded.model, engine.loaded.tokenizer))
+        self._eos = torch.tensor(eos, dtype=torch.long, device=engine.loaded.device)
+        self._pad = eos[0] if eos else 0          # what a finished row emits while the others go on
         self._waiting: collections.deque[BatchRun] = collections.deque()
         self._lock = threading.Lock()
         self._serving = False
@@ -325,22 +296,19 @@ class BatchServer:
     def _accept(self, run: BatchRun, index: int, tokens: torch.Tensor, times: StepTimes, cost: Any,
                 batch_rows: int, foreign_tokens: int = 0, waited_ms: float = 0.0) -> None:
         """Record the run's step `index` that produced `tokens` (B,); end the run if it is done."""
-        engine = self.engine
-        eos = sorted(eos_ids(engine.loaded.model, engine.loaded.tokenizer))
         # Finished rows keep emitting EOS, as padding, while the others go on.
-        tokens = torch.where(run.finished_rows, eos[0] if eos else 0, tokens)
+        tokens = torch.where(run.finished_rows, self._pad, tokens)
         token = int(tokens[0])
         tokens_in = len(run.prompt_ids) if index == 0 else 1
         step = make_step(index, tokens_in, len(run.prompt_ids) + index, times, run.cache, cost, token,
                          run.stream.push(token), batch_rows, foreign_tokens, waited_ms)
         run.tokens = tokens
         run._add(step)
-        run.finished_rows |= torch.isin(tokens, torch.tensor(eos, dtype=torch.long, device=tokens.device))
+        run.finished_rows |= torch.isin(tokens, self._eos)
         if bool(run.finished_rows.all()):
             run._finish("eos")
         elif len(run.steps) == run.settings.max_new_tokens:
             run._finish("length")
-
 
     def snapshot(self, window_s: float = 60.0) -> ClassSnapshot:
         """The class view's data: runs that were alive in the last `window_s` seconds."""

@@ -136,7 +136,7 @@ class GenerationRun:
         self.prefill_start: float | None = None   # perf_counter when the engine took the run up
         # Prompt tokens served from the reused cache (prefix caching): the prefill computes the rest.
         self.reused_tokens = 0
-        self.cached_prefix: CachedPrefix | None = None
+        self._held: tuple[torch.Tensor, Any] | None = None     # (sequence, cache) after the latest step
         self._steps_iter = self._run()
 
     def __iter__(self) -> Iterator[Step]:
@@ -154,8 +154,17 @@ class GenerationRun:
         return self.trace()
 
     def trace(self) -> Trace:
-        return dataclasses.replace(self.engine.trace_of(self.prompt_ids, self.settings, self.steps, self.stop_reason,
-                                                        self.prompt), reused_tokens=self.reused_tokens)
+        return self.engine.trace_of(self.prompt_ids, self.settings, self.steps, self.stop_reason, self.prompt,
+                                    reused_tokens=self.reused_tokens)
+
+    @property
+    def cached_prefix(self) -> CachedPrefix | None:
+        """What the run's cache holds now, for a conversation's next turn (one row with a cache only):
+        every token but the newest, which is fed at the next step."""
+        if self._held is None or self.settings.batch_size != 1:
+            return None
+        sequence, cache = self._held
+        return CachedPrefix(tuple(sequence[0, :-1].tolist()), cache)
 
     def _run(self) -> Iterator[Step]:
         engine, settings = self.engine, self.settings
@@ -193,9 +202,7 @@ class GenerationRun:
                 token = int(tokens[0])
                 step = self._record(index, times, sequence.shape[1] - 1, cache, token, stream.push(token))
                 self.steps.append(step)
-                if cache is not None and settings.batch_size == 1:
-                    # The cache holds every token but the newest (it is fed at the next step).
-                    self.cached_prefix = CachedPrefix(tuple(sequence[0, :-1].tolist()), cache)
+                self._held = (sequence, cache) if cache is not None else None
                 yield step
                 finished |= torch.isin(tokens, eos)
                 if bool(finished.all()):
@@ -262,6 +269,7 @@ class Engine:
         self.native_bf16 = bf16_native()
         self.device_info = device or device_info(loaded.device, next(loaded.model.parameters()).dtype)
         self.lock = threading.Lock()
+        self._warm_in: int | None = None          # the process whose first forward pass warm_up paid for
 
     @property
     def fast_kernels(self) -> bool:
@@ -302,16 +310,16 @@ class Engine:
     def ensure_warm(self) -> None:
         """Warm up once in this process (a ZeroGPU worker is a fresh process that may not touch
         the GPU before it holds one, so its engine is warmed there, not at start-up)."""
-        if getattr(self, "_warm_in", None) != os.getpid():
+        if self._warm_in != os.getpid():
             self.warm_up()
 
     def trace_of(self, prompt_ids: list[int], settings: GenerationSettings, steps: list[Step],
-                 stop_reason: StopReason | None, prompt: str, serving: str = "solo") -> Trace:
+                 stop_reason: StopReason | None, prompt: str, serving: str = "solo", reused_tokens: int = 0) -> Trace:
         """A run's trace so far (a run without a stop reason yet reads as cancelled)."""
         return Trace(model=self.loaded.info, device=self.device_info, settings=settings,
                      prompt_tokens=len(prompt_ids), steps=tuple(steps),
                      summary=Summary.of(steps, settings.batch_size, stop_reason or "cancelled"), prompt=prompt,
-                     serving=serving)
+                     serving=serving, reused_tokens=reused_tokens)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context
