@@ -16,7 +16,13 @@ SPACE_VERSION := $(shell sed -n 's/^python_version: *"\{0,1\}\([0-9.]*\)"\{0,1\}
 # pythonX.Y where it is on the PATH, else $(PYTHON) (the Space test checks the version it got).
 SPACE_PYTHON ?= $(shell command -v python$(SPACE_VERSION) || echo $(PYTHON))
 
-.PHONY: run test bench bench-avx2 chromium clean space-venv
+# A real serving engine for the remote-engine tests: vLLM's CPU build in a virtual environment of its
+# own (it pins its own torch and transformers). Its torchvision, torchaudio and torchcodec wheels do
+# not load beside that torch build and vLLM needs none of them for a text model: removed.
+VLLM := .venv-vllm
+VLLM_STAMP := $(VLLM)/.installed
+
+.PHONY: run test test-remote bench bench-avx2 chromium clean space-venv
 
 $(STAMP): requirements.txt requirements-model.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +49,16 @@ space-venv: $(SPACE_STAMP)
 test: $(STAMP) $(SPACE_STAMP) chromium
 	$(PY) -m pytest -q
 
+$(VLLM_STAMP): bench/requirements-vllm.txt
+	test -x $(VLLM)/bin/python || $(PYTHON) -m venv $(VLLM)
+	$(VLLM)/bin/pip install -q --disable-pip-version-check -r bench/requirements-vllm.txt
+	$(VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+# Serves the bundled model with vLLM on a loopback port and runs the remote tests against it.
+test-remote: $(STAMP) $(VLLM_STAMP)
+	$(PY) -m pytest -q -m remote -s tests/test_remote_live.py
+
 # llama.cpp, the speed peer, in a virtual environment of its own (compiles for about 4-10 minutes).
 $(PEER_STAMP): bench/requirements-llamacpp.txt
 	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
@@ -68,4 +84,4 @@ bench-avx2: $(STAMP) $(PEER_AVX2)/.installed chromium
 	$(AVX2) $(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(PEER) $(PEER_AVX2) $(SPACE)
+	rm -rf $(VENV) $(PEER) $(PEER_AVX2) $(SPACE) $(VLLM)

@@ -28,7 +28,8 @@ from inference.batching import batch_server
 from inference.conversation import Conversation
 from inference.engine import Engine, load_engine
 from inference.perfetto import to_chrome_trace_json
-from inference.prompts import DEFAULT_PROMPT
+from inference.prompts import DEFAULT_PROMPT, check_prompt_text
+from inference.remote import RemoteClient, RemoteError, RemoteRun, parse_remotes
 from inference.server_config import ServerConfig
 from inference.settings import GenerationSettings
 from inference.trace import Trace, steps_csv
@@ -104,9 +105,16 @@ def engine_status() -> str:
 
 
 def page_opened() -> tuple:
-    """The model list and status as this server is now (flags and switches happen after the page is built)."""
+    """The model list, status and engines as this server is now (flags and switches happen after the
+    page is built)."""
     return (gr.Dropdown(choices=_config.allowed_models, value=_config.model, allow_custom_value=_config.allow_any_model),
-            engine_status())
+            engine_status(), gr.Dropdown(choices=engine_choices(), value="", visible=bool(_config.remotes)))
+
+
+def engine_choices() -> list[tuple[str, str]]:
+    """Where a run may go: the embedded engine, or one of the operator's remote engines by name."""
+    return [("this machine (the embedded engine, instrumented per layer)", "")] + [
+        (f"remote: {e.name} (measured from outside, and what it reports)", e.name) for e in _config.remotes]
 
 
 def get_engine(progress: Any = print) -> Engine:
@@ -126,9 +134,14 @@ def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) ->
 @gpu
 def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                    kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
-                   chat: bool = False, forget: bool = False, conversation: Conversation | None = None) -> Iterator[tuple]:
+                   chat: bool = False, forget: bool = False, conversation: Conversation | None = None,
+                   remote: str = "") -> Iterator[tuple]:
     """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S. With
-    `chat`, the prompt continues the session's conversation, reusing its cache unless `forget`."""
+    `chat`, the prompt continues the session's conversation, reusing its cache unless `forget`.
+    With `remote` (one of the operator's endpoint names), the run goes to that serving engine."""
+    if remote:
+        yield from _run_remote(remote, prompt, cancel, max_new_tokens, temperature, top_p, seed)
+        return
     engine = get_engine()
     engine.ensure_warm()
     conversation = conversation if chat else None
@@ -148,16 +161,54 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     finally:
         background.stop()          # Stop, a closed tab or an error: the engine is free again
     trace = background.trace()
-    if background.error is not None:
-        message = f"The run failed: {type(background.error).__name__}: {background.error}"
-        yield _outputs(live.full_message(trace, next(seq)), summary.error_html(message), trace, trace.to_json())
-        raise gr.Error(message, print_exception=False)
-    note = f" at the {background.max_seconds:g} s limit per run" if background.timed_out else ""
-    if conversation is not None and trace.steps:
+    if conversation is not None and trace.steps and background.error is None:
         conversation.add(prompt, trace, background.run.cached_prefix, keep_cache=not forget)
-        note += conversation.summary()
-    yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace, note), trace,
+    yield from _finish(background, trace, seq, conversation.summary() if conversation is not None and trace.steps else "")
+
+
+def _finish(background: WatchedRun, trace: Trace, seq: Iterator[int], note: str = "") -> Iterator[tuple]:
+    """The run's last update: the whole trace redrawn, and why it ended (or what went wrong)."""
+    if background.error is not None:
+        error = background.error
+        message = str(error) if isinstance(error, RemoteError) else f"The run failed: {type(error).__name__}: {error}"
+        yield _outputs(live.full_message(trace, next(seq)), summary.error_html(message), trace,
+                       trace.to_json() if trace.steps else gr.skip())
+        raise gr.Error(message, print_exception=False)
+    limit = f" at the {background.max_seconds:g} s limit per run" if background.timed_out else ""
+    yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace, limit + note), trace,
                    trace.to_json() if trace.steps else gr.skip())
+
+
+def _run_remote(name: str, prompt: str, cancel: CancelFlag, *form: Any) -> Iterator[tuple]:
+    """A run on one of the operator's remote engines: its stream drawn as it arrives, measured here;
+    what the engine says of itself shown beside it. Settings that only the embedded engine has (KV
+    cache off, batch copies, the kernel, conversations) do not apply."""
+    try:
+        endpoint = _config.remote(name)
+        settings = GenerationSettings.from_form(*form, True, 1)
+        check_prompt_text(prompt)
+    except ValueError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    cancel.clear()
+    seq = itertools.count()
+    run = RemoteRun(RemoteClient(endpoint), prompt, settings, cancel, max_seconds=_config.max_run_seconds)
+    sent = 0
+    try:
+        yield _outputs(live.full_message(run.trace(), next(seq)), summary.remote_waiting_html(name, 0.0), run.trace())
+        while not run.done:
+            run.wait_for_steps(sent, 1 / UPDATES_PER_S)
+            if len(run.steps) > sent:
+                partial = run.trace()
+                status = summary.decode_status_html(sum(s.tokens_out for s in partial.steps), run.elapsed)
+                # From outside, the server's share of the first token's time is one wait.
+                parts = {"network, the engine's queue and its prefill": partial.steps[0].ms} if sent == 0 else None
+                yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial)
+                sent = len(partial.steps)
+            elif not run.steps:
+                yield gr.skip(), summary.remote_waiting_html(name, run.elapsed), gr.skip(), gr.skip(), gr.skip()
+    finally:
+        run.stop()
+    yield from _finish(run, run.trace(), seq)
 
 
 def _prompt_and_settings(engine: Engine, prompt: str, conversation: Conversation | None, *form: Any
@@ -293,11 +344,14 @@ def load_trace(path: str | None) -> tuple:
                     summary.done_status_html(trace, f" (loaded from {Path(path).name})"), trace, trace.to_json())
 
 
-def _experiment(claim: str, run: Any, figure: Any, claims: dict, progress: gr.Progress) -> tuple:
-    """Run one experiment on the engine thread; show its figure and verdict and tick its claim."""
+def _experiment(claim: str, run: Any, figure: Any, claims: dict, progress: gr.Progress,
+                on_engine_thread: bool = True) -> tuple:
+    """Run one experiment (on the engine thread, unless it runs elsewhere); show its figure and
+    verdict and tick its claim."""
+    measure = lambda: run(lambda fraction, text: progress(fraction, desc=text))
     try:
-        result = ENGINE_THREAD.call(lambda: run(lambda fraction, text: progress(fraction, desc=text)))
-    except ValueError as exc:
+        result = ENGINE_THREAD.call(measure) if on_engine_thread else measure()
+    except (ValueError, RemoteError) as exc:
         raise gr.Error(str(exc), print_exception=False) from None
     verdict = result.verdict()
     claims = {**(claims or {}), claim: verdict}
@@ -305,11 +359,21 @@ def _experiment(claim: str, run: Any, figure: Any, claims: dict, progress: gr.Pr
 
 
 @gpu
-def experiment_sweep(lengths: list, new_tokens: float, claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
+def experiment_sweep(lengths: list, new_tokens: float, claims: dict, remote: str = "",
+                     progress: gr.Progress = gr.Progress()) -> tuple:
+    """The prompt-length sweep, on the embedded engine or on the remote engine the Live run tab picked."""
     lengths = sorted({int(n) for n in lengths or []})
     if len(lengths) < 2:
         raise gr.Error("Pick at least two prompt lengths to compare.", print_exception=False)
     engine = get_engine()
+    if remote:
+        try:
+            client = RemoteClient(_config.remote(remote))
+        except ValueError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return _experiment("sweep", lambda p: experiments.run_remote_sweep(client, engine.loaded.tokenizer, lengths,
+                                                                           int(new_tokens), p),
+                           viz_experiments.sweep_figure, claims, progress, on_engine_thread=False)
     return _experiment("sweep", lambda p: experiments.run_sweep(engine, lengths, int(new_tokens), p),
                        viz_experiments.sweep_figure, claims, progress)
 
@@ -371,8 +435,9 @@ def class_view() -> tuple:
     return classroom.class_figure(snapshot), classroom.class_summary(snapshot)
 
 
-def build_experiments_tab(trace_state: gr.State, claims: gr.State) -> None:
-    """One sub-tab per claim; each button measures on the model in front of the student."""
+def build_experiments_tab(trace_state: gr.State, claims: gr.State, engine_choice: gr.Dropdown) -> None:
+    """One sub-tab per claim; each button measures on the model in front of the student (the
+    prompt-length sweep also on the remote engine the Live run tab picked)."""
     panel = gr.HTML(claims_html({}), elem_id="ps-claims")
     engine_queue = dict(concurrency_limit=1, concurrency_id="engine")
 
@@ -382,12 +447,13 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State) -> None:
     with gr.Tabs():
         with gr.Tab("1 · Prompt length"):
             gr.Markdown("Runs the model on prompts of several lengths (exact token counts, a fixed text) and plots "
-                        "time to first token and decode time per token against prompt length.")
+                        "time to first token and decode time per token against prompt length. With a remote engine "
+                        "picked on the Live run tab, the sweep runs there (measured from outside).")
             lengths = gr.CheckboxGroup([16, 64, 256, 512, 1024, 2048], value=[16, 256, 1024], label="prompt tokens")
             new_tokens = gr.Slider(2, 32, value=8, step=1, label="new tokens per run")
             button = gr.Button("Run the sweep", variant="primary")
             plot, verdict = result_area()
-            button.click(experiment_sweep, [lengths, new_tokens, claims], [plot, verdict, claims, panel],
+            button.click(experiment_sweep, [lengths, new_tokens, claims, engine_choice], [plot, verdict, claims, panel],
                          api_name="sweep", **engine_queue)
         with gr.Tab("2 · KV cache"):
             gr.Markdown("The same prompt twice: with the KV cache, and recomputing the whole sequence every step.")
@@ -446,6 +512,11 @@ def build_demo() -> gr.Blocks:
                         with gr.Row():
                             run_button = gr.Button("Run", variant="primary", elem_id="ps-run")
                             stop_button = gr.Button("Stop", variant="stop", elem_id="ps-stop")
+                        # A custom value is allowed so that engines named by flags after the page was
+                        # built can be picked by API clients too; run_generation refuses any name the
+                        # operator did not configure.
+                        engine_choice = gr.Dropdown(engine_choices(), value="", label="Engine", elem_id="ps-engine",
+                                                    allow_custom_value=True, visible=bool(_config.remotes))
                         status = gr.HTML(elem_id="ps-status")
                         text = gr.Textbox(label="Generated text", lines=6, max_lines=14, interactive=False,
                                           elem_id="ps-text")
@@ -481,7 +552,7 @@ def build_demo() -> gr.Blocks:
                                             js_on_load=dashboard_js(), elem_id="ps-dashboard",
                                             head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>')
             with gr.Tab("Experiments", id="experiments") as experiments_tab:
-                build_experiments_tab(trace_state, claims)
+                build_experiments_tab(trace_state, claims, engine_choice)
             with gr.Tab("Class", id="class") as class_tab:
                 gr.Markdown("Every run on this server right now, anonymous: waiting (grey), prefill (orange), "
                             "decode (blue). Runs that decode at the same time share each step: the weights are "
@@ -492,7 +563,7 @@ def build_demo() -> gr.Blocks:
                 class_timer = gr.Timer(1.0, active=False)
         outputs = [dashboard, status, headline, text, trace_state]
         run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel, chat, forget,
-                      conversation]
+                      conversation, engine_choice]
         # Up to a full batch of runs at once (they share decode steps, inference/batching.py), or one
         # at a time in solo mode: the limit is the queue's default, set at launch from the config.
         runs_queue = dict(concurrency_limit="default", concurrency_id="runs")
@@ -505,7 +576,7 @@ def build_demo() -> gr.Blocks:
         replay_button.click(replay, [trace_state, speed], outputs, api_name="replay")
         export_button.click(export, [trace_state], files, api_name="export")
         upload.upload(load_trace, [upload], outputs, api_name="load")
-        demo.load(page_opened, None, [model, model_status], api_name=False)
+        demo.load(page_opened, None, [model, model_status, engine_choice], api_name=False)
         # The class view polls only while its tab is open.
         class_timer.tick(class_view, None, [class_plot, class_summary], api_name="class", show_progress="hidden")
         class_tab.select(lambda: gr.Timer(active=True), None, class_timer, api_name=False)
@@ -544,10 +615,16 @@ def main() -> None:
                         help="prefill long prompts N tokens at a time between the batch's decode steps (0 = off)")
     parser.add_argument("--allow-any-model", action="store_true",
                         help="let the page load any hub id or folder (local use only; never on a public server)")
+    parser.add_argument("--remote", action="append", default=[], metavar="NAME=URL",
+                        help="a serving engine with an OpenAI-compatible API the page may send runs to (repeatable)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
-    _config = _config.replace(model=args.model, device=args.device, dtype=args.dtype,
+    try:
+        remotes = _config.remotes + parse_remotes(",".join(args.remote))
+    except ValueError as exc:
+        parser.exit(2, f"app.py: error: {exc}\n")
+    _config = _config.replace(remotes=remotes, model=args.model, device=args.device, dtype=args.dtype,
                               allow_any_model=_config.allow_any_model or args.allow_any_model,
                               solo=_config.solo or args.solo, prefill_chunk=max(0, args.prefill_chunk))
     try:

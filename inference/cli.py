@@ -34,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--perfetto", type=Path, metavar="OUT.json",
                      help="also write the run as Chrome trace-event JSON (open it in ui.perfetto.dev)")
+    _remote(run)
     sweep = commands.add_parser("sweep", help="one short run per prompt length (prefill grows, decode stays flat)")
     sweep.add_argument("--prompt-tokens", required=True, type=_int_list, help="comma-separated, e.g. 16,128,512,1024")
     _common(sweep, default_new_tokens=16)
+    _remote(sweep)
     race = commands.add_parser("race", help="the same prompt with and without the KV cache")
     race.add_argument("--prompt-tokens", type=int, default=64)
     _common(race, default_new_tokens=48)
@@ -67,6 +69,12 @@ def _common(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
     parser.add_argument("--kernel", default="fast", choices=("fast", "eager"),
                         help="fast: multi-core decode kernel on CPU (default); eager: plain PyTorch, the reference")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the trace (or sweep) as JSON")
+
+
+def _remote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote", metavar="URL", help="run on a serving engine with an OpenAI-compatible API "
+                        "(vLLM, llama.cpp's server, ...) instead of the embedded one: measured from outside, "
+                        "plus what the engine reports")
 
 
 def _int_list(text: str) -> list[int]:
@@ -110,6 +118,8 @@ def _run(args: argparse.Namespace) -> int:
         _check_prompt_tokens([args.prompt_tokens])
     else:
         check_prompt_text(args.prompt)
+    if args.remote:
+        return _run_remote(args, settings)
     engine = load_engine(args.model, args.device, args.dtype, _progress)
     tokenizer = engine.loaded.tokenizer
     ids = (fixed_length_prompt_ids(tokenizer, args.prompt_tokens) if args.prompt_tokens is not None
@@ -123,6 +133,46 @@ def _run(args: argparse.Namespace) -> int:
     print()
     trace = run.trace()
     print(format_summary(trace))
+    if args.json:
+        _write(args.json, trace.to_json(indent=1))
+    if args.perfetto:
+        from inference.perfetto import to_chrome_trace_json
+
+        _write(args.perfetto, to_chrome_trace_json(trace))
+    return 0
+
+
+def _remote_client(url: str):  # -> RemoteClient (imported late: the embedded commands never need it)
+    from urllib.parse import urlparse
+
+    from inference.remote import RemoteClient, RemoteEndpoint, parse_remotes
+
+    parse_remotes(f"remote={url}")          # ValueError unless it is an http(s) address
+    return RemoteClient(RemoteEndpoint(urlparse(url).netloc, url))
+
+
+def _fixed_text(lengths: list[int]) -> list[str]:
+    """Texts of exactly T tokens in the bundled model's tokenizer (about T in a remote model's own)."""
+    from transformers import AutoTokenizer
+
+    from inference.loading import default_model_folder
+    from inference.prompts import fixed_length_prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_folder(progress=_progress))
+    return [tokenizer.decode(fixed_length_prompt_ids(tokenizer, n)) for n in lengths]
+
+
+def _run_remote(args: argparse.Namespace, settings: GenerationSettings) -> int:
+    from inference.remote import RemoteError, remote_trace
+
+    client = _remote_client(args.remote)
+    prompt = args.prompt if args.prompt is not None else _fixed_text([args.prompt_tokens])[0]
+    try:
+        trace = remote_trace(client, prompt, settings, on_text=lambda text: print(text, end="", flush=True))
+    except RemoteError as exc:
+        raise ValueError(str(exc)) from None
+    print()
+    print(format_remote_summary(trace))
     if args.json:
         _write(args.json, trace.to_json(indent=1))
     if args.perfetto:
@@ -168,20 +218,33 @@ def _chat(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from inference.engine import load_engine
     from inference.experiments import prompt_length_sweep
+    from inference.remote import RemoteError, remote_sweep
 
     settings = _settings(args)
     _check_prompt_tokens(args.prompt_tokens)
-    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    if args.remote:
+        runs = remote_sweep(_remote_client(args.remote), _fixed_text(args.prompt_tokens), settings)
+        print("remote engine: prompt tokens as the engine counted them (0: it did not say); TTFT seen from here")
+    else:
+        runs = prompt_length_sweep(load_engine(args.model, args.device, args.dtype, _progress), args.prompt_tokens,
+                                   settings)
     print(f"{'prompt tokens':>13}  {'TTFT ms':>9}  {'prefill tok/s':>13}  {'decode ms/token':>15}  {'decode tok/s':>12}")
     traces = []
-    for trace in prompt_length_sweep(engine, args.prompt_tokens, settings):
-        s = trace.summary
-        print(f"{trace.prompt_tokens:>13}  {s.ttft_ms:>9.1f}  {trace.prompt_tokens / s.ttft_ms * 1e3:>13.0f}  "
-              f"{s.decode_ms_median:>15.1f}  {s.decode_tokens_per_s:>12.1f}", flush=True)
-        traces.append(trace)
+    try:
+        traces = [_sweep_row(trace) for trace in runs]
+    except RemoteError as exc:
+        raise ValueError(str(exc)) from None
     if args.json:
         _write(args.json, sweep_to_json(traces, indent=1))
     return 0
+
+
+def _sweep_row(trace: Trace) -> Trace:
+    s = trace.summary
+    rate = f"{trace.prompt_tokens / s.ttft_ms * 1e3:>13.0f}" if trace.prompt_tokens else f"{'-':>13}"
+    print(f"{trace.prompt_tokens:>13}  {s.ttft_ms:>9.1f}  {rate}  {s.decode_ms_median:>15.1f}  "
+          f"{s.decode_tokens_per_s:>12.1f}", flush=True)
+    return trace
 
 
 def _race(args: argparse.Namespace) -> int:
@@ -266,6 +329,21 @@ def _write(path: Path, text: str) -> None:
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def format_remote_summary(trace: Trace) -> str:
+    """A remote run: what was measured here, then what the engine said of itself."""
+    s = trace.summary
+    tokens = sum(step.tokens_out for step in trace.steps)
+    lines = [f"engine    {trace.engine}, model {trace.model.name}",
+             f"prompt    {trace.prompt_tokens or 'not counted by the engine'} tokens -> {tokens} new tokens in "
+             f"{len(trace.steps)} chunks (stopped: {s.stop_reason})",
+             f"outside   TTFT {s.ttft_ms:.1f} ms (network, queue and prefill); inter-token {s.decode_ms_median:.1f} ms "
+             f"median, {s.decode_ms_p90:.1f} p90; {s.decode_tokens_per_s:.1f} tokens/s"]
+    lines += [f"inside    {name}: {value:,.1f}" for name, value in trace.reported.items()] or \
+        ["inside    the engine reported nothing of its own"]
+    lines += [f"note      {note}" for note in trace.notes]
+    return "\n".join(lines)
 
 
 def format_summary(trace: Trace) -> str:

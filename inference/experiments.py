@@ -5,10 +5,11 @@ verdict is a sentence computed from those numbers, never written in advance.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from inference.engine import Engine
 from inference.prompts import fixed_length_prompt_ids
+from inference.remote import RemoteClient, remote_sweep
 from inference.settings import GenerationSettings
 from inference.trace import Trace
 from inference.verdicts import BatchResult, CacheRace, DtypeResult, SweepResult
@@ -40,6 +41,22 @@ def run_sweep(engine: Engine, prompt_tokens: list[int], new_tokens: int = 8, pro
     for i, trace in enumerate(prompt_length_sweep(engine, sorted(prompt_tokens), settings)):
         traces.append(trace)
         progress((i + 1) / len(prompt_tokens), f"prompt of {trace.prompt_tokens} tokens done")
+    return SweepResult(tuple(traces))
+
+
+def run_remote_sweep(client: RemoteClient, tokenizer: Any, prompt_tokens: list[int], new_tokens: int = 8,
+                     progress: Progress = _quiet) -> SweepResult:
+    """The same sweep on a remote engine: texts of exactly T tokens in the local model's tokenizer (about
+    T in the remote model's own); the x axis is the engine's own count of each prompt (its usage)."""
+    settings = GenerationSettings(max_new_tokens=new_tokens)
+    texts = [tokenizer.decode(fixed_length_prompt_ids(tokenizer, n)) for n in sorted(prompt_tokens)]
+    traces = []
+    for i, trace in enumerate(remote_sweep(client, texts, settings)):
+        if not trace.prompt_tokens:
+            raise ValueError(f"{trace.engine} does not report how long a prompt was (no usage in its stream): the "
+                             f"sweep needs that count")
+        traces.append(trace)
+        progress((i + 1) / len(texts), f"prompt of {trace.prompt_tokens} tokens done")
     return SweepResult(tuple(traces))
 
 

@@ -2,8 +2,9 @@
 
 Read once from the environment (PHASESCOPE_MODEL, PHASESCOPE_DEVICE, PHASESCOPE_DTYPE,
 PHASESCOPE_ALLOWED_MODELS, PHASESCOPE_ALLOW_ANY_MODEL=1, PHASESCOPE_MAX_RUN_SECONDS,
-PHASESCOPE_QUEUE_SIZE, PHASESCOPE_SOLO=1, PHASESCOPE_PREFILL_CHUNK, and SPACES_ZERO_GPU, which a ZeroGPU Space sets); `python app.py`'s flags
-override it. A frozen record: a change (a model
+PHASESCOPE_QUEUE_SIZE, PHASESCOPE_SOLO=1, PHASESCOPE_PREFILL_CHUNK, PHASESCOPE_REMOTE=name=url,... (remote
+serving engines the page may send runs to) and SPACES_ZERO_GPU, which a ZeroGPU Space sets);
+`python app.py`'s flags override it. A frozen record: a change (a model
 switch, a flag) makes a new one.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from inference.loading import DEFAULT_MODEL
+from inference.remote import RemoteEndpoint, parse_remotes
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class ServerConfig:
     prefill_chunk: int = 0                  # prompt tokens per prefill piece on a shared server (0: whole)
     solo: bool = False                      # one run at a time (clean single-run timings), no shared batch
     zero_gpu: bool = False                  # a ZeroGPU Space: runs happen in forked workers that hold a GPU
+    remotes: tuple[RemoteEndpoint, ...] = ()   # serving engines elsewhere, named by the operator only
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
@@ -44,12 +47,23 @@ class ServerConfig:
         return cls(model=env.get("PHASESCOPE_MODEL", DEFAULT_MODEL), device=env.get("PHASESCOPE_DEVICE", "auto"),
                    dtype=env.get("PHASESCOPE_DTYPE", "auto"), listed_models=listed,
                    allow_any_model=env.get("PHASESCOPE_ALLOW_ANY_MODEL") == "1", max_run_seconds=max_run_seconds,
-                   queue_size=queue_size, prefill_chunk=prefill_chunk, solo=env.get("PHASESCOPE_SOLO") == "1", zero_gpu=env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"))
+                   queue_size=queue_size, prefill_chunk=prefill_chunk, solo=env.get("PHASESCOPE_SOLO") == "1",
+                   zero_gpu=env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),
+                   remotes=parse_remotes(env.get("PHASESCOPE_REMOTE", "")))
 
     @property
     def allowed_models(self) -> list[str]:
         """The server's model, the bundled default and the listed ones, in that order, once each."""
         return list(dict.fromkeys([self.model, DEFAULT_MODEL, *self.listed_models]))
+
+    def remote(self, name: str) -> RemoteEndpoint:
+        """The operator's endpoint called `name`; ValueError for any other name (a visitor never
+        gives an address, only picks one of these)."""
+        for endpoint in self.remotes:
+            if endpoint.name == name:
+                return endpoint
+        raise ValueError(f"{name!r} is not one of this server's remote engines "
+                         f"({', '.join(e.name for e in self.remotes) or 'it has none'})")
 
     def may_load(self, name: str) -> bool:
         return self.allow_any_model or name in self.allowed_models

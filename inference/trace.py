@@ -43,7 +43,10 @@ class ModelInfo:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """K and V, every layer, one sequence: 2 * layers * kv_heads * head_dim * itemsize."""
+        """K and V, every layer, one sequence: 2 * layers * kv_heads * head_dim * itemsize (0 for a
+        remote model, whose shape the page does not know)."""
+        if not self.layers:
+            return 0
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_itemsize(self.dtype)
 
 
@@ -84,6 +87,9 @@ class Step:
     batch_rows: int = 0                # sequences decoded in this engine step, this run's included
     foreign_prefill_tokens: int = 0    # other runs' prompt tokens prefilled in this engine step, before it
     waited_ms: float = 0.0             # the time those prefills took (part of ms)
+    # Tokens this step produced per sequence: 1 in the embedded engine; a remote engine's streamed
+    # chunk (inference/remote.py), one step as a client sees it, may carry several.
+    tokens_out: int = 1
 
     @property
     def intensity(self) -> float:
@@ -110,12 +116,13 @@ class Summary:
     @staticmethod
     def of(steps: list[Step] | tuple[Step, ...], batch_size: int, stop_reason: StopReason) -> Summary:
         decode_ms = [s.ms for s in steps if s.phase == "decode"]
+        decode_tokens = sum(s.tokens_out for s in steps if s.phase == "decode")
         total_decode_s = sum(decode_ms) / 1e3
         return Summary(
             ttft_ms=steps[0].ms if steps else 0.0,
             decode_ms_median=statistics.median(decode_ms) if decode_ms else 0.0,
             decode_ms_p90=percentile(decode_ms, 90) if decode_ms else 0.0,
-            decode_tokens_per_s=batch_size * len(decode_ms) / total_decode_s if total_decode_s else 0.0,
+            decode_tokens_per_s=batch_size * decode_tokens / total_decode_s if total_decode_s else 0.0,
             kv_bytes_final=steps[-1].kv_bytes if steps else 0,
             stop_reason=stop_reason,
         )
@@ -133,6 +140,15 @@ class Trace:
     schema: str = field(default=TRACE_SCHEMA)
     serving: str = "solo"      # "solo": one run at a time; "batched": decode steps shared with other runs
     reused_tokens: int = 0     # prompt tokens served from the last turn's KV cache (a conversation)
+    # A run on a remote serving engine (inference/remote.py): which one, what it reported about the
+    # run from inside (its own timings and counts, by name), and where its counts disagreed.
+    engine: str = ""           # "" for the embedded engine
+    reported: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.engine)
 
     @property
     def text(self) -> str:
@@ -181,6 +197,9 @@ class Trace:
                 prompt=data.get("prompt", ""),
                 serving=data.get("serving", "solo"),
                 reused_tokens=data.get("reused_tokens", 0),
+                engine=data.get("engine", ""),
+                reported=data.get("reported", {}),
+                notes=tuple(data.get("notes", ())),
             )
         except KeyError as exc:
             raise ValueError(f"trace is missing the field {exc.args[0]!r}") from None
@@ -194,18 +213,24 @@ class Trace:
         _check_numbers("model", self.model)
         _check_numbers("device", self.device)
         _check_numbers("summary", self.summary)
-        if not isinstance(self.prompt_tokens, int) or self.prompt_tokens < 1:
+        if not isinstance(self.engine, str) or not isinstance(self.reported, dict) or \
+                not all(isinstance(k, str) and _finite(v) for k, v in self.reported.items()) or \
+                not all(isinstance(n, str) for n in self.notes):
+            raise ValueError("engine must be text, reported a table of finite numbers, notes text")
+        # A remote engine may not say how long the prompt was, nor publish its device's peaks.
+        least_prompt = 0 if self.remote else 1
+        if not isinstance(self.prompt_tokens, int) or self.prompt_tokens < least_prompt:
             raise ValueError(f"prompt_tokens must be a positive whole number, got {self.prompt_tokens!r}")
         if not isinstance(self.prompt, str):
             raise ValueError("prompt must be text")
         if isinstance(self.reused_tokens, bool) or not isinstance(self.reused_tokens, int) or \
-                not 0 <= self.reused_tokens < self.prompt_tokens:
+                not 0 <= self.reused_tokens < max(1, self.prompt_tokens):
             raise ValueError(f"reused_tokens must be a whole number below prompt_tokens, got {self.reused_tokens!r}")
         if self.serving not in ("solo", "batched"):
             raise ValueError(f"serving must be solo or batched, got {self.serving!r}")
         if not self.steps or self.steps[0].phase != "prefill":
             raise ValueError("a trace starts with its prefill step")
-        if self.device.peak_flops <= 0 or self.device.peak_bytes_per_s <= 0:
+        if not self.remote and (self.device.peak_flops <= 0 or self.device.peak_bytes_per_s <= 0):
             raise ValueError("device peaks must be positive")
         for i, step in enumerate(self.steps):
             _check_numbers(f"step {i}", step)
@@ -271,7 +296,7 @@ def steps_csv(trace: Trace) -> str:
     writer = csv.writer(out)
     n = trace.model.layers
     scalar = ["phase", "index", "tokens_in", "context_len", "ms", "other_ms", "kv_bytes", "flops", "bytes",
-              "token_id", "text"]
+              "token_id", "text", "batch_rows", "tokens_out"]
     writer.writerow(scalar + [f"{part}_{i}_ms" for part in ("layer", "attn", "mlp") for i in range(n)])
     for step in trace.steps:
         writer.writerow([getattr(step, name) for name in scalar] + list(step.layer_ms + step.attn_ms + step.mlp_ms))
@@ -288,6 +313,10 @@ def sweep_from_json(text: str) -> list[Trace]:
     if not isinstance(data, dict) or data.get("schema") != SWEEP_SCHEMA:
         raise ValueError(f"not a PhaseScope sweep: expected schema {SWEEP_SCHEMA!r}")
     return [Trace.from_dict(run) for run in data["runs"]]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _reject_constant(name: str) -> None:

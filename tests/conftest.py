@@ -25,6 +25,7 @@ TEST_DEVICE = DeviceInfo(type="cpu", name="test cpu", peak_flops=100e9, peak_byt
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU (skipped without one)")
     config.addinivalue_line("markers", "browser: drives headless Chromium")
+    config.addinivalue_line("markers", "remote: needs a real serving engine (`make test-remote` starts one)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

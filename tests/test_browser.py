@@ -203,3 +203,38 @@ def test_the_first_tokens_time_is_broken_down_from_the_click(page) -> None:
                           ".find((e) => e.dataset.ttft).dataset.ttft)")
     ttft_card = float(page.inner_text("#ps-headline .ps-card-value").split()[0].replace(",", ""))
     assert total >= ttft_card, "from the click it cannot take less than the prefill step alone"
+
+
+def test_a_remote_engine_is_picked_on_the_page_and_its_stream_drawn(browser, app_url: str) -> None:
+    """The operator configured a remote engine (here a stand-in replaying vLLM's recorded stream):
+    the page offers it, streams its run, and says which charts only the embedded engine can fill."""
+    import app
+    from inference.remote import RemoteEndpoint
+    from tests.remote_standin import StandIn, load_recording
+
+    standin = StandIn(load_recording("remote-vllm.json"))
+    saved = app._config
+    app._config = saved.replace(remotes=(RemoteEndpoint("gpu-server", standin.url),))
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(app_url)
+        page.wait_for_function("() => window.Plotly !== undefined")
+        page.click("#ps-engine input")
+        page.click("text=remote: gpu-server")
+        page.fill("textarea", "What is the capital of France?")
+        page.click("#ps-run")
+        page.wait_for_selector(DONE, timeout=60_000)
+        assert page.input_value("#ps-text textarea") == "The capital of France is Paris."
+        headline = page.inner_text("#ps-headline")
+        assert "engine prefill ms" in headline and "remote gpu-server" in headline
+        assert "does not publish per-layer times" in page.inner_text("[data-chart=heatmap]")
+        assert chart_points(page, "latency", 1) >= 1
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "remote.png"), full_page=True)
+        assert errors == [], f"page errors: {errors}"
+    finally:
+        page.close()
+        app._config = saved
+        standin.close()

@@ -35,6 +35,17 @@ class Chart:
     base: Callable[[Trace], go.Figure]
     columns: Callable[[Trace, int], Columns]
     overlay: Callable[[Trace], dict[str, Any]]
+    # Why this chart cannot be drawn for a trace ("" when it can): a remote engine publishes no
+    # layer times, FLOPs or cache bytes, and the chart says so instead of drawing nothing.
+    unavailable: Callable[[Trace], str] = lambda trace: ""
+
+
+def unavailable_figure(reason: str) -> go.Figure:
+    fig = go.Figure()
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.add_annotation(xref="paper", yref="paper", x=0.5, y=0.5, text=reason, showarrow=False, font=dict(size=13))
+    return _layout(fig, "", "")
 
 
 def _layout(fig: go.Figure, x: str, y: str, **extra: Any) -> go.Figure:
@@ -279,13 +290,32 @@ def _log10(x: float) -> float:
     return math.log10(x)
 
 
+def _layers_unavailable(trace: Trace) -> str:
+    return "A remote engine does not publish per-layer times:<br>this chart needs the embedded engine." \
+        if trace.remote else ""
+
+
+def _roofline_unavailable(trace: Trace) -> str:
+    return ("A remote engine publishes neither its FLOPs and bytes per step<br>nor its device's roofs: "
+            "no roofline for it.") if trace.remote else ""
+
+
+def _kv_unavailable(trace: Trace) -> str:
+    if not trace.remote:
+        return ""
+    usage = [(name, value) for name, value in trace.reported.items() if name.startswith("KV cache usage %")]
+    told = (f"The engine reports its KV cache {usage[0][1]:.1f}% full<br>(all its requests together, "
+            f"{usage[0][0].split('(')[-1].rstrip(')')})." if usage else "This engine does not publish its KV cache usage.")
+    return f"A remote engine's cache bytes per token are its own business.<br>{told}"
+
+
 CHARTS: tuple[Chart, ...] = (
     Chart("timeline", "Timeline: the prefill pause, then one tick per decode step", _timeline_base,
           _timeline_columns, _timeline_overlay),
     Chart("latency", "Per-token latency", _latency_base, _latency_columns, _latency_overlay),
-    Chart("kv", "KV cache growth", _kv_base, _kv_columns, _kv_overlay),
-    Chart("heatmap", "Layers × steps (ms)", _heatmap_base, _heatmap_columns, _heatmap_overlay),
-    Chart("roofline", "Roofline", _roofline_base, _roofline_columns, _no_overlay),
+    Chart("kv", "KV cache growth", _kv_base, _kv_columns, _kv_overlay, _kv_unavailable),
+    Chart("heatmap", "Layers × steps (ms)", _heatmap_base, _heatmap_columns, _heatmap_overlay, _layers_unavailable),
+    Chart("roofline", "Roofline", _roofline_base, _roofline_columns, _no_overlay, _roofline_unavailable),
     Chart("rhythm", "Decode rhythm: inter-token latency (ITL) and TPOT", _rhythm_base, _rhythm_columns,
           _rhythm_overlay),
 )

@@ -4,12 +4,15 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from inference.trace import Trace
-from viz.charts import CHARTS, Chart
+from viz.charts import CHARTS, Chart, unavailable_figure
 
 CHART_BY_ID = {chart.id: chart for chart in CHARTS}
 
 
 def build_figure(chart: Chart, trace: Trace) -> go.Figure:
+    reason = chart.unavailable(trace)
+    if reason:
+        return unavailable_figure(reason)
     fig = chart.base(trace)
     for index, attrs in chart.columns(trace, 0).items():
         fig.data[index].update(attrs)

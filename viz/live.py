@@ -38,6 +38,8 @@ def extend_message(trace: Trace, start: int, seq: int, ttft_parts: dict[str, flo
     token, in ms; the page measures the rest (queue, network, drawing) and shows all of it."""
     charts: dict[str, Any] = {}
     for chart in CHARTS:
+        if chart.unavailable(trace):
+            continue                   # drawn once, as its reason, by the run's first full redraw
         groups: dict[tuple[str, ...], dict[str, Any]] = {}
         for index, attrs in chart.columns(trace, start).items():
             group = groups.setdefault(tuple(sorted(attrs)), {"indices": [], "update": {k: [] for k in attrs}})

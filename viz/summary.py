@@ -24,6 +24,8 @@ def headline_numbers(trace: Trace) -> dict[str, float]:
 def headline_html(trace: Trace) -> str:
     if not trace.steps:
         return '<div class="ps-cards"></div>'
+    if trace.remote:
+        return remote_headline_html(trace)
     n = headline_numbers(trace)
     decode = bool(trace.decode_steps)
     cards = [
@@ -42,6 +44,27 @@ def headline_html(trace: Trace) -> str:
     return f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>{note}'
 
 
+def remote_headline_html(trace: Trace) -> str:
+    """A remote engine's run: what this server measured of its stream, then what the engine said of
+    itself (only what it sent), then where the two disagree."""
+    s, decode = trace.summary, bool(trace.decode_steps)
+    prompt = f"{trace.prompt_tokens} prompt tokens" if trace.prompt_tokens else "a prompt the engine did not count"
+    tokens = sum(step.tokens_out for step in trace.steps)
+    cards = [
+        _card("TTFT", f"{s.ttft_ms:,.0f} ms", f"first chunk, seen from here: network, queue and prefill of {prompt}"),
+        _card("ITL", f"{s.decode_ms_median:.1f} ms" if decode else "–", "between chunks (median)"),
+        _card("speed", f"{s.decode_tokens_per_s:.1f} tok/s" if decode else "–",
+              f"{tokens} tokens in {len(trace.steps)} chunks"),
+    ]
+    inside = "".join(f"<li>{html.escape(name)}: {value:,.1f}</li>" for name, value in trace.reported.items())
+    told = (f'<div class="ps-why">The engine\'s own figures for this run:<ul>{inside}</ul></div>' if inside else
+            '<div class="ps-why">This engine sent no figures of its own (no timings in its stream, no metrics '
+            'endpoint): everything above is measured from outside.</div>')
+    notes = "".join(f'<div class="ps-why">Note: {html.escape(n)}</div>' for n in trace.notes)
+    return (f'<div class="ps-cards" data-stop="{html.escape(s.stop_reason)}">{"".join(cards)}</div>'
+            f'<div class="ps-why">{html.escape(trace.engine)}, model {html.escape(trace.model.name)}</div>{told}{notes}')
+
+
 def waiting_status_html(position: int, elapsed_s: float) -> str:
     """A run waiting for the engine: for room in the shared batch (its position known), or for the
     runs ahead of it to finish (solo mode, or a run that cannot share steps)."""
@@ -50,6 +73,13 @@ def waiting_status_html(position: int, elapsed_s: float) -> str:
                 f'{elapsed_s:.0f} s (other runs are decoding; yours starts when one ends)</div>')
     return (f'<div class="ps-status ps-prefill"><b>Waiting for the engine</b>: other runs go first · '
             f'{elapsed_s:.0f} s</div>')
+
+
+def remote_waiting_html(name: str, elapsed_s: float) -> str:
+    """A remote run before its first chunk: the network, the engine's queue and its prefill, which
+    from outside are one wait."""
+    return (f'<div class="ps-status ps-prefill"><b>Waiting for the first chunk</b> from the remote engine '
+            f'{html.escape(name)} (network, its queue and its prefill) · {elapsed_s:.2f} s</div>')
 
 
 def prefill_status_html(prompt_tokens: int, layers_done: int, layers: int, elapsed_s: float) -> str:
