@@ -397,9 +397,12 @@ def experiment_batch(sizes: list, claims: dict, progress: gr.Progress = gr.Progr
 
 @gpu
 def experiment_dtype(claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
-    config = _config
-    return _experiment("dtype", lambda p: experiments.run_dtype_comparison(
-        config.model, config.device, ["float32", "bfloat16"], progress=p),
+    """4, 2, 1 and about 0.6 bytes per weight where the CPU decode kernel runs (int8 and q4_1 are its
+    blocks), else float32 and bfloat16."""
+    config, engine = _config, get_engine()
+    blocks = engine.fast_kernels and engine.loaded.device.type == "cpu"
+    dtypes = ["float32", "bfloat16", "int8", "q4_1"] if blocks else ["float32", "bfloat16"]
+    return _experiment("dtype", lambda p: experiments.run_dtype_comparison(config.model, config.device, dtypes, progress=p),
         viz_experiments.dtype_figure, claims, progress)
 
 
@@ -476,9 +479,11 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State, engine_choice
             plot, verdict = result_area()
             button.click(explain_roofline, [trace_state, claims], [plot, verdict, claims, panel], api_name="roofline")
         with gr.Tab("5 · Bytes per weight"):
-            gr.Markdown("Loads the model again in float32 and in bfloat16 (half the bytes per weight) and runs the "
-                        "same 32-token prompt on each (short, so that weight bytes dominate decode).")
-            button = gr.Button("Compare float32 and bfloat16", variant="primary")
+            gr.Markdown("Loads the model again at 4 bytes per weight (float32), 2 (bfloat16), about 1 (int8: "
+                        "llama.cpp's Q8_0 blocks) and about 0.6 (q4_1: the blocks the bundled file ships) and runs the "
+                        "same 32-token prompt on each (short, so that weight bytes dominate decode). int8 and q4_1 "
+                        "decode reads the blocks; their prefill runs the same values expanded to float32.")
+            button = gr.Button("Compare the bytes per weight", variant="primary")
             plot, verdict = result_area()
             button.click(experiment_dtype, [claims], [plot, verdict, claims, panel], api_name="dtype", **engine_queue)
         with gr.Tab("6 · Big models"):
@@ -608,7 +613,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the PhaseScope page.")
     parser.add_argument("--model", default=_config.model)
     parser.add_argument("--device", default=_config.device, choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--dtype", default=_config.dtype, choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--dtype", default=_config.dtype, choices=("auto", "float32", "bfloat16", "int8", "q4_1"))
     parser.add_argument("--solo", action="store_true",
                         help="runs one at a time (clean single-run timings) instead of sharing decode steps")
     parser.add_argument("--prefill-chunk", type=int, default=_config.prefill_chunk, metavar="N",

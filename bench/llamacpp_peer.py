@@ -3,7 +3,10 @@ made by `make bench`): reads a JSON request on stdin, prints one JSON line of me
 
 The bundled Q4_1 GGUF is turned into F32 or BF16 by llama.cpp's own `llama_model_quantize`
 (requantizing, so every weight is the dequantized value the engine runs) and cached beside it.
-Request: {"gguf", "cache", "dtype": "float32"|"bfloat16", "prompt_ids", "new_tokens", "prefill_ids", "threads"}.
+The int8 file is llama.cpp's Q8_0 requantized from it; q4_1 is the bundled file itself (its LM head is
+Q8_0 in both, as in PhaseScope's --dtype int8 and q4_1).
+Request: {"gguf", "cache", "dtype": "float32"|"bfloat16"|"int8"|"q4_1", "prompt_ids", "new_tokens", "prefill_ids",
+"threads"}.
 Reply: {"decode_tokens_per_s", "prefill_s", "tokens"} (tokens: the greedy ids after prompt_ids).
 """
 import ctypes
@@ -14,10 +17,13 @@ import time
 
 import llama_cpp
 
-FTYPES = {"float32": llama_cpp.LLAMA_FTYPE_ALL_F32, "bfloat16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16}
+FTYPES = {"float32": llama_cpp.LLAMA_FTYPE_ALL_F32, "bfloat16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
+          "int8": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0}
 
 
 def converted(gguf: str, cache: str, dtype: str) -> str:
+    if dtype == "q4_1":
+        return gguf
     out = os.path.join(cache, f"SmolLM2-135M-Instruct.{dtype}.gguf")
     if not os.path.isfile(out):
         os.makedirs(cache, exist_ok=True)
@@ -30,8 +36,24 @@ def converted(gguf: str, cache: str, dtype: str) -> str:
     return out
 
 
+def without_repacked_weights() -> None:
+    """Load models without llama.cpp's extra buffer types (repacked weights for its AMX and
+    interleaved kernels): with them, llama-cpp-python 0.3.36 crashed (SIGSEGV) on every quantized
+    model on the Sapphire Rapids development machine; without them it runs."""
+    default = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params():  # noqa: ANN202
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_cpp.llama_model_default_params = params
+
+
 def main() -> None:
     request = json.load(sys.stdin)
+    if request["dtype"] in ("int8", "q4_1"):
+        without_repacked_weights()
     path = converted(request["gguf"], request["cache"], request["dtype"])
     threads = request["threads"]
     llm = llama_cpp.Llama(path, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,

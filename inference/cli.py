@@ -46,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 4, 8, 16], help="comma-separated")
     batch.add_argument("--prompt-tokens", type=int, default=32)
     _common(batch, default_new_tokens=12)
-    dtypes = commands.add_parser("dtype", help="the same prompt in float32 and bfloat16")
+    dtypes = commands.add_parser("dtype", help="the same prompt at 4, 2, 1 and about 0.6 bytes per weight")
     dtypes.add_argument("--prompt-tokens", type=int, default=32)
+    dtypes.add_argument("--dtypes", type=lambda text: [d.strip() for d in text.split(",") if d.strip()],
+                        default=["float32", "bfloat16", "int8", "q4_1"], help="comma-separated, widest first")
     _common(dtypes, default_new_tokens=24)
     chat = commands.add_parser("chat", help="a conversation whose turns reuse the KV cache of the turns before")
     chat.add_argument("--turn", action="append", required=True, metavar="TEXT", help="one user message (repeat it)")
@@ -64,8 +66,9 @@ def _common(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=default_new_tokens)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: the bundled {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                        help="auto: bfloat16 on CUDA, and on a CPU where it measured faster")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "int8", "q4_1"),
+                        help="auto: bfloat16 on CUDA, and on a CPU where it measured faster; int8 (Q8_0) and q4_1: "
+                        "decode reads llama.cpp's blocks (CPU)")
     parser.add_argument("--kernel", default="fast", choices=("fast", "eager"),
                         help="fast: multi-core decode kernel on CPU (default); eager: plain PyTorch, the reference")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the trace (or sweep) as JSON")
@@ -284,7 +287,7 @@ def _dtype(args: argparse.Namespace) -> int:
     from inference.experiments import run_dtype_comparison
 
     _check_prompt_tokens([args.prompt_tokens])
-    result = run_dtype_comparison(args.model, args.device, ["float32", "bfloat16"], args.prompt_tokens,
+    result = run_dtype_comparison(args.model, args.device, args.dtypes, args.prompt_tokens,
                                   _settings(args).max_new_tokens, kernel=args.kernel)
     print(result.verdict())
     if args.json:
@@ -354,7 +357,8 @@ def format_summary(trace: Trace) -> str:
     prefill = trace.steps[0]
     decode_gbs = trace.decode_bytes_per_s
     lines = [
-        f"model     {m.name}: {m.params / 1e6:.1f}M params, {m.dtype}, {m.weight_bytes / 1e6:.1f} MB of weights",
+        f"model     {m.name}: {m.params / 1e6:.1f}M params, {m.precision}, {m.weight_bytes / 1e6:.1f} MB of weights"
+        + (f" as decode reads them (computed in {m.dtype})" if m.weights else ""),
         f"device    {d.type}: {d.name}; roofs {d.peak_flops / 1e9:,.0f} GFLOP/s, {d.peak_bytes_per_s / 1e9:,.1f} GB/s ({d.source})",
         *[f"          {line}" for line in (d.dtype_choice, d.arithmetic) if line],
         f"prompt    {trace.prompt_tokens} tokens x batch {trace.settings.batch_size} -> {len(trace.steps)} new tokens "

@@ -29,9 +29,11 @@ class StepCost:
         return self.flops / self.bytes
 
 
-def step_cost(info: ModelInfo, batch: int, tokens_in: int, past: int) -> StepCost:
+def step_cost(info: ModelInfo, batch: int, tokens_in: int, past: int, blocks: bool = False) -> StepCost:
     """Cost of one forward pass: `batch` sequences, each feeding `tokens_in` new tokens after
-    `past` cached ones; logits are computed for the last position only."""
+    `past` cached ones; logits are computed for the last position only. `blocks`: the pass read
+    the matrices as the model's blocks (the decode kernel, for int8 and q4_1 weights), not in its
+    dtype (prefill and the eager path run them expanded)."""
     itemsize = dtype_itemsize(info.dtype)
     lm_head_params = info.vocab * info.hidden
     layer_matmul_params = info.matmul_params - lm_head_params
@@ -48,7 +50,7 @@ def step_cost(info: ModelInfo, batch: int, tokens_in: int, past: int) -> StepCos
     activation_per_token = 2 * info.layers * (4 * info.hidden + 3 * info.intermediate) * itemsize
     return StepCost(
         flops=float(flops),
-        weight_bytes=float(info.matmul_params * itemsize),
+        weight_bytes=float(info.matmul_bytes if blocks and info.matmul_bytes else info.matmul_params * itemsize),
         kv_read_bytes=float(batch * past * kv_per_token),
         kv_write_bytes=float(batch * tokens_in * kv_per_token),
         activation_bytes=float(batch * tokens_in * activation_per_token + batch * info.vocab * 4),
@@ -63,9 +65,10 @@ def compute_bound_batch(info: ModelInfo, ridge_intensity: float, context: int) -
 
 
 def shared_decode_cost(info: ModelInfo, groups: list[tuple[int, int]]) -> StepCost:
-    """One decode step shared by several runs (continuous batching): `groups` holds each run's
-    (rows, past tokens). The weights are read once for all of them; everything else adds up."""
-    costs = [step_cost(info, rows, 1, past) for rows, past in groups]
+    """One decode step shared by several runs (continuous batching, always the fused kernel):
+    `groups` holds each run's (rows, past tokens). The weights are read once for all of them;
+    everything else adds up."""
+    costs = [step_cost(info, rows, 1, past, blocks=True) for rows, past in groups]
     return StepCost(flops=sum(c.flops for c in costs), weight_bytes=costs[0].weight_bytes,
                     kv_read_bytes=sum(c.kv_read_bytes for c in costs),
                     kv_write_bytes=sum(c.kv_write_bytes for c in costs),

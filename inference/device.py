@@ -28,9 +28,15 @@ def resolve_device(name: str) -> torch.device:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+# Weights kept as llama.cpp blocks for decode (inference/quantize.py), computed in float32.
+BLOCK_DTYPES = ("int8", "q4_1")
+
+
 def dtype_named(name: str) -> torch.dtype:
+    if name in BLOCK_DTYPES:
+        return torch.float32
     if name not in DTYPES:
-        raise ValueError(f"dtype must be auto, {' or '.join(DTYPES)}, got {name!r}")
+        raise ValueError(f"dtype must be auto, {', '.join([*DTYPES, *BLOCK_DTYPES])}, got {name!r}")
     return DTYPES[name]
 
 

@@ -241,7 +241,11 @@ class GenerationRun:
         prompt_len = len(self.prompt_ids)
         tokens_in = prompt_len - self.reused_tokens if index == 0 else (1 if self.settings.kv_cache else context_len)
         past = context_len - tokens_in
-        cost = step_cost(info, self.settings.batch_size, tokens_in, past)
+        # The fast kernel reads int8 / q4_1 matrices as blocks (a few rows: decode, a short prompt);
+        # PyTorch runs them as floats.
+        kernel = self.engine.kernel if self.settings.kernel == "fast" else None
+        blocks = kernel is not None and tokens_in * self.settings.batch_size <= kernel.MAX_ROWS
+        cost = step_cost(info, self.settings.batch_size, tokens_in, past, blocks)
         return make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size)
 
 
@@ -345,11 +349,28 @@ def reference_generate(model: nn.Module, prompt_ids: list[int], max_new_tokens: 
     return new
 
 
+def with_blocks(loaded: LoadedModel, name: str, progress: Any = lambda _: None) -> tuple[LoadedModel, str]:
+    """The model with its matrices also kept as int8 or q4_1 blocks for decode (inference/quantize.py):
+    its ModelInfo says so and counts the bytes decode reads; and a line saying what was done."""
+    from inference.quantize import quantize_model
+
+    progress(f"Keeping the weights as {name} blocks for decode")
+    matmul_bytes, note = quantize_model(loaded.model, name)
+    info = loaded.info
+    other = info.weight_bytes - info.matmul_params * 4          # norms (and an untied embedding), in float32
+    head_shared = loaded.model.lm_head.weight is loaded.model.get_input_embeddings().weight
+    if not head_shared:
+        other -= info.vocab * info.hidden * 4                   # the embedding's rows are read one at a time
+    info = dataclasses.replace(info, weights=name, matmul_bytes=matmul_bytes, weight_bytes=matmul_bytes + max(0, other))
+    progress(note)
+    return dataclasses.replace(loaded, info=info), note
+
+
 def load_engine(model: str, device: str = "auto", dtype: str = "auto",
                 progress: Any = lambda _: None, warm_up: bool = True) -> Engine:
     """Resolve device and dtype names, load the model and measure (or look up) the device's roofs;
     then warm it up, unless `warm_up` is False (a process that must not run the model yet)."""
-    from inference.device import resolve_device
+    from inference.device import BLOCK_DTYPES, resolve_device
     from inference.dtype_choice import choose_dtype
     from inference.loading import load_model
 
@@ -360,7 +381,11 @@ def load_engine(model: str, device: str = "auto", dtype: str = "auto",
             progress(quota_note)
         threading.Thread(target=kernel_module, name="phasescope-kernel-build", daemon=True).start()
     torch_dtype, why = choose_dtype(dtype, torch_device, progress)
+    if dtype in BLOCK_DTYPES and torch_device.type != "cpu":
+        raise ValueError(f"--dtype {dtype} runs on the CPU decode kernel only; on CUDA use bfloat16 or float32")
     loaded = load_model(model, torch_device, torch_dtype, progress)
+    if dtype in BLOCK_DTYPES:
+        loaded, why = with_blocks(loaded, dtype, progress)
     progress("Measuring this device's compute and bandwidth roofs (cached after the first time)")
     engine = Engine(loaded, device_info(torch_device, torch_dtype, why))
     if warm_up:

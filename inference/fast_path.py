@@ -25,6 +25,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from inference.kv_cache import decodable_in_place, decode_slot
+from inference.quantize import blocks_of
 from inference.roofs import prefill_linear
 from inference.timing import LayerTimer
 
@@ -72,13 +73,14 @@ def _few_rows(x: torch.Tensor, weight: torch.Tensor, limit: int) -> bool:
 # through the module tree on every call: at ~200 calls per step, those lookups add up.
 
 def _linear(linear: nn.Linear, kernel: Any, native_bf16: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    weight, bias, limit = linear.weight, linear.bias, kernel.MAX_ROWS
+    weight, bias, limit, blocks = linear.weight, linear.bias, kernel.MAX_ROWS, blocks_of(linear)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not _few_rows(x, weight, limit):
             return prefill_linear(x, weight, bias, native_bf16)
-        rows = x.numel() // x.shape[-1]
-        y = kernel.gemv(x.reshape(rows, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
+        rows = x.reshape(x.numel() // x.shape[-1], x.shape[-1])
+        y = kernel.gemv(rows, weight) if blocks is None else kernel.gemv_blocks(rows, blocks.data, blocks.format)
+        y = y.reshape(*x.shape[:-1], weight.shape[0])
         return y if bias is None else y + bias
 
     return forward
@@ -165,8 +167,12 @@ def _layer_weights(layer: nn.Module, kernel: Any) -> Any:
     weights = kernel.LayerWeights()
     weights.norm1, weights.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
     weights.norm2, weights.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
-    weights.wq, weights.wk, weights.wv, weights.wo = (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
-                                                      attn.o_proj.weight)
-    weights.wg, weights.wu, weights.wd = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+    linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    blocks = [blocks_of(linear) for linear in linears]
+    if all(b is not None for b in blocks) and len({b.format for b in blocks}) == 1:     # int8 or q4_1 weights
+        matrices, weights.format = [b.data for b in blocks], blocks[0].format
+    else:
+        matrices = [linear.weight for linear in linears]
+    weights.wq, weights.wk, weights.wv, weights.wo, weights.wg, weights.wu, weights.wd = matrices
     weights.scaling = attn.scaling
     return weights

@@ -20,12 +20,16 @@
 #include <ctime>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 // A Llama decoder layer's weights and constants, by name (Python fills one per layer, once).
+// The seven matrices are either in the activations' dtype (format 0) or in llama.cpp's blocks of
+// 32 weights (uint8 tensors of shape (rows, K / 32 * block bytes)): format 1 = Q8_0, 2 = Q4_1.
 struct LayerWeights {
   torch::Tensor norm1, wq, wk, wv, wo, norm2, wg, wu, wd;
   double eps1 = 0, eps2 = 0, scaling = 0;
+  int64_t format = 0;
 };
 
 namespace {
@@ -142,6 +146,182 @@ inline void row_dot<uint16_t, 1>(const uint16_t* row, const float* x, float* y, 
 }
 #endif
 
+// llama.cpp's blocks of 32 weights, read as they are stored: decode streams 34 bytes (Q8_0: a
+// float16 scale and 32 int8) or 20 bytes (Q4_1: a float16 scale d and minimum m, 32 4-bit q) per
+// 32 weights, instead of 128 (float32). Weight j of a block is d * q[j] (Q8_0) or d * q[j] + m
+// (Q4_1, q[j] in the low nibble of byte j for j < 16, the high nibble of byte j - 16 after).
+enum Format : int64_t { kPlain = 0, kQ8_0 = 1, kQ4_1 = 2 };
+constexpr int64_t kBlock = 32;
+
+struct BlockQ8_0 {
+  uint16_t d;
+  int8_t q[kBlock];
+};
+struct BlockQ4_1 {
+  uint16_t d, m;
+  uint8_t q[kBlock / 2];
+};
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_1) == 20, "llama.cpp's block layouts");
+
+inline int64_t block_bytes(int64_t format) { return format == kQ8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_1); }
+
+inline float half_to_float(uint16_t h) {  // IEEE binary16 -> float32, exactly
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#endif
+  const uint32_t sign = uint32_t(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
+  uint32_t bits;
+  if (exponent == 0x1F) {
+    bits = sign | 0x7F800000 | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: value = mantissa * 2^-24
+    float f = float(mantissa) * 5.9604644775390625e-08f;
+    std::memcpy(&bits, &f, sizeof bits);
+    bits |= sign;
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+typedef int8_t i8x8 __attribute__((vector_size(8)));
+typedef uint8_t u8x8 __attribute__((vector_size(8)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+
+inline f32x8 widen(i8x8 q) { return __builtin_convertvector(q, f32x8); }
+inline f32x8 widen(u8x8 q) { return __builtin_convertvector(q, f32x8); }
+
+// The four vectors of a block's q values, as floats. With AVX2, one widening instruction per eight
+// values (GCC turned the portable conversions below into scalar code: 3x slower decode).
+#if defined(__AVX2__)
+inline f32x8 widen8(__m128i bytes, bool is_signed) {  // the low eight bytes -> eight floats
+  const __m256i wide = is_signed ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
+  return reinterpret_cast<f32x8>(_mm256_cvtepi32_ps(wide));
+}
+
+inline void block_q(const BlockQ8_0& b, f32x8* w) {
+  const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q));
+  const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + 16));
+  w[0] = widen8(lo, true);
+  w[1] = widen8(_mm_srli_si128(lo, 8), true);
+  w[2] = widen8(hi, true);
+  w[3] = widen8(_mm_srli_si128(hi, 8), true);
+}
+
+inline void block_q(const BlockQ4_1& b, f32x8* w) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q)), nibble = _mm_set1_epi8(15);
+  const __m128i lo = _mm_and_si128(raw, nibble), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
+  w[0] = widen8(lo, false);
+  w[1] = widen8(_mm_srli_si128(lo, 8), false);
+  w[2] = widen8(hi, false);
+  w[3] = widen8(_mm_srli_si128(hi, 8), false);
+}
+#else
+inline void block_q(const BlockQ8_0& b, f32x8* w) {
+  for (int v = 0; v < 4; ++v) {
+    i8x8 q;
+    std::memcpy(&q, b.q + 8 * v, 8);
+    w[v] = widen(q);
+  }
+}
+
+inline void block_q(const BlockQ4_1& b, f32x8* w) {
+  u8x16 raw;
+  std::memcpy(&raw, b.q, 16);
+  const u8x16 lo = raw & 15, hi = raw >> 4;
+  w[0] = widen(u8x8(__builtin_shufflevector(lo, lo, 0, 1, 2, 3, 4, 5, 6, 7)));
+  w[1] = widen(u8x8(__builtin_shufflevector(lo, lo, 8, 9, 10, 11, 12, 13, 14, 15)));
+  w[2] = widen(u8x8(__builtin_shufflevector(hi, hi, 0, 1, 2, 3, 4, 5, 6, 7)));
+  w[3] = widen(u8x8(__builtin_shufflevector(hi, hi, 8, 9, 10, 11, 12, 13, 14, 15)));
+}
+#endif
+
+// y[m, n] = sum over blocks b of d_b * (q_b . x_b) (+ m_b * sum(x_b) for Q4_1; `xsum` holds each
+// row's block sums of x), each block's q . x in 16 float32 lanes (AVX-512) or 8.
+#if defined(__AVX512F__)
+inline void block_q16(const BlockQ8_0& b, __m512& w0, __m512& w1) {
+  w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q))));
+  w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + 16))));
+}
+
+inline void block_q16(const BlockQ4_1& b, __m512& w0, __m512& w1) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q)), nibble = _mm_set1_epi8(15);
+  w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, nibble)));
+  w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), nibble)));
+}
+
+template <typename B, int M>
+inline void block_row_dot(const B* row, const float* x, const float* xsum, float* y, int64_t K, int64_t N, int64_t n) {
+  const int64_t blocks = K / kBlock;
+  __m512 acc[M];
+  float offset[M] = {};
+  for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512 w0, w1;
+    block_q16(row[b], w0, w1);
+    const __m512 d = _mm512_set1_ps(half_to_float(row[b].d));
+    for (int m = 0; m < M; ++m) {
+      const float* xb = x + m * K + b * kBlock;
+      const __m512 part = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
+      acc[m] = _mm512_fmadd_ps(d, part, acc[m]);
+      if constexpr (std::is_same_v<B, BlockQ4_1>) offset[m] += half_to_float(row[b].m) * xsum[m * blocks + b];
+    }
+  }
+  for (int m = 0; m < M; ++m) y[m * N + n] = offset[m] + _mm512_reduce_add_ps(acc[m]);
+}
+#else
+template <typename B, int M>
+inline void block_row_dot(const B* row, const float* x, const float* xsum, float* y, int64_t K, int64_t N, int64_t n) {
+  const int64_t blocks = K / kBlock;
+  f32x8 acc[M] = {};
+  float offset[M] = {};
+  for (int64_t b = 0; b < blocks; ++b) {
+    f32x8 w[4];
+    block_q(row[b], w);
+    const float d = half_to_float(row[b].d);
+    for (int m = 0; m < M; ++m) {
+      const float* xb = x + m * K + b * kBlock;
+      const f32x8 part = w[0] * load8(xb) + w[1] * load8(xb + 8) + w[2] * load8(xb + 16) + w[3] * load8(xb + 24);
+      acc[m] += d * part;
+      if constexpr (std::is_same_v<B, BlockQ4_1>) offset[m] += half_to_float(row[b].m) * xsum[m * blocks + b];
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    float sum = offset[m];
+    for (int l = 0; l < 8; ++l) sum += acc[m][l];
+    y[m * N + n] = sum;
+  }
+}
+#endif
+
+template <typename B>
+void block_rows_dot(const B* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin, int64_t end) {
+  const int64_t blocks = K / kBlock;
+  std::vector<float> xsum;
+  if (std::is_same_v<B, BlockQ4_1>) {
+    xsum.assign(M * blocks, 0.0f);
+    for (int64_t i = 0; i < M * blocks; ++i)
+      for (int64_t j = 0; j < kBlock; ++j) xsum[i] += x[i * kBlock + j];
+  }
+  for (int64_t n = begin; n < end; ++n) {
+    const B* row = w + n * blocks;
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const float* xb = x + m0 * K;
+      const float* sb = xsum.empty() ? nullptr : xsum.data() + m0 * blocks;
+      float* yb = y + m0 * N;
+      switch (std::min<int64_t>(4, M - m0)) {
+        case 1: block_row_dot<B, 1>(row, xb, sb, yb, K, N, n); break;
+        case 2: block_row_dot<B, 2>(row, xb, sb, yb, K, N, n); break;
+        case 3: block_row_dot<B, 3>(row, xb, sb, yb, K, N, n); break;
+        default: block_row_dot<B, 4>(row, xb, sb, yb, K, N, n); break;
+      }
+    }
+  }
+}
+
 // Rows n in [begin, end) of y = x w^T for M <= kMaxRows rows of x: each weight row is read from
 // memory once and used for every row of x (blocks of kRowBlock rows, the weight row still in L1
 // for the second block), so a batch costs little more memory traffic than one sequence.
@@ -184,10 +364,21 @@ inline float dot(const float* a, const W* b, int64_t n) {
 // work and one synchronisation instead of one per matrix.
 template <typename W>
 struct Product {
-  const W* w;
+  const void* w;   // W values (format kPlain) or blocks
   int64_t rows;
-  float* y;  // (M, rows)
+  float* y;        // (M, rows)
+  int64_t format = kPlain;
 };
+
+// Rows [begin, end) of one product, whatever its weights' format.
+template <typename W>
+void product_rows(const Product<W>& p, const float* x, int64_t M, int64_t K, int64_t begin, int64_t end) {
+  switch (p.format) {
+    case kQ8_0: block_rows_dot(static_cast<const BlockQ8_0*>(p.w), x, p.y, M, K, p.rows, begin, end); break;
+    case kQ4_1: block_rows_dot(static_cast<const BlockQ4_1*>(p.w), x, p.y, M, K, p.rows, begin, end); break;
+    default: rows_dot(static_cast<const W*>(p.w), x, p.y, M, K, p.rows, begin, end); break;
+  }
+}
 
 template <typename W>
 const W* data(const torch::Tensor& t) { return reinterpret_cast<const W*>(t.data_ptr()); }
@@ -213,7 +404,7 @@ void share(const std::vector<Product<W>>& ps, const float* x, int64_t M, int64_t
   int64_t offset = 0;
   for (const auto& p : ps) {
     const int64_t lo = std::max(b, offset), hi = std::min(e, offset + p.rows);
-    if (lo < hi) rows_dot(p.w, x, p.y, M, K, p.rows, lo - offset, hi - offset);
+    if (lo < hi) product_rows(p, x, M, K, lo - offset, hi - offset);
     offset += p.rows;
   }
 }
@@ -280,8 +471,8 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
       norm_rows<W>(xf.data(), data<W>(L.norm1), float(L.eps1), M, K, h.data());
       stamps[0] = monotonic_seconds();
     }
-    share<W>({{data<W>(L.wq), Hq * D, q.data()}, {data<W>(L.wk), Hk * D, k.data()}, {data<W>(L.wv), Hk * D, v.data()}},
-             h.data(), M, K);
+    share<W>({{L.wq.data_ptr(), Hq * D, q.data(), L.format}, {L.wk.data_ptr(), Hk * D, k.data(), L.format},
+              {L.wv.data_ptr(), Hk * D, v.data(), L.format}}, h.data(), M, K);
 #pragma omp barrier
 #pragma omp single
     for (int64_t m = 0; m < M; ++m) {             // rotary, then K and V into the cache at `pos`
@@ -327,7 +518,7 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
       }
       for (int64_t j = 0; j < D; ++j) out[j] = rounded<W>(out[j]);
     }
-    share<W>({{data<W>(L.wo), K, o.data()}}, attended.data(), M, Hq * D);
+    share<W>({{L.wo.data_ptr(), K, o.data(), L.format}}, attended.data(), M, Hq * D);
 #pragma omp barrier
 #pragma omp single
     {
@@ -336,14 +527,14 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
       norm_rows<W>(mid.data(), data<W>(L.norm2), float(L.eps2), M, K, h2.data());
       stamps[2] = monotonic_seconds();
     }
-    share<W>({{data<W>(L.wg), I, g.data()}, {data<W>(L.wu), I, u.data()}}, h2.data(), M, K);
+    share<W>({{L.wg.data_ptr(), I, g.data(), L.format}, {L.wu.data_ptr(), I, u.data(), L.format}}, h2.data(), M, K);
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < M * I; ++i) {
       const float gate = rounded<W>(g[i]);
       g[i] = rounded<W>(rounded<W>(gate / (1.0f + std::exp(-gate))) * rounded<W>(u[i]));
     }
-    share<W>({{data<W>(L.wd), K, down.data()}}, g.data(), M, I);
+    share<W>({{L.wd.data_ptr(), K, down.data(), L.format}}, g.data(), M, I);
   }
   stamps[3] = monotonic_seconds();
   auto out = torch::empty({M, K}, x.options());
@@ -369,6 +560,16 @@ void check_block(const torch::Tensor& x, std::initializer_list<torch::Tensor> we
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16, "fused step: dtype");
   for (const auto& w : weights)
     TORCH_CHECK(w.is_contiguous() && w.scalar_type() == x.scalar_type() && w.device().is_cpu(), "fused step: weight");
+}
+
+// The seven matrices: in x's dtype, or uint8 blocks (whose row length the products check by K).
+void check_matrices(const torch::Tensor& x, int64_t format, std::initializer_list<torch::Tensor> weights) {
+  if (format == kPlain) return check_block(x, weights);
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && (format == kQ8_0 || format == kQ4_1), "fused step: blocks need "
+              "float32 activations and format 1 (Q8_0) or 2 (Q4_1)");
+  for (const auto& w : weights)
+    TORCH_CHECK(w.is_contiguous() && w.scalar_type() == torch::kUInt8 && w.dim() == 2 && w.device().is_cpu() &&
+                w.size(1) % block_bytes(format) == 0, "fused step: bad blocks");
 }
 
 }  // namespace
@@ -426,7 +627,8 @@ std::tuple<torch::Tensor, std::vector<double>> layers_step(
   stamps.reserve(6 * weights.size());
   for (size_t i = 0; i < weights.size(); ++i) {
     const auto& L = weights[i];
-    check_block(rows, {L.norm1, L.wq, L.wk, L.wv, L.wo, c, s, L.norm2, L.wg, L.wu, L.wd});
+    check_block(rows, {L.norm1, c, s, L.norm2});
+    check_matrices(rows, L.format, {L.wq, L.wk, L.wv, L.wo, L.wg, L.wu, L.wd});
     const double start = monotonic_seconds();
     auto result = layer_step<W>(rows, L, c, s, rc[i], Hk, D);
     rows = std::get<0>(result);
@@ -486,6 +688,20 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
   return y.to(x.scalar_type());
 }
 
+// x: (M, K) float32; blocks: (N, K / 32 * block bytes) uint8 in `format` (1 = Q8_0, 2 = Q4_1) -> (M, N).
+torch::Tensor gemv_blocks(torch::Tensor x, torch::Tensor blocks, int64_t format) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.size(0) <= kMaxRows, "gemv_blocks: bad x");
+  TORCH_CHECK(format == kQ8_0 || format == kQ4_1, "gemv_blocks: format 1 (Q8_0) or 2 (Q4_1)");
+  const int64_t M = x.size(0), K = x.size(1), N = blocks.size(0);
+  TORCH_CHECK(K % kBlock == 0 && blocks.scalar_type() == torch::kUInt8 && blocks.is_contiguous() &&
+              blocks.size(1) == K / kBlock * block_bytes(format), "gemv_blocks: blocks do not match x");
+  auto xf = x.contiguous();
+  auto y = torch::empty({M, N}, xf.options());
+  const Product<float> p{blocks.data_ptr(), N, y.data_ptr<float>(), format};
+  at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { product_rows(p, xf.data_ptr<float>(), M, K, b, e); });
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("MAX_ROWS") = kMaxRows;
   pybind11::class_<LayerWeights>(m, "LayerWeights")
@@ -501,11 +717,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("wd", &LayerWeights::wd)
       .def_readwrite("eps1", &LayerWeights::eps1)
       .def_readwrite("eps2", &LayerWeights::eps2)
-      .def_readwrite("scaling", &LayerWeights::scaling);
+      .def_readwrite("scaling", &LayerWeights::scaling)
+      .def_readwrite("format", &LayerWeights::format);
   // Without the GIL: while a decode step runs, the server's other Python threads (each student's
   // page handler, the web server) can do their small jobs instead of queueing for it after.
   m.def("gemv", &gemv, "multi-core matrix-vector product", pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("layers", &layers, "one decode step of every Llama decoder layer, K and V written into the caches",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("gemv_blocks", &gemv_blocks, "multi-core matrix-vector product over Q8_0 or Q4_1 blocks",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("rmsnorm", &rmsnorm, "Llama's RMSNorm for a few rows");
 }

@@ -40,6 +40,15 @@ class ModelInfo:
     vocab: int = 0
     max_context: int = 0
     matmul_params: int = 0     # weights used in matrix products per token (LM head included)
+    # Where decode reads the matrices as llama.cpp blocks (inference/quantize.py): "int8" or "q4_1",
+    # and their bytes; "" and 0 when they are in `dtype` like everything else.
+    weights: str = ""
+    matmul_bytes: int = 0
+
+    @property
+    def precision(self) -> str:
+        """What a student compares: float32, bfloat16, int8 or q4_1."""
+        return self.weights or self.dtype
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -190,7 +190,7 @@ class DtypeResult:
     def ratios(self) -> list[tuple[str, float, float, float]]:
         """Per dtype after the first: (dtype, weight-bytes ratio, decode speed-up, prefill speed-up)."""
         base = self.traces[0]
-        return [(t.model.dtype, base.model.weight_bytes / t.model.weight_bytes,
+        return [(t.model.precision, base.model.weight_bytes / t.model.weight_bytes,
                  base.summary.decode_ms_median / t.summary.decode_ms_median, base.summary.ttft_ms / t.summary.ttft_ms)
                 for t in self.traces[1:]]
 
@@ -198,7 +198,7 @@ class DtypeResult:
         parts = [f"{dtype}: {size:.1f}x fewer weight bytes, decode {_faster(decode)}, prefill {_faster(prefill)}"
                  for dtype, size, decode, prefill in self.ratios()]
         holds = all(decode > 1.1 for _, _, decode, _ in self.ratios())
-        return f"{'✔' if holds else '✘'} Against {self.traces[0].model.dtype}: " + "; ".join(parts) + "."
+        return f"{'✔' if holds else '✘'} Against {self.traces[0].model.precision}: " + "; ".join(parts) + "."
 
 
 def _faster(speedup: float) -> str:

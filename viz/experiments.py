@@ -7,6 +7,7 @@ import itertools
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from inference.trace import Trace
 from inference.verdicts import BatchResult, CacheRace, DtypeResult, SweepResult
 from inference.whatif import Estimate
 from viz.charts import DECODE, PREFILL
@@ -61,14 +62,35 @@ def batch_figure(result: BatchResult) -> go.Figure:
 
 
 def dtype_figure(result: DtypeResult) -> go.Figure:
-    dtypes = [t.model.dtype for t in result.traces]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("decode ms per token", "TTFT (ms)"))
-    fig.add_trace(go.Bar(x=dtypes, y=[t.summary.decode_ms_median for t in result.traces], marker_color=DECODE,
+    """Decode and prefill per format, and where each format's decode steps sit on the roofline:
+    fewer bytes per weight move the point right (more FLOPs per byte) and, while memory-bound, up."""
+    traces = result.traces
+    dtypes = [f"{t.model.precision}<br>{_bytes_per_weight(t):.2f} B/w" for t in traces]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("decode ms per token", "TTFT (ms)", "decode on the roofline"),
+                        column_widths=[0.3, 0.3, 0.4])
+    fig.add_trace(go.Bar(x=dtypes, y=[t.summary.decode_ms_median for t in traces], marker_color=DECODE,
                          name="decode"), row=1, col=1)
-    fig.add_trace(go.Bar(x=dtypes, y=[t.summary.ttft_ms for t in result.traces], marker_color=PREFILL,
+    fig.add_trace(go.Bar(x=dtypes, y=[t.summary.ttft_ms for t in traces], marker_color=PREFILL,
                          name="prefill"), row=1, col=2)
+    device = traces[0].device
+    xs = [0.1, device.ridge_intensity, 1000.0]
+    fig.add_trace(go.Scatter(x=xs, y=[min(device.peak_flops, x * device.peak_bytes_per_s) / 1e9 for x in xs],
+                             mode="lines", line=dict(color="#888"), name=f"float32 roof ({device.source})"), row=1, col=3)
+    for t, label in zip(traces, dtypes):
+        decode = t.decode_steps
+        intensity = sum(s.flops for s in decode) / sum(s.bytes for s in decode)
+        achieved = sum(s.flops for s in decode) / (sum(s.ms for s in decode) / 1e3)
+        fig.add_trace(go.Scatter(x=[intensity], y=[achieved / 1e9], mode="markers+text", text=[t.model.precision],
+                                 textposition="top center", marker=dict(color=DECODE, size=10), name=label), row=1, col=3)
+    fig.update_xaxes(type="log", title_text="FLOPs per byte (cost model)", row=1, col=3)
+    fig.update_yaxes(type="log", title_text="GFLOP/s", row=1, col=3)
     fig.update_layout(**_LAYOUT, showlegend=False)
     return fig
+
+
+def _bytes_per_weight(trace: Trace) -> float:
+    m = trace.model
+    return m.matmul_bytes / m.matmul_params if m.matmul_bytes else m.weight_bytes / m.params
 
 
 def whatif_table_html(estimates: list[Estimate], note: str) -> str:

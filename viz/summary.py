@@ -40,7 +40,7 @@ def headline_html(trace: Trace) -> str:
               "of the memory roof (bytes from the cost model)"),
     ]
     why = "; ".join(d for d in (trace.device.dtype_choice, trace.device.arithmetic) if d)
-    note = f'<div class="ps-why">{html.escape(trace.model.dtype)}: {html.escape(why)}</div>' if why else ""
+    note = f'<div class="ps-why">{html.escape(trace.model.precision)}: {html.escape(why)}</div>' if why else ""
     return f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>{note}'
 
 
@@ -108,11 +108,15 @@ def done_status_html(trace: Trace, note: str = "") -> str:
 
 def model_status_html(model: ModelInfo, device: DeviceInfo, kernel_note: str = "") -> str:
     """What runs and why: the model, its dtype and why it was chosen, how products are computed."""
-    text = (f"{model.name}: {model.params / 1e6:,.0f}M parameters, {model.dtype}, {model.weight_bytes / 1e6:,.0f} MB "
+    text = (f"{model.name}: {model.params / 1e6:,.0f}M parameters, {_precision(model)}, {model.weight_bytes / 1e6:,.0f} MB "
             f"of weights, on {device.type} ({device.name})")
     details = [d for d in (device.dtype_choice, device.arithmetic, kernel_note) if d]
     items = "".join(f"<li>{html.escape(d)}</li>" for d in details)
     return f'<div class="ps-status ps-done ps-engine">{html.escape(text)}{f"<ul>{items}</ul>" if items else ""}</div>'
+
+
+def _precision(model: ModelInfo) -> str:
+    return f"{model.weights} weights (computed in {model.dtype})" if model.weights else model.dtype
 
 
 def error_html(message: str) -> str:
