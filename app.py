@@ -135,7 +135,7 @@ def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) ->
 def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                    kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
                    chat: bool = False, forget: bool = False, conversation: Conversation | None = None,
-                   remote: str = "") -> Iterator[tuple]:
+                   remote: str = "", attention: bool = False) -> Iterator[tuple]:
     """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S. With
     `chat`, the prompt continues the session's conversation, reusing its cache unless `forget`.
     With `remote` (one of the operator's endpoint names), the run goes to that serving engine."""
@@ -147,7 +147,7 @@ def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p
     conversation = conversation if chat else None
     received = time.perf_counter()
     settings, ids = _prompt_and_settings(engine, prompt, conversation, max_new_tokens, temperature, top_p, seed,
-                                         kv_cache, batch_size, kernel)
+                                         kv_cache, batch_size, kernel, attention)
     tokenized = time.perf_counter()
     cancel.clear()
     seq = itertools.count()
@@ -546,6 +546,9 @@ def build_demo() -> gr.Blocks:
                             kernel = gr.Radio([("fast: fused decode kernels on every core", "fast"),
                                                ("eager: plain PyTorch (the reference)", "eager")], value="fast",
                                               label="Decode kernel (CPU)")
+                            attention = gr.Checkbox(False, elem_id="ps-attention",
+                                                    label="Record attention (where each step looks; runs eager "
+                                                          "attention on plain PyTorch: slower)")
                         with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
                             speed = gr.Slider(0.1, 1.0, value=0.5, step=0.1, label="Replay speed (x real time)", elem_id="ps-speed")
                             replay_button = gr.Button("Replay", elem_id="ps-replay")
@@ -568,7 +571,7 @@ def build_demo() -> gr.Blocks:
                 class_timer = gr.Timer(1.0, active=False)
         outputs = [dashboard, status, headline, text, trace_state]
         run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel, chat, forget,
-                      conversation, engine_choice]
+                      conversation, engine_choice, attention]
         # Up to a full batch of runs at once (they share decode steps, inference/batching.py), or one
         # at a time in solo mode: the limit is the queue's default, set at launch from the config.
         runs_queue = dict(concurrency_limit="default", concurrency_id="runs")

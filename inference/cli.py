@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     run.add_argument("--top-p", type=float, default=1.0)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--attention-map", action="store_true",
+                     help="record each step's attention over the sequence (in the --json trace; runs eager attention)")
     run.add_argument("--perfetto", type=Path, metavar="OUT.json",
                      help="also write the run as Chrome trace-event JSON (open it in ui.perfetto.dev)")
     _remote(run)
@@ -107,7 +109,8 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
     return GenerationSettings(max_new_tokens=args.max_new_tokens, kv_cache=not getattr(args, "no_kv_cache", False),
                               batch_size=getattr(args, "batch_size", 1), temperature=getattr(args, "temperature", 0.0),
                               top_p=getattr(args, "top_p", 1.0), seed=getattr(args, "seed", 0),
-                              kernel=getattr(args, "kernel", "fast"))
+                              kernel="eager" if getattr(args, "attention_map", False) else getattr(args, "kernel", "fast"),
+                              attention_map=getattr(args, "attention_map", False))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from inference.attention_map import AttentionRecorder, attention_modules, recording_attention
 from inference.cost_model import StepCost, step_cost
 from inference.device import device_info
 from inference.cpu_quota import fit_threads_to_quota
@@ -137,6 +138,7 @@ class GenerationRun:
         # Prompt tokens served from the reused cache (prefix caching): the prefill computes the rest.
         self.reused_tokens = 0
         self._held: tuple[torch.Tensor, Any] | None = None     # (sequence, cache) after the latest step
+        self._attention: AttentionRecorder | None = None        # with settings.attention_map
         self._steps_iter = self._run()
 
     def __iter__(self) -> Iterator[Step]:
@@ -171,8 +173,10 @@ class GenerationRun:
         model = engine.loaded.model
         with engine.lock, torch.inference_mode(), \
                 LayerTimer(model, engine.loaded.info.layers, engine.loaded.device, self.instrument, self.cancel) as timer, \
-                engine.fast_path(settings, timer):
+                engine.fast_path(settings, timer), \
+                (recording_attention(model) if settings.attention_map else contextlib.nullcontext()) as attention:
             self.timer = timer
+            self._attention = attention
             self.prefill_start = time.perf_counter()
             generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
             stream = TextStream(engine.loaded.tokenizer)
@@ -246,7 +250,8 @@ class GenerationRun:
         kernel = self.engine.kernel if self.settings.kernel == "fast" else None
         blocks = kernel is not None and tokens_in * self.settings.batch_size <= kernel.MAX_ROWS
         cost = step_cost(info, self.settings.batch_size, tokens_in, past, blocks)
-        return make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size)
+        step = make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size)
+        return dataclasses.replace(step, attention=self._attention.take()) if self._attention is not None else step
 
 
 def make_step(index: int, tokens_in: int, context_len: int, times: StepTimes, cache: Any, cost: StepCost, token: int,
@@ -301,8 +306,11 @@ class Engine:
         `stop_at_eos=False` always generates max_new_tokens (for fair timing); `reuse`: the last
         turn's cache, whose shared prefix this prompt does not compute again."""
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
-        if settings.kernel == "fast" and not self.fast_kernels:
-            settings = dataclasses.replace(settings, kernel="eager")     # the trace says what really ran
+        if settings.attention_map:
+            attention_modules(self.loaded.model)          # ValueError now, for a model it cannot record
+        if settings.kernel == "fast" and (not self.fast_kernels or settings.attention_map):
+            # The trace says what really ran: recording attention needs PyTorch's eager attention.
+            settings = dataclasses.replace(settings, kernel="eager")
         return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos, reuse)
 
     def warm_up(self) -> None:

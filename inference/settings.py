@@ -23,6 +23,7 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     kernel: str = "fast"            # "fast": multi-core decode kernel where available; "eager": plain PyTorch
+    attention_map: bool = False     # record each step's attention weights (runs eager attention: slower)
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
@@ -30,6 +31,8 @@ class GenerationSettings:
         _check_int("seed", self.seed, 0, 2**63 - 1)
         if not isinstance(self.kv_cache, bool):
             raise ValueError(f"kv_cache must be true or false, got {self.kv_cache!r}")
+        if not isinstance(self.attention_map, bool):
+            raise ValueError(f"attention_map must be true or false, got {self.attention_map!r}")
         _check_float("temperature", self.temperature, 0.0, 10.0)
         _check_float("top_p", self.top_p, 0.0, 1.0)
         if self.kernel not in KERNELS:
@@ -43,12 +46,14 @@ class GenerationSettings:
 
     @classmethod
     def from_form(cls, max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any, kv_cache: Any,
-                  batch_size: Any, kernel: Any = "fast") -> GenerationSettings:
+                  batch_size: Any, kernel: Any = "fast", attention_map: Any = False) -> GenerationSettings:
         """Settings from a form or an API call, where numbers may come as floats or strings
-        ("64", 64.0): whole numbers are accepted as such; anything else raises ValueError."""
+        ("64", 64.0): whole numbers are accepted as such; anything else raises ValueError. Recording
+        attention runs the eager path (the fused kernel does not hand its weights out)."""
         return cls(max_new_tokens=_whole("max_new_tokens", max_new_tokens), temperature=_real("temperature", temperature),
                    top_p=_real("top_p", top_p), seed=_whole("seed", seed), kv_cache=kv_cache,
-                   batch_size=_whole("batch_size", batch_size), kernel=kernel)
+                   batch_size=_whole("batch_size", batch_size), kernel="eager" if attention_map is True else kernel,
+                   attention_map=attention_map)
 
 
 def _real(name: str, value: Any) -> float:

@@ -99,6 +99,9 @@ class Step:
     # Tokens this step produced per sequence: 1 in the embedded engine; a remote engine's streamed
     # chunk (inference/remote.py), one step as a client sees it, may carry several.
     tokens_out: int = 1
+    # With the attention-map switch: the weights this step's newest token put on each position of
+    # the sequence (mean over heads and layers; they sum to 1). Empty otherwise.
+    attention: tuple[float, ...] = ()
 
     @property
     def intensity(self) -> float:

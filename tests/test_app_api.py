@@ -49,3 +49,10 @@ def test_a_conversation_on_the_page_reuses_its_cache_turn_after_turn(app_url: st
     assert "turn 3: 0 of" in third[1], "forgetting the cache must prefill everything"
     client.predict(api_name="/new_conversation")
     assert "turn 1:" in turn("What is 2 + 2?")[1]
+
+
+def test_recording_attention_on_the_page_fills_its_chart(client: Client) -> None:
+    dashboard, status, headline, text = client.predict("What is the capital of France?", 12, 0, 1, 0, True, 1, "fast",
+                                                       False, False, "", True, api_name="/run")[:4]
+    assert "Paris" in text and "Done" in status
+    assert "of them hold half" in dashboard

@@ -290,6 +290,57 @@ def _log10(x: float) -> float:
     return math.log10(x)
 
 
+# Attention over the sequence -------------------------------------------------------------------
+
+def _attention_base(trace: Trace) -> go.Figure:
+    fig = go.Figure([go.Heatmap(x=[], z=[], transpose=True, colorscale="Magma", reversescale=True, zmin=0,
+                                colorbar=dict(title="share of<br>attention", thickness=12),
+                                hovertemplate="step %{x}, position %{y}: %{z:.3f}<extra></extra>")])
+    return _layout(fig, "step (0 = prefill: the last prompt token's view)", "position in the sequence", showlegend=False)
+
+
+def _attention_columns(trace: Trace, start: int) -> Columns:
+    steps = trace.steps[start:]
+    return {0: {"x": [s.index for s in steps], "z": [list(s.attention) for s in steps]}}
+
+
+def _attention_overlay(trace: Trace) -> dict[str, Any]:
+    """Every step reads every cached position; say how few of them hold the mass. The colour scale
+    stops at the largest weight off position 0, which often takes far more (an "attention sink")."""
+    rows = [s.attention for s in trace.steps if s.attention]
+    if not rows:
+        return {}
+    last = rows[-1]
+    half, most = mass_positions(last, 0.5), mass_positions(last, 0.9)
+    cap = max((max(r[1:]) for r in rows if len(r) > 1), default=1.0) or 1.0
+    text = (f"the last step read the keys and values of all {len(last)} positions;<br>{half} of them hold half "
+            f"of its attention, {most} hold 90%")
+    return {"restyle": {"zmax": [cap], "zauto": [False]},
+            "layout": {"margin": {"t": 44},
+                       "annotations": [dict(xref="paper", yref="paper", x=0, y=1.01, xanchor="left", yanchor="bottom",
+                                            showarrow=False, align="left", text=text, font=dict(size=12))]}}
+
+
+def mass_positions(weights: tuple[float, ...], share: float) -> int:
+    """How many positions hold `share` of the attention mass (the fewest that do)."""
+    target, total, count = share * sum(weights), 0.0, 0
+    for w in sorted(weights, reverse=True):
+        if total >= target:
+            break
+        total += w
+        count += 1
+    return count
+
+
+def _attention_unavailable(trace: Trace) -> str:
+    if trace.remote:
+        return "A remote engine does not publish its attention weights."
+    if not trace.settings.attention_map:
+        return ("Turn on <b>Record attention</b> in Settings to see where each step's attention goes<br>"
+                "(it runs PyTorch's eager attention, which is slower: the weights must exist as a tensor).")
+    return ""
+
+
 def _layers_unavailable(trace: Trace) -> str:
     return "A remote engine does not publish per-layer times:<br>this chart needs the embedded engine." \
         if trace.remote else ""
@@ -318,4 +369,6 @@ CHARTS: tuple[Chart, ...] = (
     Chart("roofline", "Roofline", _roofline_base, _roofline_columns, _no_overlay, _roofline_unavailable),
     Chart("rhythm", "Decode rhythm: inter-token latency (ITL) and TPOT", _rhythm_base, _rhythm_columns,
           _rhythm_overlay),
+    Chart("attention", "Attention over the sequence: what each step reads against what it uses", _attention_base,
+          _attention_columns, _attention_overlay, _attention_unavailable),
 )
