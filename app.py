@@ -406,6 +406,15 @@ def experiment_dtype(claims: dict, progress: gr.Progress = gr.Progress()) -> tup
         viz_experiments.dtype_figure, claims, progress)
 
 
+@gpu
+def experiment_chunks(long_prompt: float, chunk: float, streams: float, claims: dict,
+                      progress: gr.Progress = gr.Progress()) -> tuple:
+    engine = get_engine()
+    return _experiment("chunks", lambda p: experiments.run_chunked_prefill(engine, int(long_prompt), int(chunk),
+                                                                           int(streams), p),
+                       viz_experiments.chunk_figure, claims, progress)
+
+
 def explain_roofline(trace_json: str | None, claims: dict) -> tuple:
     if not trace_json:
         raise gr.Error("Run a prompt on the Live run tab first: this reads its measurements.", print_exception=False)
@@ -486,7 +495,20 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State, engine_choice
             button = gr.Button("Compare the bytes per weight", variant="primary")
             plot, verdict = result_area()
             button.click(experiment_dtype, [claims], [plot, verdict, claims, panel], api_name="dtype", **engine_queue)
-        with gr.Tab("6 · Big models"):
+        with gr.Tab("6 · Chunked prefill"):
+            gr.Markdown("A few runs stream together in the shared batch; then a long prompt joins. Its prefill runs "
+                        "once whole (every stream stalls for the whole pause) and once in chunks between the batch's "
+                        "decode steps (the streams stall a little, many times; the long prompt waits longer for its "
+                        "first token). This sets the chunk for this experiment only; the server's own setting is "
+                        "`--prefill-chunk`.")
+            long_prompt = gr.Slider(256, 2048, value=1024, step=128, label="long prompt (tokens)")
+            chunk_size = gr.Slider(32, 512, value=128, step=32, label="chunk (tokens)")
+            streams = gr.Slider(1, 8, value=4, step=1, label="streaming runs")
+            button = gr.Button("Let the long prompt in", variant="primary")
+            plot, verdict = result_area()
+            button.click(experiment_chunks, [long_prompt, chunk_size, streams, claims], [plot, verdict, claims, panel],
+                         api_name="chunks", **engine_queue)
+        with gr.Tab("7 · Big models"):
             gr.Markdown("What the same arithmetic predicts for large models on large GPUs: **estimates** from public "
                         "configs and datasheet peaks, not measurements.")
             models = gr.CheckboxGroup(list(PRESETS), value=["Llama-3.1-8B", "Llama-3.1-70B"], label="models")

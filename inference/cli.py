@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     dtypes.add_argument("--dtypes", type=lambda text: [d.strip() for d in text.split(",") if d.strip()],
                         default=["float32", "bfloat16", "int8", "q4_1"], help="comma-separated, widest first")
     _common(dtypes, default_new_tokens=24)
+    chunks = commands.add_parser("chunks", help="a long prompt joins streaming runs: its prefill whole, then in chunks")
+    chunks.add_argument("--prompt-tokens", type=int, default=1024, help="the long prompt")
+    chunks.add_argument("--chunk", type=int, default=128, help="prompt tokens per prefill chunk")
+    chunks.add_argument("--streams", type=int, default=4, help="runs streaming when it joins")
+    _common(chunks, default_new_tokens=64)
     chat = commands.add_parser("chat", help="a conversation whose turns reuse the KV cache of the turns before")
     chat.add_argument("--turn", action="append", required=True, metavar="TEXT", help="one user message (repeat it)")
     chat.add_argument("--no-reuse", action="store_true", help="forget the cache between turns, to compare")
@@ -97,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"run": _run, "sweep": _sweep, "race": _race, "batch": _batch, "dtype": _dtype, "whatif": _whatif,
-                    "chat": _chat}
+                    "chat": _chat, "chunks": _chunks}
         return commands[args.command](args)
     except ValueError as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
@@ -283,6 +288,19 @@ def _batch(args: argparse.Namespace) -> int:
     print(result.verdict())
     if args.json:
         _write(args.json, sweep_to_json(list(result.traces), indent=1))
+    return 0
+
+
+def _chunks(args: argparse.Namespace) -> int:
+    from inference.engine import load_engine
+    from inference.experiments import run_chunked_prefill
+
+    _check_prompt_tokens([args.prompt_tokens])
+    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    result = run_chunked_prefill(engine, args.prompt_tokens, args.chunk, args.streams)
+    print(result.verdict())
+    if args.json:
+        _write(args.json, sweep_to_json([*result.off, *result.on], indent=1))
     return 0
 
 

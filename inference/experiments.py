@@ -12,7 +12,7 @@ from inference.prompts import fixed_length_prompt_ids
 from inference.remote import RemoteClient, remote_sweep
 from inference.settings import GenerationSettings
 from inference.trace import Trace
-from inference.verdicts import BatchResult, CacheRace, DtypeResult, SweepResult
+from inference.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SweepResult
 
 Progress = Callable[[float, str], None]
 
@@ -58,6 +58,38 @@ def run_remote_sweep(client: RemoteClient, tokenizer: Any, prompt_tokens: list[i
         traces.append(trace)
         progress((i + 1) / len(texts), f"prompt of {trace.prompt_tokens} tokens done")
     return SweepResult(tuple(traces))
+
+
+def run_chunked_prefill(engine: Engine, long_prompt: int = 1024, chunk: int = 128, streams: int = 4,
+                        progress: Progress = _quiet) -> ChunkResult:
+    """`streams` runs decode together on a batch server of their own; when they have streamed a
+    few tokens, a `long_prompt`-token prompt joins. Once with its prefill whole, once in chunks of
+    `chunk` tokens between the batch's decode steps. Needs the fused CPU kernel (continuous batching)."""
+    from inference.background import CancelFlag, EngineThread
+    from inference.batching import BatchServer
+
+    engine.check_fits(long_prompt, 4)
+    if chunk < 1 or streams < 1:
+        raise ValueError("the chunk and the number of streaming runs must be at least 1")
+    sides = []
+    for i, size in enumerate((0, chunk)):
+        server = BatchServer(engine, EngineThread(), prefill_chunk=size)
+        if not server.can_batch(GenerationSettings()):
+            raise ValueError("chunked prefill needs the shared batch, which needs the fused CPU decode kernel")
+        tokenizer = engine.loaded.tokenizer
+        runs = [server.submit(fixed_length_prompt_ids(tokenizer, 32 + j), GenerationSettings(max_new_tokens=64),
+                              CancelFlag()) for j in range(streams)]
+        runs[0].wait_for_steps(8, 120)                      # streaming together from here
+        late = server.submit(fixed_length_prompt_ids(tokenizer, long_prompt), GenerationSettings(max_new_tokens=4),
+                             CancelFlag())
+        for run in [*runs, late]:
+            while not run.done:
+                run.wait_for_steps(len(run.steps), 5.0)
+            if run.error is not None:
+                raise run.error
+        sides.append((runs[0].trace(), late.trace()))
+        progress((i + 1) / 2, "prefill in chunks done" if size else "prefill whole done")
+    return ChunkResult(chunk, sides[0], sides[1])
 
 
 def run_cache_race(engine: Engine, prompt_tokens: int = 64, new_tokens: int = 48,

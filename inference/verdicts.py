@@ -204,3 +204,30 @@ class DtypeResult:
 def _faster(speedup: float) -> str:
     """A speed-up as a student reads it: 1.38x faster, or 3.2x slower (never "0.31x faster")."""
     return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """Chunked prefill: runs stream while a long prompt joins the shared batch, its prefill whole
+    (`off`) and in chunks (`on`). Each side holds a streaming run's trace and the long run's."""
+    chunk: int
+    off: tuple[Trace, Trace]
+    on: tuple[Trace, Trace]
+
+    @staticmethod
+    def worst_step_ms(stream: Trace) -> float:
+        """The streaming run's slowest decode step: the one the long prefill held up."""
+        return max(s.ms for s in stream.decode_steps)
+
+    @property
+    def holds(self) -> bool:
+        """Chunks make the others' worst step clearly smaller, at the price of the long run's TTFT."""
+        return self.worst_step_ms(self.off[0]) > 1.5 * self.worst_step_ms(self.on[0])
+
+    def verdict(self) -> str:
+        off, on = self.worst_step_ms(self.off[0]), self.worst_step_ms(self.on[0])
+        long_off, long_on = self.off[1].summary.ttft_ms, self.on[1].summary.ttft_ms
+        return (f"{'✔' if self.holds else '✘'} While a {self.off[1].prompt_tokens:,}-token prompt joined, the streaming "
+                f"runs' worst step took {off:,.0f} ms with its prefill whole and {on:,.0f} ms with chunks of "
+                f"{self.chunk} ({off / on:.1f}x smaller); the long prompt's first token came after {long_on:,.0f} ms "
+                f"instead of {long_off:,.0f} ms: chunks trade its wait for everyone else's smooth stream.")

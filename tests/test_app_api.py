@@ -56,3 +56,8 @@ def test_recording_attention_on_the_page_fills_its_chart(client: Client) -> None
                                                        False, False, "", True, api_name="/run")[:4]
     assert "Paris" in text and "Done" in status
     assert "of them hold half" in dashboard
+
+
+def test_the_chunked_prefill_experiment_runs_from_the_page(client: Client) -> None:
+    _, verdict, panel = client.predict(512, 64, 2, api_name="/chunks")
+    assert "chunks of 64" in verdict and "keeps everyone else's stream smooth" in panel

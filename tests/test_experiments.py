@@ -104,3 +104,18 @@ def test_the_batch_where_decode_turns_compute_bound_is_one_computation() -> None
     # About 2 FLOPs per 2-byte weight per sequence, so near the ridge (FLOPs per byte) in sequences;
     # attention over 4096 positions adds FLOPs, so a little before it.
     assert 0.7 * ridge < e.compute_bound_batch <= ridge
+
+
+def test_chunked_prefill_shrinks_the_others_worst_step_at_the_long_prompts_cost(real_engine) -> None:
+    from inference.experiments import run_chunked_prefill
+    from viz.experiments import chunk_figure
+
+    result = run_chunked_prefill(real_engine, long_prompt=768, chunk=64, streams=2)
+    for stream, late in (result.off, result.on):
+        assert stream.serving == "batched" and late.prompt_tokens == 768
+        assert max(s.foreign_prefill_tokens for s in stream.steps) > 0, "the long prefill ran inside its steps"
+    # Whole, one step of the streaming run absorbs the entire prompt; in chunks, no step holds more than one chunk.
+    assert max(s.foreign_prefill_tokens for s in result.off[0].steps) == 768
+    assert max(s.foreign_prefill_tokens for s in result.on[0].steps) <= 64
+    assert result.verdict().startswith(("✔", "✘")) and "chunks of 64" in result.verdict()
+    assert len(chunk_figure(result).data) == 4

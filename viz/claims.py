@@ -9,6 +9,7 @@ CLAIMS = {
     "batch": "Decode is memory-bound, so batching is nearly free.",
     "roofline": "Prefill is compute-bound, decode is bandwidth-bound.",
     "dtype": "Bytes per weight set decode speed.",
+    "chunks": "A long prefill in chunks keeps everyone else's stream smooth, at its own first token's cost.",
 }
 
 

@@ -8,9 +8,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from inference.trace import Trace
-from inference.verdicts import BatchResult, CacheRace, DtypeResult, SweepResult
+from inference.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SweepResult
 from inference.whatif import Estimate
-from viz.charts import DECODE, PREFILL
+from viz.charts import DECODE, OTHERS, PREFILL
 
 _LAYOUT = dict(height=340, margin=dict(l=60, r=60, t=40, b=50), paper_bgcolor="rgba(0,0,0,0)",
                plot_bgcolor="rgba(0,0,0,0)", font=dict(size=13), legend=dict(orientation="h", y=1.12, x=0))
@@ -91,6 +91,24 @@ def dtype_figure(result: DtypeResult) -> go.Figure:
 def _bytes_per_weight(trace: Trace) -> float:
     m = trace.model
     return m.matmul_bytes / m.matmul_params if m.matmul_bytes else m.weight_bytes / m.params
+
+
+def chunk_figure(result: ChunkResult) -> go.Figure:
+    """A streaming run's decode steps while the long prompt joined, with its prefill whole and in
+    chunks; beside them, what each side cost whom."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("a streaming run's decode steps (ms)", "who waits (ms)"),
+                        column_widths=[0.6, 0.4])
+    sides = (("prefill whole", result.off, OTHERS), (f"chunks of {result.chunk}", result.on, DECODE))
+    for name, (stream, _), colour in sides:
+        steps = stream.decode_steps
+        fig.add_trace(go.Scatter(x=[s.index for s in steps], y=[s.ms for s in steps], mode="lines+markers", name=name,
+                                 marker=dict(size=4, color=colour), line=dict(color=colour)), row=1, col=1)
+    for name, (stream, late), colour in sides:
+        fig.add_trace(go.Bar(x=["their worst step", "long prompt's TTFT"], name=name, marker_color=colour,
+                             y=[ChunkResult.worst_step_ms(stream), late.summary.ttft_ms], showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="step", row=1, col=1)
+    fig.update_layout(**_LAYOUT, barmode="group")
+    return fig
 
 
 def whatif_table_html(estimates: list[Estimate], note: str) -> str:
