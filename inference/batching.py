@@ -9,7 +9,8 @@ shared it (`batch_rows`, its own when alone), and the other runs' prompt tokens 
 in the same engine step (`foreign_prefill_tokens`) with the time they took (`waited_ms`, part of
 its time). A run alone on the server is recorded as it would be alone.
 
-`BatchServer` decides (whom to admit, when to stop); `FusedStack.decode` executes a shared step.
+`inference/scheduler.py` decides (whom to admit, how a prompt is cut into pieces), `BatchServer`
+carries it out on the engine thread, and `FusedStack.decode` executes a shared step.
 Runs that cannot share a step (no KV cache, the eager kernel, a model or device without the fused
 kernel) run alone through GenerationRun, as before.
 """
@@ -27,6 +28,7 @@ from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
 from inference.engine import Engine, TextStream, eos_ids, make_step, sample
 from inference.fast_path import FusedStack, fast_forwards
+from inference.scheduler import Ask, Limits, admissible, piece_end, refusal
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import ClassSnapshot, RunSpan, StopReason, Step, Trace
@@ -124,10 +126,14 @@ class BatchServer:
         self._recent: collections.deque[BatchRun] = collections.deque(maxlen=200)     # for the class view
         self._step_log: collections.deque[tuple[float, int]] = collections.deque(maxlen=5000)
 
-    def kv_bytes(self, run: BatchRun) -> int:
-        """The most a run's KV cache can hold: every row at its full length."""
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_rows, self.kv_budget)
+
+    def ask(self, run: BatchRun) -> Ask:
+        """What the run needs: its rows, and the most its KV cache can hold (every row at full length)."""
         length = len(run.prompt_ids) + run.settings.max_new_tokens
-        return run.rows * length * self.engine.loaded.info.kv_bytes_per_token
+        return Ask(run.rows, run.rows * length * self.engine.loaded.info.kv_bytes_per_token)
 
     def position(self, run: BatchRun) -> int:
         """1 for the next run to be admitted, 2 for the one after...; 0 once admitted."""
@@ -147,9 +153,9 @@ class BatchServer:
         never fit the KV budget)."""
         self.engine.check_fits(len(prompt_ids), settings.max_new_tokens)
         run = BatchRun(self, list(prompt_ids), settings, cancel, prompt, max_seconds)
-        if self.kv_bytes(run) > self.kv_budget:
-            raise ValueError(f"this run's KV cache could grow to {self.kv_bytes(run) / 1e9:.2f} GB, more than this "
-                             f"server's budget of {self.kv_budget / 1e9:.2f} GB: ask for fewer tokens or copies")
+        refused = refusal(self.ask(run), self.limits)
+        if refused:
+            raise ValueError(refused)
         with self._lock:
             self._waiting.append(run)
             self._recent.append(run)
@@ -208,14 +214,10 @@ class BatchServer:
         (or its first chunk). Returns them; `waited` gathers, for every run, the other runs' prompt
         tokens prefilled before its next decode step and the time that took."""
         admitted: list[BatchRun] = []
-        rows = sum(run.rows for run in active)
-        kv = sum(self.kv_bytes(run) for run in active)
         while True:
             with self._lock:
-                if not self._waiting:
-                    return admitted
-                head = self._waiting[0]
-                if rows + head.rows > self.max_rows or kv + self.kv_bytes(head) > self.kv_budget:
+                inside = [self.ask(run) for run in [*active, *admitted]]
+                if not self._waiting or not admissible(inside, [self.ask(self._waiting[0])], self.limits):
                     return admitted
                 run = self._waiting.popleft()
             if run.cancel.is_set():
@@ -224,8 +226,6 @@ class BatchServer:
             self._prefill_piece(run, timer, [*active, *admitted], waited)
             if not run.done:
                 admitted.append(run)
-                rows += run.rows
-                kv += self.kv_bytes(run)
             if run.prefill_end is None:     # prefilling in chunks: the batch decodes before the next one
                 return admitted
 
@@ -242,7 +242,7 @@ class BatchServer:
             run.finished_rows = torch.zeros(run.rows, dtype=torch.bool, device=device)
             run.prefilled, run.piece_times = 0, []
             run.prefill_start = time.perf_counter()
-        end = len(run.prompt_ids) if not self.prefill_chunk else min(len(run.prompt_ids), run.prefilled + self.prefill_chunk)
+        end = piece_end(run.prefilled, len(run.prompt_ids), self.prefill_chunk)
         ids = torch.tensor([run.prompt_ids[run.prefilled:end]] * run.rows, device=device)
         timer.cancel, run.timer = run.cancel, timer
         timer.start_step()
