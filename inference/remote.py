@@ -7,8 +7,10 @@ The first chunk with text ends the "prefill" step (time to first token as a clie
 network, the engine's queue and its prefill); every later chunk is one "decode" step.
 
 Measured from inside, where the engine tells: the final chunk's `usage` (OpenAI), llama.cpp's
-`timings` (`prompt_n`, `prompt_ms`, `predicted_n`, `predicted_ms`, `cache_n`) and vLLM's Prometheus
-`/metrics` (read before and after the run; the difference is this run's share when it ran alone).
+`timings` (`prompt_n`, `prompt_ms`, `predicted_n`, `predicted_ms`, `cache_n`), Ollama's durations
+(only its native `/api/chat` stream has them, so an Ollama server, recognised by `/api/version`, is
+read through that one) and vLLM's Prometheus `/metrics` (read before and after the run; the
+difference is this run's share when it ran alone).
 
 Endpoints come from the server's operator (`PHASESCOPE_REMOTE=name=url,...` or `app.py --remote`),
 never from a visitor: the page must not become a proxy to arbitrary addresses.
@@ -101,6 +103,7 @@ class RemoteClient:
     def __init__(self, endpoint: RemoteEndpoint, chunk_timeout_s: float = CHUNK_TIMEOUT_S):
         self.endpoint = endpoint
         self.timeout = httpx.Timeout(chunk_timeout_s, connect=CONNECT_TIMEOUT_S)
+        self._ollama: bool | None = None
 
     def _fail(self, what: str) -> RemoteError:
         return RemoteError(f"The remote engine {self.endpoint.name!r} ({self.endpoint.root}) {what}")
@@ -127,10 +130,27 @@ class RemoteClient:
             return {}
         return parse_prometheus(response.text) if response.status_code == 200 else {}
 
+    def is_ollama(self) -> bool:
+        """Ollama answers GET /api/version; its own stream (not its OpenAI one) carries its durations."""
+        if self._ollama is None:
+            try:
+                response = httpx.get(f"{self.endpoint.root}/api/version", timeout=self.timeout)
+                self._ollama = response.status_code == 200 and "version" in response.json()
+            except (httpx.HTTPError, ValueError):
+                self._ollama = False
+        return self._ollama
+
     def stream_chat(self, model: str, messages: list[dict[str, str]], settings: GenerationSettings,
                     cancel: Any) -> Iterator[Chunk | StreamEnd]:
-        """POST /v1/chat/completions with stream=true; yields each Chunk with text as it arrives, then
-        one StreamEnd. Raises RemoteError for anything but a well-formed, finished stream."""
+        """POST /v1/chat/completions with stream=true (Ollama: its native /api/chat); yields each
+        Chunk with text as it arrives, then one StreamEnd. Raises RemoteError for anything but a
+        well-formed, finished stream."""
+        if self.is_ollama():
+            try:
+                yield from self._ollama_stream(model, messages, settings, cancel)
+            except httpx.HTTPError as exc:
+                raise self._fail(f"{_reason(exc)}") from None
+            return
         body = request_body(model, messages, settings)
         try:
             try:
@@ -169,6 +189,46 @@ class RemoteClient:
                     if chunk is not None:
                         yield chunk
         raise self._fail("ended its stream before saying it was done (no [DONE]): the connection was cut")
+
+    def _ollama_stream(self, model: str, messages: list[dict[str, str]], settings: GenerationSettings,
+                       cancel: Any) -> Iterator[Chunk | StreamEnd]:
+        """Ollama's /api/chat: one JSON object per line, the last with `done` and the request's
+        durations in nanoseconds, kept as llama.cpp-style `timings` (the figures are the same kind)."""
+        body = {"model": model, "messages": messages, "stream": True,
+                "options": {"temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
+                            "num_predict": settings.max_new_tokens}}
+        with httpx.Client(timeout=self.timeout) as client:
+            with client.stream("POST", f"{self.endpoint.root}/api/chat", json=body) as response:
+                if response.status_code != 200:
+                    detail = response.read().decode(errors="replace")[:300]
+                    raise self._fail(f"refused the request: HTTP {response.status_code} {detail}")
+                for line in response.iter_lines():
+                    if cancel.is_set():
+                        yield StreamEnd("cancelled")
+                        return
+                    if not line.strip():
+                        continue
+                    arrived = time.perf_counter()
+                    try:
+                        message = json.loads(line)
+                    except ValueError:
+                        raise self._fail(f"sent a line that is not JSON: {line[:80]!r}") from None
+                    if not isinstance(message, dict) or "error" in message:
+                        raise self._fail(f"reported an error: {message.get('error') if isinstance(message, dict) else line[:80]}")
+                    if message.get("done"):
+                        ms = lambda key: message[key] / 1e6 if isinstance(message.get(key), (int, float)) else None
+                        timings = {"prompt_n": message.get("prompt_eval_count"), "prompt_ms": ms("prompt_eval_duration"),
+                                   "predicted_n": message.get("eval_count"), "predicted_ms": ms("eval_duration"),
+                                   "load_ms": ms("load_duration")}
+                        usage = {"prompt_tokens": message.get("prompt_eval_count"),
+                                 "completion_tokens": message.get("eval_count")}
+                        yield StreamEnd(str(message.get("done_reason") or "stop"), usage=usage,
+                                        timings={k: v for k, v in timings.items() if v is not None})
+                        return
+                    text = (message.get("message") or {}).get("content") or ""
+                    if text:
+                        yield Chunk(arrived, str(text), 1, False)
+        raise self._fail("ended its stream before saying it was done (no done: true): the connection was cut")
 
     def _parse(self, data: str, end: StreamEnd) -> Chunk | None:
         arrived = time.perf_counter()
@@ -265,7 +325,8 @@ def inside_figures(before: dict[str, float], after: dict[str, float], end: Strea
     what the engine sent; nothing estimated."""
     report: dict[str, float] = {}
     names = {"prompt_n": "prompt tokens (engine)", "prompt_ms": "engine prefill ms", "cache_n": "prefix cache hit tokens",
-             "predicted_n": "generated tokens (engine)", "predicted_ms": "engine decode ms"}
+             "predicted_n": "generated tokens (engine)", "predicted_ms": "engine decode ms",
+             "load_ms": "engine model load ms"}
     for key, name in names.items():
         value = end.timings.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:

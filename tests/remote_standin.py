@@ -21,7 +21,8 @@ from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data"
 
-BEHAVIOURS = ("replay", "http500", "not-json", "no-choices", "cut", "silent", "liar", "error-chunk", "slow", "strict")
+BEHAVIOURS = ("replay", "http500", "not-json", "no-choices", "cut", "silent", "liar", "error-chunk", "slow", "strict",
+              "ollama")
 
 
 def load_recording(name: str) -> dict[str, Any]:
@@ -66,6 +67,19 @@ class StandIn:
             lines.insert(data[-1] + 1, (last, "data: " + json.dumps({"id": "x", "choices": [], "usage": usage})))
         return lines
 
+    def ollama_lines(self) -> str:
+        """The recording's text as Ollama's /api/chat would stream it (its documented shape, not a
+        recording of Ollama: no Ollama runs here), ending with its durations in nanoseconds."""
+        texts = [json.loads(line[6:])["choices"][0]["delta"].get("content") for _, line in self.recording["lines"]
+                 if line.startswith("data: {") and json.loads(line[6:])["choices"]]
+        lines = [{"model": self.recording["model"], "message": {"role": "assistant", "content": t}, "done": False}
+                 for t in texts if t]
+        lines.append({"model": self.recording["model"], "message": {"role": "assistant", "content": ""}, "done": True,
+                      "done_reason": "stop", "total_duration": 612_000_000, "load_duration": 21_000_000,
+                      "prompt_eval_count": 37, "prompt_eval_duration": 98_000_000, "eval_count": 8,
+                      "eval_duration": 480_000_000})
+        return "".join(json.dumps(line) + "\n" for line in lines)
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
@@ -84,7 +98,9 @@ class StandIn:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                if self.path == "/v1/models":
+                if self.path == "/api/version" and standin.behaviour == "ollama":
+                    self._send(200, '{"version": "0.12.0"}')
+                elif self.path == "/v1/models":
                     self._send(200, json.dumps({"object": "list", "data": [{"id": standin.recording["model"]}]}))
                 elif self.path == "/metrics" and standin.recording.get("metrics_after"):
                     # Before the first request the counters read as recorded before it, after it as after.
@@ -96,6 +112,9 @@ class StandIn:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 standin.requests.append(body)
+                if standin.behaviour == "ollama":
+                    self._send(200, standin.ollama_lines(), "application/x-ndjson")
+                    return
                 if standin.behaviour == "http500":
                     self._send(500, '{"error": {"message": "the engine is overloaded"}}')
                     return

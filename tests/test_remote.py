@@ -123,6 +123,18 @@ def test_a_server_that_knows_no_extras_is_asked_again_without_them(standin: Stan
     assert all(s.tokens_out == 1 for s in run.trace().steps), "without logprobs, one token per chunk"
 
 
+@pytest.mark.parametrize("standin", [("remote-vllm.json", "ollama")], indirect=True)
+def test_an_ollama_server_is_read_through_its_own_stream_for_its_durations(standin: StandIn) -> None:
+    run = run_on(standin.url)
+    assert run.error is None
+    trace = run.trace()
+    assert trace.text == "The capital of France is Paris." and trace.prompt_tokens == 37
+    assert trace.reported["engine prefill ms"] == 98.0 and trace.reported["engine decode ms"] == 480.0
+    assert trace.reported["engine model load ms"] == 21.0 and trace.reported["generated tokens (engine)"] == 8
+    request = standin.requests[0]
+    assert request["options"]["num_predict"] == 24 and request["stream"]
+
+
 def test_an_unreachable_server_is_said_plainly() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
