@@ -79,7 +79,8 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = 1024, chunk: int = 12
         tokenizer = engine.loaded.tokenizer
         runs = [server.submit(fixed_length_prompt_ids(tokenizer, 32 + j), GenerationSettings(max_new_tokens=64),
                               CancelFlag()) for j in range(streams)]
-        runs[0].wait_for_steps(8, 120)                      # streaming together from here
+        runs[-1].wait_for_steps(2, 120)                     # every stream admitted and decoding
+        joined = len(runs[0].steps)                         # the first stream's steps before the long prompt
         late = server.submit(fixed_length_prompt_ids(tokenizer, long_prompt), GenerationSettings(max_new_tokens=4),
                              CancelFlag())
         for run in [*runs, late]:
@@ -87,9 +88,9 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = 1024, chunk: int = 12
                 run.wait_for_steps(len(run.steps), 5.0)
             if run.error is not None:
                 raise run.error
-        sides.append((runs[0].trace(), late.trace()))
+        sides.append((runs[0].trace(), late.trace(), joined))
         progress((i + 1) / 2, "prefill in chunks done" if size else "prefill whole done")
-    return ChunkResult(chunk, sides[0], sides[1])
+    return ChunkResult(chunk, sides[0][:2], sides[1][:2], (sides[0][2], sides[1][2]))
 
 
 def run_cache_race(engine: Engine, prompt_tokens: int = 64, new_tokens: int = 48,

@@ -98,15 +98,15 @@ def chunk_figure(result: ChunkResult) -> go.Figure:
     chunks; beside them, what each side cost whom."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("a streaming run's decode steps (ms)", "who waits (ms)"),
                         column_widths=[0.6, 0.4])
-    sides = (("prefill whole", result.off, OTHERS), (f"chunks of {result.chunk}", result.on, DECODE))
-    for name, (stream, _), colour in sides:
+    sides = (("prefill whole", result.off, False, OTHERS), (f"chunks of {result.chunk}", result.on, True, DECODE))
+    for name, (stream, _), _, colour in sides:
         steps = stream.decode_steps
         fig.add_trace(go.Scatter(x=[s.index for s in steps], y=[s.ms for s in steps], mode="lines+markers", name=name,
                                  marker=dict(size=4, color=colour), line=dict(color=colour)), row=1, col=1)
-    for name, (stream, late), colour in sides:
+    for name, (_, late), chunked, colour in sides:
         fig.add_trace(go.Bar(x=["their worst step", "long prompt's TTFT"], name=name, marker_color=colour,
-                             y=[ChunkResult.worst_step_ms(stream), late.summary.ttft_ms], showlegend=False), row=1, col=2)
-    fig.update_xaxes(title_text="step", row=1, col=1)
+                             y=[result.worst_step_ms(chunked), late.summary.ttft_ms], showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="step (the long prompt arrives after the first few)", row=1, col=1)
     fig.update_layout(**_LAYOUT, barmode="group")
     return fig
 
