@@ -23,7 +23,9 @@ def test_asking_for_cuda_without_a_gpu_says_what_to_do() -> None:
 
 def test_dtype_names_map_to_torch_dtypes_and_the_message_lists_only_those_accepted() -> None:
     assert dtype_named("float32") is torch.float32 and dtype_named("bfloat16") is torch.bfloat16
-    with pytest.raises(ValueError, match="dtype must be auto, float32 or bfloat16, got 'float16'"):
+    # int8 and q4_1 are weights kept as blocks, computed in float32.
+    assert dtype_named("int8") is torch.float32 and dtype_named("q4_1") is torch.float32
+    with pytest.raises(ValueError, match="dtype must be auto, float32, bfloat16, int8, q4_1, got 'float16'"):
         dtype_named("float16")
 
 
