@@ -336,8 +336,8 @@ def _attention_unavailable(trace: Trace) -> str:
     if trace.remote:
         return "A remote engine does not publish its attention weights."
     if not trace.settings.attention_map:
-        return ("Turn on <b>Record attention</b> in Settings to see where each step's attention goes<br>"
-                "(it runs PyTorch's eager attention, which is slower: the weights must exist as a tensor).")
+        return ("Turn on <b>Record attention</b> in Settings<br>to see where each step's attention goes<br>"
+                "(it runs PyTorch's eager attention, which is slower:<br>the weights must exist as a tensor)")
     return ""
 
 
