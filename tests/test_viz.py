@@ -147,3 +147,18 @@ def test_while_prefill_runs_the_timeline_block_grows_and_the_first_step_replaces
     timeline = next(chart for chart in CHARTS if chart.id == "timeline")
     shapes = timeline.overlay(trace)["layout"]["shapes"]
     assert all(shape["type"] == "line" for shape in shapes), "the step's overlay must replace the growing block"
+
+
+def test_the_pages_whole_redraw_is_the_figure_the_trace_gives(trace: Trace) -> None:
+    """full_message builds each figure from a cached empty one (fast); it must hold what the figure
+    built through plotly holds: the same data and the same overlay."""
+    from viz.figures import build_figure
+    from viz.live import whole_figure
+
+    for chart in CHARTS:
+        fast, slow = whole_figure(chart, trace), json.loads(build_figure(chart, trace).to_json())
+        for got, want in zip(fast["data"], slow["data"]):
+            for attr in ("x", "y", "z", "zmax", "text"):
+                assert got.get(attr) == want.get(attr), f"{chart.id}.{attr}"
+        for key in ("annotations", "shapes"):
+            assert fast["layout"].get(key) == slow["layout"].get(key), f"{chart.id}: {key}"

@@ -316,7 +316,7 @@ def _attention_overlay(trace: Trace) -> dict[str, Any]:
     text = (f"the last step read the keys and values of all {len(last)} positions;<br>{half} of them hold half "
             f"of its attention, {most} hold 90%")
     return {"restyle": {"zmax": [cap], "zauto": [False]},
-            "layout": {"margin": {"t": 44},
+            "layout": {"margin": {"l": 60, "r": 16, "t": 44, "b": 44},
                        "annotations": [dict(xref="paper", yref="paper", x=0, y=1.01, xanchor="left", yanchor="bottom",
                                             showarrow=False, align="left", text=text, font=dict(size=12))]}}
 
