@@ -238,3 +238,16 @@ def test_a_remote_engine_is_picked_on_the_page_and_its_stream_drawn(browser, app
         page.close()
         app._config = saved
         standin.close()
+
+
+def test_recorded_attention_is_drawn_steps_by_positions(page) -> None:
+    page.click("#ps-settings .label-wrap")
+    page.click("#ps-attention input")
+    run_prompt(page, "Name three colours of the rainbow.", 12)
+    page.wait_for_selector(DONE, timeout=120_000)
+    steps = decode_steps_done(page) + 1
+    rows = page.evaluate("() => document.querySelector('[data-chart=attention]').data[0].z.map((r) => r.length)")
+    assert len(rows) == steps and rows == sorted(rows) and rows[-1] - rows[0] == steps - 1, rows
+    assert "of them hold half" in page.inner_text("[data-chart=attention]")
+    page.locator(".ps-chart-attention").screenshot(path=str(SCREENSHOTS / "attention.png"))
+    assert page.errors == [], f"page errors: {page.errors}"
