@@ -192,7 +192,7 @@ def _run_remote(name: str, prompt: str, cancel: CancelFlag, *form: Any) -> Itera
     cancel.clear()
     seq = itertools.count()
     run = RemoteRun(RemoteClient(endpoint), prompt, settings, cancel, max_seconds=_config.max_run_seconds)
-    sent = 0
+    sent, waiting_shown = 0, 0
     try:
         yield _outputs(live.full_message(run.trace(), next(seq)), summary.remote_waiting_html(name, 0.0), run.trace())
         while not run.done:
@@ -204,7 +204,8 @@ def _run_remote(name: str, prompt: str, cancel: CancelFlag, *form: Any) -> Itera
                 parts = {"network, the engine's queue and its prefill": partial.steps[0].ms} if sent == 0 else None
                 yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial)
                 sent = len(partial.steps)
-            elif not run.steps:
+            elif not run.steps and int(run.elapsed * 2) != waiting_shown:     # the wait, twice a second
+                waiting_shown = int(run.elapsed * 2)
                 yield gr.skip(), summary.remote_waiting_html(name, run.elapsed), gr.skip(), gr.skip(), gr.skip()
     finally:
         run.stop()
