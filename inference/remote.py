@@ -82,11 +82,11 @@ def parse_remotes(text: str) -> tuple[RemoteEndpoint, ...]:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One streamed chunk with text: when it arrived (perf_counter s), its text, its tokens."""
+    """One streamed chunk with text: when it arrived (perf_counter s), its text, its tokens (from
+    its logprobs where the server sent them, else one)."""
     arrived: float
     text: str
     tokens: int
-    counted: bool               # `tokens` came from the server (logprobs), not assumed to be one
 
 
 @dataclass
@@ -145,28 +145,24 @@ class RemoteClient:
         """POST /v1/chat/completions with stream=true (Ollama: its native /api/chat); yields each
         Chunk with text as it arrives, then one StreamEnd. Raises RemoteError for anything but a
         well-formed, finished stream."""
-        if self.is_ollama():
-            try:
-                yield from self._ollama_stream(model, messages, settings, cancel)
-            except httpx.HTTPError as exc:
-                raise self._fail(f"{_reason(exc)}") from None
-            return
-        body = request_body(model, messages, settings)
         try:
+            if self.is_ollama():
+                yield from self._ollama_stream(model, messages, settings, cancel)
+                return
+            body = request_body(model, messages, settings)
             try:
                 yield from self._stream(body, cancel)
             except _Refused as refused:
                 if refused.status not in (400, 422):
-                    raise self._fail(f"refused the request: HTTP {refused.status} {refused.detail}") from None
+                    raise
                 # A server that does not know the extras (per-token logprobs, usage in the stream):
                 # ask again without them; chunks then count as one token each.
-                plain = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs", "stream_options")}
-                try:
-                    yield from self._stream(plain, cancel)
-                except _Refused as again:
-                    raise self._fail(f"refused the request: HTTP {again.status} {again.detail}") from None
+                yield from self._stream({k: v for k, v in body.items()
+                                         if k not in ("logprobs", "top_logprobs", "stream_options")}, cancel)
+        except _Refused as refused:
+            raise self._fail(f"refused the request: HTTP {refused.status} {refused.detail}") from None
         except httpx.HTTPError as exc:
-            raise self._fail(f"{_reason(exc)}") from None
+            raise self._fail(_reason(exc)) from None
 
     def _stream(self, body: dict[str, Any], cancel: Any) -> Iterator[Chunk | StreamEnd]:
         with httpx.Client(timeout=self.timeout) as client:
@@ -200,8 +196,7 @@ class RemoteClient:
         with httpx.Client(timeout=self.timeout) as client:
             with client.stream("POST", f"{self.endpoint.root}/api/chat", json=body) as response:
                 if response.status_code != 200:
-                    detail = response.read().decode(errors="replace")[:300]
-                    raise self._fail(f"refused the request: HTTP {response.status_code} {detail}")
+                    raise _Refused(response.status_code, response.read().decode(errors="replace")[:300])
                 for line in response.iter_lines():
                     if cancel.is_set():
                         yield StreamEnd("cancelled")
@@ -227,7 +222,7 @@ class RemoteClient:
                         return
                     text = (message.get("message") or {}).get("content") or ""
                     if text:
-                        yield Chunk(arrived, str(text), 1, False)
+                        yield Chunk(arrived, str(text), 1)
         raise self._fail("ended its stream before saying it was done (no done: true): the connection was cut")
 
     def _parse(self, data: str, end: StreamEnd) -> Chunk | None:
@@ -261,8 +256,8 @@ class RemoteClient:
         logprobs = choice.get("logprobs")
         tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
         if isinstance(tokens, list) and tokens:
-            return Chunk(arrived, text, len(tokens), True)
-        return Chunk(arrived, text, 1, False) if text else None
+            return Chunk(arrived, text, len(tokens))
+        return Chunk(arrived, text, 1) if text else None
 
 
 def request_body(model: str, messages: list[dict[str, str]], settings: GenerationSettings) -> dict[str, Any]:
@@ -358,7 +353,6 @@ class RemoteRun(WatchedRun):
         self.end = StreamEnd()
         self.reported: dict[str, float] = {}
         self.notes: list[str] = []
-        self.prefill_start: float | None = None
         self._tokens = 0
         threading.Thread(target=self._work, name="phasescope-remote", daemon=True).start()
 
@@ -366,7 +360,7 @@ class RemoteRun(WatchedRun):
         try:
             self.model_name = self.client.model_id()
             before = self.client.metrics()
-            self.prefill_start = sent = time.perf_counter()
+            sent = time.perf_counter()
             during: list[dict[str, float]] = []
             for item in self.client.stream_chat(self.model_name, [{"role": "user", "content": self.prompt}],
                                                 self.settings, self.cancel):
