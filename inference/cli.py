@@ -144,6 +144,11 @@ def _run(args: argparse.Namespace) -> int:
     print()
     trace = run.trace()
     print(format_summary(trace))
+    return _write_run(args, trace)
+
+
+def _write_run(args: argparse.Namespace, trace: Trace) -> int:
+    """`run`'s files: the trace (--json) and the Chrome trace-event JSON (--perfetto)."""
     if args.json:
         _write(args.json, trace.to_json(indent=1))
     if args.perfetto:
@@ -167,10 +172,10 @@ def _fixed_text(lengths: list[int]) -> list[str]:
     from transformers import AutoTokenizer
 
     from inference.loading import default_model_folder
-    from inference.prompts import fixed_length_prompt_ids
+    from inference.prompts import fixed_length_prompt_text
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_folder(progress=_progress))
-    return [tokenizer.decode(fixed_length_prompt_ids(tokenizer, n)) for n in lengths]
+    return [fixed_length_prompt_text(tokenizer, n) for n in lengths]
 
 
 def _run_remote(args: argparse.Namespace, settings: GenerationSettings) -> int:
@@ -184,13 +189,7 @@ def _run_remote(args: argparse.Namespace, settings: GenerationSettings) -> int:
         raise ValueError(str(exc)) from None
     print()
     print(format_remote_summary(trace))
-    if args.json:
-        _write(args.json, trace.to_json(indent=1))
-    if args.perfetto:
-        from inference.perfetto import to_chrome_trace_json
-
-        _write(args.perfetto, to_chrome_trace_json(trace))
-    return 0
+    return _write_run(args, trace)
 
 
 def _chat(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from inference.engine import Engine
-from inference.prompts import fixed_length_prompt_ids
+from inference.prompts import fixed_length_prompt_ids, fixed_length_prompt_text
 from inference.remote import RemoteClient, remote_sweep
 from inference.settings import GenerationSettings
 from inference.trace import Trace
@@ -49,7 +49,7 @@ def run_remote_sweep(client: RemoteClient, tokenizer: Any, prompt_tokens: list[i
     """The same sweep on a remote engine: texts of exactly T tokens in the local model's tokenizer (about
     T in the remote model's own); the x axis is the engine's own count of each prompt (its usage)."""
     settings = GenerationSettings(max_new_tokens=new_tokens)
-    texts = [tokenizer.decode(fixed_length_prompt_ids(tokenizer, n)) for n in sorted(prompt_tokens)]
+    texts = [fixed_length_prompt_text(tokenizer, n) for n in sorted(prompt_tokens)]
     traces = []
     for i, trace in enumerate(remote_sweep(client, texts, settings)):
         if not trace.prompt_tokens:

@@ -36,6 +36,12 @@ def conversation_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int
     return list(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
 
 
+def fixed_length_prompt_text(tokenizer: Any, n_tokens: int) -> str:
+    """The fixed text of exactly `n_tokens` tokens in this tokenizer, as text (for an engine that
+    tokenizes for itself: about `n_tokens` in its own tokenizer)."""
+    return tokenizer.decode(fixed_length_prompt_ids(tokenizer, n_tokens))
+
+
 def fixed_length_prompt_ids(tokenizer: Any, n_tokens: int) -> list[int]:
     """Exactly `n_tokens` ids of the fixed text, tiled when the text is shorter."""
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
