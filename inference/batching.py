@@ -144,7 +144,9 @@ class BatchServer:
         """Whether a run with these settings can share decode steps here."""
         from inference.fast_path import stack_fusable
 
-        return (settings.kv_cache and settings.kernel == "fast" and self.engine.kernel is not None
+        # A run recording attention runs eager attention alone (Engine.generate), not the fused step.
+        return (settings.kv_cache and settings.kernel == "fast" and not settings.attention_map
+                and self.engine.kernel is not None
                 and settings.batch_size <= self.max_rows and stack_fusable(self.engine.loaded.model))
 
     def submit(self, prompt_ids: list[int], settings: GenerationSettings, cancel: Any, prompt: str = "",

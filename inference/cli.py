@@ -114,8 +114,7 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
     return GenerationSettings(max_new_tokens=args.max_new_tokens, kv_cache=not getattr(args, "no_kv_cache", False),
                               batch_size=getattr(args, "batch_size", 1), temperature=getattr(args, "temperature", 0.0),
                               top_p=getattr(args, "top_p", 1.0), seed=getattr(args, "seed", 0),
-                              kernel="eager" if getattr(args, "attention_map", False) else getattr(args, "kernel", "fast"),
-                              attention_map=getattr(args, "attention_map", False))
+                              kernel=getattr(args, "kernel", "fast"), attention_map=getattr(args, "attention_map", False))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -48,12 +48,10 @@ class GenerationSettings:
     def from_form(cls, max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any, kv_cache: Any,
                   batch_size: Any, kernel: Any = "fast", attention_map: Any = False) -> GenerationSettings:
         """Settings from a form or an API call, where numbers may come as floats or strings
-        ("64", 64.0): whole numbers are accepted as such; anything else raises ValueError. Recording
-        attention runs the eager path (the fused kernel does not hand its weights out)."""
+        ("64", 64.0): whole numbers are accepted as such; anything else raises ValueError."""
         return cls(max_new_tokens=_whole("max_new_tokens", max_new_tokens), temperature=_real("temperature", temperature),
                    top_p=_real("top_p", top_p), seed=_whole("seed", seed), kv_cache=kv_cache,
-                   batch_size=_whole("batch_size", batch_size), kernel="eager" if attention_map is True else kernel,
-                   attention_map=attention_map)
+                   batch_size=_whole("batch_size", batch_size), kernel=kernel, attention_map=attention_map)
 
 
 def _real(name: str, value: Any) -> float:
