@@ -250,20 +250,23 @@ class GenerationRun:
         kernel = self.engine.kernel if self.settings.kernel == "fast" else None
         blocks = kernel is not None and tokens_in * self.settings.batch_size <= kernel.MAX_ROWS
         cost = step_cost(info, self.settings.batch_size, tokens_in, past, blocks)
-        step = make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size)
-        return dataclasses.replace(step, attention=self._attention.take()) if self._attention is not None else step
+        attention = self._attention.take() if self._attention is not None else ()
+        return make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size,
+                         attention=attention)
 
 
 def make_step(index: int, tokens_in: int, context_len: int, times: StepTimes, cache: Any, cost: StepCost, token: int,
-              text: str, batch_rows: int, foreign_prefill_tokens: int = 0, waited_ms: float = 0.0) -> Step:
+              text: str, batch_rows: int, foreign_prefill_tokens: int = 0, waited_ms: float = 0.0,
+              attention: tuple[float, ...] = ()) -> Step:
     """The Step record of a forward pass: its times, the cache it left, its cost-model figures;
-    `waited_ms` (other runs' prefills before it, on a shared server) is part of its time."""
+    `waited_ms` (other runs' prefills before it, on a shared server) is part of its time;
+    `attention`, where the run records it."""
     return Step(
         phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
         context_len=context_len, ms=times.ms + waited_ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
         mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
         kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes, token_id=token, text=text,
-        batch_rows=batch_rows, foreign_prefill_tokens=foreign_prefill_tokens, waited_ms=waited_ms)
+        batch_rows=batch_rows, foreign_prefill_tokens=foreign_prefill_tokens, waited_ms=waited_ms, attention=attention)
 
 
 class Engine:

@@ -12,7 +12,6 @@ class finishing runs, a fifth of the server's time).
 """
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -20,31 +19,19 @@ from inference.trace import DeviceInfo, ModelInfo, Trace
 from viz.charts import CHARTS, PREFILL, Chart, unavailable_figure
 
 
-class _Uncached:
-    """Wraps the trace so the cache keys on the model, device and reason only (every wrapper is equal)."""
-
-    def __init__(self, trace: Trace):
-        self.trace = trace
-
-    def __hash__(self) -> int:
-        return 0
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Uncached)
-
-
-@functools.lru_cache(maxsize=128)
-def _empty_figure(chart: Chart, model: ModelInfo, device: DeviceInfo, reason: str, source: _Uncached) -> str:
-    """The chart's base for this model and device (or its reason for staying empty), as JSON.
-    `source` (the trace) is only read on a miss: bases depend on the model and device alone."""
-    return (unavailable_figure(reason) if reason else chart.base(source.trace)).to_json()
+# Each chart's empty figure as JSON, by (chart, model, device, reason it stays empty): a base
+# depends on the model and the device alone. A few models and devices per server: no eviction.
+_EMPTY_FIGURES: dict[tuple[str, ModelInfo, DeviceInfo, str], str] = {}
 
 
 def whole_figure(chart: Chart, trace: Trace) -> dict[str, Any]:
     """What viz/figures.build_figure draws, as the JSON dict the page gets (the overlay's layout
     keys replace the base's, as the page's deltas do)."""
     reason = chart.unavailable(trace)
-    figure = json.loads(_empty_figure(chart, trace.model, trace.device, reason, _Uncached(trace)))
+    key = (chart.id, trace.model, trace.device, reason)
+    if key not in _EMPTY_FIGURES:
+        _EMPTY_FIGURES[key] = (unavailable_figure(reason) if reason else chart.base(trace)).to_json()
+    figure = json.loads(_EMPTY_FIGURES[key])
     if reason:
         return figure
     for index, attrs in chart.columns(trace, 0).items():
