@@ -360,7 +360,7 @@ def _experiment(claim: str, run: Any, figure: Any, claims: dict, progress: gr.Pr
 
 
 @gpu
-def experiment_sweep(lengths: list, new_tokens: float, claims: dict, remote: str = "",
+def experiment_sweep(lengths: list, new_tokens: float, remote: str, claims: dict,
                      progress: gr.Progress = gr.Progress()) -> tuple:
     """The prompt-length sweep, on the embedded engine or on the remote engine the Live run tab picked."""
     lengths = sorted({int(n) for n in lengths or []})
@@ -454,8 +454,12 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State, engine_choice
     panel = gr.HTML(claims_html({}), elem_id="ps-claims")
     engine_queue = dict(concurrency_limit=1, concurrency_id="engine")
 
-    def result_area() -> tuple:
-        return gr.Plot(show_label=False), gr.Markdown()
+    def measured_by(button: gr.Button, fn: Any, inputs: list, api_name: str, queued: bool = True) -> None:
+        """The tab's result (its figure and verdict) under `button`, which runs `fn` and ticks its claim;
+        `queued`: it runs the model, one experiment at a time."""
+        plot, verdict = gr.Plot(show_label=False), gr.Markdown()
+        button.click(fn, [*inputs, claims], [plot, verdict, claims, panel], api_name=api_name,
+                     **(engine_queue if queued else {}))
 
     with gr.Tabs():
         with gr.Tab("1 · Prompt length"):
@@ -465,37 +469,29 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State, engine_choice
             lengths = gr.CheckboxGroup([16, 64, 256, 512, 1024, 2048], value=[16, 256, 1024], label="prompt tokens")
             new_tokens = gr.Slider(2, 32, value=8, step=1, label="new tokens per run")
             button = gr.Button("Run the sweep", variant="primary")
-            plot, verdict = result_area()
-            button.click(experiment_sweep, [lengths, new_tokens, claims, engine_choice], [plot, verdict, claims, panel],
-                         api_name="sweep", **engine_queue)
+            measured_by(button, experiment_sweep, [lengths, new_tokens, engine_choice], "sweep")
         with gr.Tab("2 · KV cache"):
             gr.Markdown("The same prompt twice: with the KV cache, and recomputing the whole sequence every step.")
             prompt_tokens = gr.Slider(16, 512, value=64, step=16, label="prompt tokens")
             race_tokens = gr.Slider(8, 96, value=48, step=8, label="new tokens")
             button = gr.Button("Race them", variant="primary")
-            plot, verdict = result_area()
-            button.click(experiment_race, [prompt_tokens, race_tokens, claims], [plot, verdict, claims, panel],
-                         api_name="race", **engine_queue)
+            measured_by(button, experiment_race, [prompt_tokens, race_tokens], "race")
         with gr.Tab("3 · Batch size"):
             gr.Markdown("B copies of a 32-token prompt decode together: step time against throughput.")
             sizes = gr.CheckboxGroup([1, 2, 4, 8, 16], value=[1, 2, 4, 8, 16], label="batch sizes")
             button = gr.Button("Measure", variant="primary")
-            plot, verdict = result_area()
-            button.click(experiment_batch, [sizes, claims], [plot, verdict, claims, panel], api_name="batch",
-                         **engine_queue)
+            measured_by(button, experiment_batch, [sizes], "batch")
         with gr.Tab("4 · Roofline"):
             gr.Markdown("Reads your last run on the Live run tab: where prefill and decode sit under this device's roofs.")
             button = gr.Button("Explain my last run", variant="primary")
-            plot, verdict = result_area()
-            button.click(explain_roofline, [trace_state, claims], [plot, verdict, claims, panel], api_name="roofline")
+            measured_by(button, explain_roofline, [trace_state], "roofline", queued=False)
         with gr.Tab("5 · Bytes per weight"):
             gr.Markdown("Loads the model again at 4 bytes per weight (float32), 2 (bfloat16), about 1 (int8: "
                         "llama.cpp's Q8_0 blocks) and about 0.6 (q4_1: the blocks the bundled file ships) and runs the "
                         "same 32-token prompt on each (short, so that weight bytes dominate decode). int8 and q4_1 "
                         "decode reads the blocks; their prefill runs the same values expanded to float32.")
             button = gr.Button("Compare the bytes per weight", variant="primary")
-            plot, verdict = result_area()
-            button.click(experiment_dtype, [claims], [plot, verdict, claims, panel], api_name="dtype", **engine_queue)
+            measured_by(button, experiment_dtype, [], "dtype")
         with gr.Tab("6 · Chunked prefill"):
             gr.Markdown("A few runs stream together in the shared batch; then a long prompt joins. Its prefill runs "
                         "once whole (every stream stalls for the whole pause) and once in chunks between the batch's "
@@ -506,9 +502,7 @@ def build_experiments_tab(trace_state: gr.State, claims: gr.State, engine_choice
             chunk_size = gr.Slider(32, 512, value=128, step=32, label="chunk (tokens)")
             streams = gr.Slider(1, 8, value=4, step=1, label="streaming runs")
             button = gr.Button("Let the long prompt in", variant="primary")
-            plot, verdict = result_area()
-            button.click(experiment_chunks, [long_prompt, chunk_size, streams, claims], [plot, verdict, claims, panel],
-                         api_name="chunks", **engine_queue)
+            measured_by(button, experiment_chunks, [long_prompt, chunk_size, streams], "chunks")
         with gr.Tab("7 · Big models"):
             gr.Markdown("What the same arithmetic predicts for large models on large GPUs: **estimates** from public "
                         "configs and datasheet peaks, not measurements.")
