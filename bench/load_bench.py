@@ -5,12 +5,14 @@ run. Prints completed runs, errors, p50/p90 time to first token as a student see
 pressing Run) and the aggregate decode rate (every run's tokens over the whole session's time)."""
 from __future__ import annotations
 
+import asyncio
+import json
 import multiprocessing
 import random
 import threading
 import time
 
-from gradio_client import Client
+import httpx
 
 import app
 from bench.common import row
@@ -25,37 +27,73 @@ PROMPTS = ["What is the capital of France?", "Name three colours.", "What is 2 +
            "Why is the sky blue? Answer in one sentence.", "Write a haiku about the sea."]
 
 
-def _student(client: Client, prompt: str, delay: float, results: list[dict]) -> None:
-    time.sleep(delay)
+def api_body(url: str, api_name: str, **values: object) -> list:
+    """The whole input list the HTTP API wants for `api_name`: each named parameter (its default
+    unless given in `values`) and None where the handler takes per-session state, as gradio_client
+    builds it, read from the server's own /config and /gradio_api/info."""
+    config = httpx.get(f"{url}/config").json()
+    dependency = next(d for d in config["dependencies"] if d.get("api_name") == api_name)
+    kinds = {c["id"]: c["type"] for c in config["components"]}
+    named = iter(httpx.get(f"{url}/gradio_api/info").json()["named_endpoints"][f"/{api_name}"]["parameters"])
+    body = []
+    for component in dependency["inputs"]:
+        if kinds[component] == "state":
+            body.append(None)
+        else:
+            parameter = next(named)
+            body.append(values.get(parameter["parameter_name"], parameter["parameter_default"]))
+    return body
+
+
+async def _student(http: httpx.AsyncClient, url: str, body: list, delay: float) -> dict:
+    """One student: presses Run after `delay`, reads the stream as the page would. The first token
+    is the first update whose text output (the 4th) is a non-empty string; later updates are only
+    read, not decoded (a student's browser decodes them on its own machine, not on the server's)."""
+    await asyncio.sleep(delay)
     record: dict = {"error": None}
     start = time.perf_counter()
     try:
-        job = client.submit(prompt, NEW_TOKENS, 0, 1, 0, True, 1, api_name="/run")
-        for update in job:
-            if isinstance(update[3], str) and update[3] and "ttft" not in record:   # skipped outputs come as dicts
-                record["ttft"] = time.perf_counter() - start
-        job.result()
+        posted = await http.post(f"{url}/gradio_api/call/run", json={"data": body})
+        posted.raise_for_status()
+        event = ""
+        async with http.stream("GET", f"{url}/gradio_api/call/run/{posted.json()['event_id']}") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "error":
+                    raise RuntimeError(f"the server sent an error: {line[5:].strip()[:200]}")
+                elif line.startswith("data:") and event == "generating" and "ttft" not in record:
+                    text = json.loads(line[5:])[3]          # skipped outputs come as dicts
+                    if isinstance(text, str) and text:
+                        record["ttft"] = time.perf_counter() - start
+                elif event == "complete":
+                    break
+        if event != "complete":
+            raise RuntimeError("the stream ended without completing")
         record["end"] = time.perf_counter()
         record["total"] = record["end"] - start
     except Exception as exc:        # a failed run is counted, not fatal to the benchmark
         record["error"] = f"{type(exc).__name__}: {exc}"
-    results.append(record)
+    return record
+
+
+async def _students(url: str, students: int) -> list[dict]:
+    rng = random.Random(0)
+    timeout = httpx.Timeout(600.0, connect=30.0)
+    limits = httpx.Limits(max_connections=2 * students + 4)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+        bodies = [api_body(url, "run", prompt=PROMPTS[i % len(PROMPTS)], max_new_tokens=NEW_TOKENS, temperature=0,
+                           top_p=1, seed=0, kv_cache=True, batch_size=1) for i in range(min(students, len(PROMPTS)))]
+        return list(await asyncio.gather(*(_student(http, url, bodies[i % len(bodies)], rng.uniform(0, SPREAD_S))
+                                           for i in range(students))))
 
 
 def _class(url: str, students: int, out: "multiprocessing.Queue[list[dict]]") -> None:
-    """The students, in a process of their own (their browsers are not on the server): each
-    student's client connects before the clock starts, as a student's page is open before Run."""
-    rng = random.Random(0)
-    clients = [Client(url, verbose=False) for _ in range(students)]
-    results: list[dict] = []
-    threads = [threading.Thread(target=_student, args=(client, PROMPTS[i % len(PROMPTS)], rng.uniform(0, SPREAD_S),
-                                                       results))
-               for i, client in enumerate(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    out.put(results)
+    """The students, in a process of their own (their browsers are not on the server), on one
+    event loop: a load generator must not take the cores the server it measures needs (gradio_client
+    polls each job's outputs a thousand times a second in a thread of its own; 30 of them cost the
+    2-core server more than the shared batch's gain)."""
+    out.put(asyncio.run(_students(url.rstrip("/"), students)))
 
 
 def _session(url: str, students: int, runs: list) -> dict:
