@@ -131,32 +131,74 @@ inline void row_dot(const W* row, const float* x, float* y, int64_t K, int64_t N
 }
 
 #if defined(__AVX512BF16__)
-// One row of x (decode's usual case) against bfloat16 weights on a CPU with bfloat16 arithmetic
-// (AVX512-BF16): one instruction multiplies 32 weight/input pairs and adds them into 16 float32
-// lanes, instead of widening every weight to float32 first (that widening made the loop
-// compute-bound: 16 -> 19 GB/s here). x is narrowed to bfloat16 once for all the rows (narrowing
-// it again for every weight row cost 7% of the MLP's time here); its values are ones the eager
-// path holds in bfloat16, so narrowing is exact, and each product of two bfloat16 values is exact
-// in float32: only the order of the additions differs.
-void rows_dot_bf16(const uint16_t* w, const float* x, float* y, int64_t K, int64_t begin, int64_t end) {
-  const int64_t whole = K / 32 * 32;
-  std::vector<__m512bh> xb(whole / 32);
-  for (int64_t k = 0; k < whole; k += 32)
-    xb[k / 32] = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16), _mm512_loadu_ps(x + k));
+// Rows of x against bfloat16 weights on a CPU with bfloat16 arithmetic (AVX512-BF16): one
+// instruction multiplies 32 weight/input pairs and adds them into 16 float32 lanes, instead of
+// widening every weight to float32 first (that widening made the loop compute-bound: 16 -> 19
+// GB/s here for one row; for a shared step's 16 rows the float32 loop's multiply-adds, not memory,
+// set the time: 57 ms a step, 3.5 ms more per row). x is narrowed to bfloat16 once per product
+// (narrowing it again for every weight row cost 7% of the MLP's time here); its values are ones
+// the eager path holds in bfloat16, so narrowing is exact, and each product of two bfloat16 values
+// is exact in float32: only the order of the additions differs. Every row of x is summed in the
+// same order whatever M is, so a sequence's results do not depend on who shares its step.
+std::vector<__m512bh> narrowed(const float* x, int64_t M, int64_t K) {
+  const int64_t chunks = K / 32;
+  std::vector<__m512bh> xb(M * chunks);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < chunks; ++c)
+      xb[m * chunks + c] = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + m * K + 32 * c + 16), _mm512_loadu_ps(x + m * K + 32 * c));
+  return xb;
+}
+
+// y[m, n] for M rows of x (xb: narrowed, `chunks` vectors a row) against weight row n.
+template <int M>
+inline void row_dot_bf16(const uint16_t* row, const __m512bh* xb, int64_t chunks, const float* x, float* y, int64_t K,
+                         int64_t N, int64_t n) {
+  const int64_t whole = chunks * 32;
+  __m512 acc0[M], acc1[M];
+  for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 64 <= whole; k += 64) {
+    prefetch_ahead(row + k);
+    prefetch_ahead(row + k + 32);
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(row + k), w1 = (__m512bh)_mm512_loadu_si512(row + k + 32);
+    for (int m = 0; m < M; ++m) {
+      acc0[m] = _mm512_dpbf16_ps(acc0[m], w0, xb[m * chunks + k / 32]);
+      acc1[m] = _mm512_dpbf16_ps(acc1[m], w1, xb[m * chunks + k / 32 + 1]);
+    }
+  }
+  if (k < whole) {                                   // one chunk of 32 left
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(row + k);
+    for (int m = 0; m < M; ++m) acc0[m] = _mm512_dpbf16_ps(acc0[m], w0, xb[m * chunks + k / 32]);
+    k += 32;
+  }
+  for (int m = 0; m < M; ++m) {
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m]));
+    for (int64_t j = k; j < K; ++j) sum += to_float(row[j]) * x[m * K + j];
+    y[m * N + n] = sum;
+  }
+}
+
+void rows_dot_bf16(const uint16_t* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin,
+                   int64_t end) {
+  const int64_t chunks = K / 32;
+  const auto xb = narrowed(x, M, K);
   for (int64_t n = begin; n < end; ++n) {
     const uint16_t* row = w + n * K;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 64 <= whole; k += 64) {
-      prefetch_ahead(row + k);
-      prefetch_ahead(row + k + 32);
-      acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(row + k), xb[k / 32]);
-      acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(row + k + 32), xb[k / 32 + 1]);
+    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {   // the weight row still in L1 for the next block
+      const __m512bh* b = xb.data() + m0 * chunks;
+      const float* xr = x + m0 * K;
+      float* yb = y + m0 * N;
+      switch (std::min<int64_t>(kRowBlock, M - m0)) {
+        case 1: row_dot_bf16<1>(row, b, chunks, xr, yb, K, N, n); break;
+        case 2: row_dot_bf16<2>(row, b, chunks, xr, yb, K, N, n); break;
+        case 3: row_dot_bf16<3>(row, b, chunks, xr, yb, K, N, n); break;
+        case 4: row_dot_bf16<4>(row, b, chunks, xr, yb, K, N, n); break;
+        case 5: row_dot_bf16<5>(row, b, chunks, xr, yb, K, N, n); break;
+        case 6: row_dot_bf16<6>(row, b, chunks, xr, yb, K, N, n); break;
+        case 7: row_dot_bf16<7>(row, b, chunks, xr, yb, K, N, n); break;
+        default: row_dot_bf16<kRowBlock>(row, b, chunks, xr, yb, K, N, n); break;
+      }
     }
-    for (; k < whole; k += 32) acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(row + k), xb[k / 32]);
-    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    for (; k < K; ++k) sum += to_float(row[k]) * x[k];
-    y[n] = sum;
   }
 }
 #endif
@@ -345,9 +387,7 @@ void block_rows_dot(const B* w, const float* x, float* y, int64_t M, int64_t K, 
 template <typename W>
 void rows_dot(const W* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin, int64_t end) {
 #if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<W, uint16_t>) {
-    if (M == 1) return rows_dot_bf16(w, x, y, K, begin, end);
-  }
+  if constexpr (std::is_same_v<W, uint16_t>) return rows_dot_bf16(w, x, y, M, K, N, begin, end);
 #endif
   for (int64_t n = begin; n < end; ++n) {
     const W* row = w + n * K;

@@ -53,6 +53,18 @@ def test_kernel_matches_linear_in_bfloat16_to_bf16_rounding(kernel) -> None:
     torch.testing.assert_close(kernel.gemv(x, w).float(), reference, rtol=1e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_row_gets_the_same_bits_whoever_shares_the_product(kernel, dtype: torch.dtype) -> None:
+    """A shared decode step gives each sequence exactly what its step alone gives it."""
+    torch.manual_seed(2)
+    # K = 1000: whole chunks of 32 and a tail. Rounded to bfloat16, a different order of additions
+    # changes an output once in ~10,000 (it did 7 times here before every row summed alike).
+    x, w = torch.randn(32, 1000).to(dtype), torch.randn(8192, 1000).to(dtype)
+    alone = torch.cat([kernel.gemv(x[m:m + 1], w) for m in range(32)])
+    for rows in (2, 5, 8, 9, 32):
+        assert torch.equal(kernel.gemv(x[:rows], w), alone[:rows]), f"{rows} rows"
+
+
 def test_fast_and_eager_write_the_same_greedy_tokens_on_the_real_model(real_engine: Engine) -> None:
     assert real_engine.fast_kernels
     for prompt in ("What is the capital of France?", "Explain in three sentences why the sky is blue."):
