@@ -352,10 +352,14 @@ class BatchServer:
         tokens = torch.cat([run.tokens for run in active])[:, None]                  # (M, 1)
         hidden = stack.decode(tokens, [run.cache for run in active])                 # (M, 1, hidden)
         logits = model.lm_head(hidden[:, -1, :])                                     # (M, V)
+        # Greedy rows (a class's usual case) in one argmax rather than one per run.
+        greedy = logits.argmax(dim=-1) if any(run.settings.greedy for run in active) else None
         chosen, start = [], 0
         for run in active:
-            chosen.append(sample(logits[start:start + run.rows], run.settings, run.generator))
-            start += run.rows
+            end = start + run.rows
+            chosen.append(greedy[start:end] if run.settings.greedy else sample(logits[start:end], run.settings,
+                                                                               run.generator))
+            start = end
         times = timer.finish_step()
         self._step_log.append((time.perf_counter(), start))
         index_of = {id(run): len(run.steps) for run in active}
