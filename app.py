@@ -286,12 +286,9 @@ def _ttft_parts(background: WatchedRun, trace: Trace, tokenizing: tuple[float, f
     for the engine (other runs), prefill with the first sample, and the rest until this update."""
     tokenize_ms, tokenized = tokenizing
     started = background.prefill_start or tokenized
-    first = trace.steps[0]
-    prefill_ms = first.ms
-    shared = (f" (one pass with {first.foreign_prefill_tokens:,} prompt tokens of other runs)"
-              if first.foreign_prefill_tokens else "")
+    prefill_ms = trace.steps[0].ms
     return {"template and tokenizing": tokenize_ms, "waiting for the engine": max(0.0, (started - tokenized) * 1e3),
-            f"prefill{shared} and first sample": prefill_ms,
+            "prefill and first sample": prefill_ms,
             "detokenizing and the next live update": max(0.0, (time.perf_counter() - started) * 1e3 - prefill_ms)}
 
 

@@ -28,8 +28,7 @@ from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
 from inference.engine import Engine, TextStream, eos_ids, make_step, sample
 from inference.fast_path import FusedStack, fast_forwards
-from inference.kv_cache import split_rows
-from inference.scheduler import Ask, Limits, admissible, piece_end, prefill_groups, refusal
+from inference.scheduler import Ask, Limits, admissible, piece_end, refusal
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import ClassSnapshot, RunSpan, StopReason, Step, Trace
@@ -213,90 +212,24 @@ class BatchServer:
         return False
 
     def _admit(self, active: list[BatchRun], timer: LayerTimer, waited: dict[int, tuple[int, float]]) -> list[BatchRun]:
-        """Admit waiting runs while their rows and KV caches fit, and prefill them: newcomers whose
-        prompts fit one piece together, in groups (scheduler.prefill_groups), a longer one alone in
-        chunks. Returns them; `waited` gathers, for every run, the other runs' prompt tokens
-        prefilled before its next decode step and the time that took."""
+        """Admit waiting runs, one at a time, while their rows and KV caches fit, and prefill each
+        (or its first chunk). Returns them; `waited` gathers, for every run, the other runs' prompt
+        tokens prefilled before its next decode step and the time that took."""
         admitted: list[BatchRun] = []
         while True:
             with self._lock:
                 inside = [self.ask(run) for run in [*active, *admitted]]
-                count = admissible(inside, [self.ask(run) for run in self._waiting], self.limits)
-                taken = []
-                for _ in range(count):   # up to the first run whose prompt takes several pieces
-                    taken.append(self._waiting.popleft())
-                    if self._in_pieces(taken[-1]):
-                        break
-            if not taken:
-                return admitted
-            for run in taken:
-                if run.cancel.is_set():
-                    run._finish("cancelled")
-            whole = [run for run in taken if not run.done and not self._in_pieces(run)]
-            for group in prefill_groups([(run.rows, len(run.prompt_ids)) for run in whole]):
-                self._prefill_group([whole[i] for i in group], timer, [*active, *admitted], waited)
-                admitted += [whole[i] for i in group if not whole[i].done]
-            last = taken[-1]
-            if not last.done and self._in_pieces(last):     # the batch decodes before its next piece
-                self._prefill_piece(last, timer, [*active, *admitted], waited)
-                if not last.done:
-                    admitted.append(last)
-                return admitted
-
-    def _in_pieces(self, run: BatchRun) -> bool:
-        return piece_end(0, len(run.prompt_ids), self.prefill_chunk) < len(run.prompt_ids)
-
-    def _begin_prefill(self, run: BatchRun) -> None:
-        device = self.engine.loaded.device
-        run.generator = torch.Generator(device=device).manual_seed(run.settings.seed)
-        run.stream = TextStream(self.engine.loaded.tokenizer)
-        run.finished_rows = torch.zeros(run.rows, dtype=torch.bool, device=device)
-        run.prefilled, run.piece_times = 0, []
-        run.prefill_start = time.perf_counter()
-
-    def _prefill_group(self, runs: list[BatchRun], timer: LayerTimer, others: list[BatchRun],
-                       waited: dict[int, tuple[int, float]]) -> None:
-        """Several newcomers' whole prefills in one pass (one alone: `_prefill_piece`). Their prompts
-        are padded at the end to the longest; each run keeps its own positions of the cache and
-        samples at its own last token. Each run's prefill step records the pass: every sequence
-        in it (`batch_rows`) and the other runs' prompt tokens (`foreign_prefill_tokens`). A Stop
-        pressed during the pass ends that run after it."""
-        if len(runs) == 1:
-            self._prefill_piece(runs[0], timer, others, waited)
-            return
-        engine, device = self.engine, self.engine.loaded.device
-        for run in runs:
-            self._begin_prefill(run)
-            run.timer = timer                     # its layer progress on the page
-        longest = max(len(run.prompt_ids) for run in runs)
-        ids = torch.tensor([run.prompt_ids + [self._pad] * (longest - len(run.prompt_ids))
-                            for run in runs for _ in range(run.rows)], device=device)
-        lasts = sorted({len(run.prompt_ids) - 1 for run in runs})
-        timer.start_step()
-        try:
-            out = engine.loaded.model(input_ids=ids, use_cache=True,
-                                      logits_to_keep=torch.tensor(lasts, device=device))
-        finally:
-            for run in runs:
-                run.timer = None
-        caches = split_rows(out.cache, [(run.rows, len(run.prompt_ids)) for run in runs])
-        chosen, row = [], 0
-        for run in runs:
-            logits = out.logits[row:row + run.rows, lasts.index(len(run.prompt_ids) - 1), :]
-            chosen.append(sample(logits, run.settings, run.generator))
-            row += run.rows
-        times = timer.finish_step()
-        real = sum(run.rows * len(run.prompt_ids) for run in runs)
-        for other in others:
-            before_tokens, before_ms = waited[id(other)]
-            waited[id(other)] = (before_tokens + real, before_ms + times.ms)
-        cost = step_cost(engine.loaded.info, row, longest, 0, blocks=row * longest <= engine.kernel.MAX_ROWS)
-        for run, cache, tokens in zip(runs, caches, chosen):
-            run.cache, run.prefilled, run.piece_times = cache, len(run.prompt_ids), [times]
+                if not self._waiting or not admissible(inside, [self.ask(self._waiting[0])], self.limits):
+                    return admitted
+                run = self._waiting.popleft()
             if run.cancel.is_set():
                 run._finish("cancelled")
                 continue
-            self._first_token(run, tokens, cost, row, real - run.rows * len(run.prompt_ids))
+            self._prefill_piece(run, timer, [*active, *admitted], waited)
+            if not run.done:
+                admitted.append(run)
+            if run.prefill_end is None:     # prefilling in chunks: the batch decodes before the next one
+                return admitted
 
     def _prefill_piece(self, run: BatchRun, timer: LayerTimer, others: list[BatchRun],
                        waited: dict[int, tuple[int, float]]) -> None:
@@ -306,7 +239,11 @@ class BatchServer:
         engine = self.engine
         device = engine.loaded.device
         if run.prefill_start is None:
-            self._begin_prefill(run)
+            run.generator = torch.Generator(device=device).manual_seed(run.settings.seed)
+            run.stream = TextStream(engine.loaded.tokenizer)
+            run.finished_rows = torch.zeros(run.rows, dtype=torch.bool, device=device)
+            run.prefilled, run.piece_times = 0, []
+            run.prefill_start = time.perf_counter()
         end = piece_end(run.prefilled, len(run.prompt_ids), self.prefill_chunk)
         ids = torch.tensor([run.prompt_ids[run.prefilled:end]] * run.rows, device=device)
         timer.cancel, run.timer = run.cancel, timer
@@ -329,20 +266,15 @@ class BatchServer:
             waited[id(other)] = (before_tokens + (end - run.prefilled) * run.rows, before_ms + times.ms)
         run.prefilled = end
         if complete:
+            run.prefill_end = time.perf_counter()
+            pieces = run.piece_times
+            total = StepTimes(ms=(run.prefill_end - run.prefill_start) * 1e3,
+                              layer_ms=tuple(map(sum, zip(*(t.layer_ms for t in pieces)))),
+                              attn_ms=tuple(map(sum, zip(*(t.attn_ms for t in pieces)))),
+                              mlp_ms=tuple(map(sum, zip(*(t.mlp_ms for t in pieces)))))
             rows = run.rows * len(run.prompt_ids)          # a few rows go through the kernel (blocks, for int8 / q4_1)
             cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0, blocks=rows <= engine.kernel.MAX_ROWS)
-            self._first_token(run, tokens, cost, run.rows)
-
-    def _first_token(self, run: BatchRun, tokens: torch.Tensor, cost: Any, batch_rows: int, foreign_tokens: int = 0) -> None:
-        """Record the run's prefill step, from its first piece's start to its first token (the
-        decode steps between pieces included), with its pieces' layer times."""
-        run.prefill_end = time.perf_counter()
-        pieces = run.piece_times
-        total = StepTimes(ms=(run.prefill_end - run.prefill_start) * 1e3,
-                          layer_ms=tuple(map(sum, zip(*(t.layer_ms for t in pieces)))),
-                          attn_ms=tuple(map(sum, zip(*(t.attn_ms for t in pieces)))),
-                          mlp_ms=tuple(map(sum, zip(*(t.mlp_ms for t in pieces)))))
-        self._accept(run, 0, tokens, total, cost, batch_rows, foreign_tokens)
+            self._accept(run, 0, tokens, total, cost, run.rows)
 
     def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | None,
                 waited: dict[int, tuple[int, float]]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicLayer
 
 
 def kv_cache_bytes(cache: Any) -> int:
@@ -30,19 +30,6 @@ def keep_first(cache: Any, tokens: int) -> None:
     length = cache.get_seq_length()
     if tokens < length:
         cache.crop(tokens - length)
-
-
-def split_rows(cache: Any, parts: list[tuple[int, int]]) -> list[Any]:
-    """One DynamicCache per part of a cache that several runs' prompts filled in one pass: part i
-    (rows, positions) takes the next `rows` rows and their first `positions` positions (the rest
-    was padding), copied into tensors of its own."""
-    caches, first = [], 0
-    for rows, positions in parts:
-        caches.append(DynamicCache(ddp_cache_data=[(layer.keys[first:first + rows, :, :positions],
-                                                    layer.values[first:first + rows, :, :positions])
-                                                   for layer in cache.layers]))
-        first += rows
-    return caches
 
 
 def decodable_in_place(cache: Any, layers: int, batch: int) -> bool:

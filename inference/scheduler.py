@@ -1,27 +1,16 @@
 """The shared server's decisions, as pure functions of numbers (no model, no tensors, no threads):
-whom to admit into the decode batch, which newcomers prefill together, and how a prompt is cut
-into prefill pieces (between two decode steps the server runs one piece of an unfinished prefill,
-else admits whom it can). `inference/batching.py` executes what these decide;
-tests/test_scheduler.py checks them without a model.
+whom to admit into the decode batch and how a prompt is cut into prefill pieces (between two
+decode steps the server runs one piece of an unfinished prefill, else admits whom it can). `inference/batching.py` executes what these decide; tests/test_scheduler.py checks
+them without a model.
 
 Admission is first come, first served: the head of the queue goes in when its rows fit the batch
 and its KV cache, at its full length, fits what the admitted runs leave of the budget; nobody
 overtakes it (a large run is never starved by small ones). A run that could never fit is refused
 when it asks.
-
-Newcomers admitted together prefill together, as serving engines do: their prompts go through the
-layers in one pass, padded at the end to the longest (causal attention: a prompt's tokens never
-see the padding after them), so the weights are read and the per-layer overhead paid once for
-several prompts. Consecutive newcomers share a pass while it stays small (at most
-PREFILL_GROUP_TOKENS padded tokens) and the padding stays a small share (at most
-PREFILL_GROUP_PADDING): a long prompt never makes short ones wait for its pass or pad to its length.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-PREFILL_GROUP_TOKENS = 512      # padded prompt tokens in one shared prefill pass, at most
-PREFILL_GROUP_PADDING = 0.25    # the share of a shared pass that may be padding, at most
 
 
 @dataclass(frozen=True)
@@ -61,22 +50,3 @@ def admissible(admitted: list[Ask], waiting: list[Ask], limits: Limits) -> int:
 def piece_end(prefilled: int, prompt_tokens: int, chunk: int) -> int:
     """Where the next prefill piece of a prompt ends: the whole rest, or `chunk` more tokens."""
     return prompt_tokens if chunk <= 0 else min(prompt_tokens, prefilled + chunk)
-
-
-def prefill_groups(prompts: list[tuple[int, int]], max_tokens: int = PREFILL_GROUP_TOKENS,
-                   max_padding: float = PREFILL_GROUP_PADDING) -> list[list[int]]:
-    """Which of the newcomers `prompts` ((rows, prompt tokens) each, in queue order) prefill in one
-    pass: consecutive runs, as indices, each group padded to its longest prompt within `max_tokens`
-    and `max_padding`. A run that alone exceeds them is a group of its own."""
-    groups: list[list[int]] = []
-    rows = real = longest = 0
-    for i, (run_rows, tokens) in enumerate(prompts):
-        grown_rows, grown_real, grown_longest = rows + run_rows, real + run_rows * tokens, max(longest, tokens)
-        padded = grown_rows * grown_longest
-        if groups and padded <= max_tokens and padded - grown_real <= max_padding * padded:
-            groups[-1].append(i)
-            rows, real, longest = grown_rows, grown_real, grown_longest
-        else:
-            groups.append([i])
-            rows, real, longest = run_rows, run_rows * tokens, tokens
-    return groups

@@ -1,7 +1,7 @@
 """The shared server's decisions (inference/scheduler.py), checked without a model."""
 from __future__ import annotations
 
-from inference.scheduler import Ask, Limits, admissible, piece_end, prefill_groups, refusal
+from inference.scheduler import Ask, Limits, admissible, piece_end, refusal
 
 LIMITS = Limits(max_rows=8, kv_budget=1000)
 
@@ -32,13 +32,3 @@ def test_a_prompt_is_cut_into_pieces_of_the_chunk() -> None:
     assert ends == [128, 256, 300]
     assert piece_end(0, 300, 0) == 300, "no chunk: the whole prompt at once"
     assert piece_end(100, 300, 0) == 300
-
-
-def test_newcomers_prefill_together_while_the_pass_stays_small_and_little_is_padding() -> None:
-    assert prefill_groups([(1, 40), (1, 38), (1, 44), (1, 41)]) == [[0, 1, 2, 3]]
-    assert prefill_groups([(1, 100)] * 7) == [[0, 1, 2, 3, 4], [5, 6]], "at most 512 padded tokens a pass"
-    assert prefill_groups([(1, 40), (1, 2048), (1, 40)]) == [[0], [1], [2]], "a long prompt goes alone"
-    assert prefill_groups([(1, 40), (1, 10)]) == [[0], [1]], "30 of that pass's 80 tokens would be padding"
-    assert prefill_groups([(4, 40), (1, 40)]) == [[0, 1]], "a run's rows count as prompts"
-    assert prefill_groups([(1, 40), (1, 40)], max_tokens=40) == [[0], [1]]
-    assert prefill_groups([]) == []
