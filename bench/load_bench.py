@@ -1,5 +1,5 @@
-"""A class at once: N simulated students press Run through the real API, their arrivals spread over
-a few seconds, each asking for 64 new tokens; once with runs sharing decode steps (continuous
+"""A class at once: N simulated students press Run through the real API (Gradio's HTTP API, as
+the page's own requests go, from one light client process), their arrivals spread over a few seconds, each asking for 64 new tokens; once with runs sharing decode steps (continuous
 batching, the default) and once in solo mode (one run at a time), on the same server in the same
 run. Prints completed runs, errors, p50/p90 time to first token as a student sees it (from
 pressing Run) and the aggregate decode rate (every run's tokens over the whole session's time)."""
@@ -11,6 +11,7 @@ import multiprocessing
 import random
 import threading
 import time
+from typing import Callable
 
 import httpx
 
@@ -27,22 +28,21 @@ PROMPTS = ["What is the capital of France?", "Name three colours.", "What is 2 +
            "Why is the sky blue? Answer in one sentence.", "Write a haiku about the sea."]
 
 
-def api_body(url: str, api_name: str, **values: object) -> list:
-    """The whole input list the HTTP API wants for `api_name`: each named parameter (its default
-    unless given in `values`) and None where the handler takes per-session state, as gradio_client
-    builds it, read from the server's own /config and /gradio_api/info."""
+def api_inputs(url: str, api_name: str) -> Callable[..., list]:
+    """A maker of the whole input list the HTTP API wants for `api_name`: each named parameter (its
+    default unless given) and None where the handler takes per-session state, as gradio_client
+    builds it, from the server's own /config and /gradio_api/info (read once)."""
     config = httpx.get(f"{url}/config").json()
     dependency = next(d for d in config["dependencies"] if d.get("api_name") == api_name)
     kinds = {c["id"]: c["type"] for c in config["components"]}
     named = iter(httpx.get(f"{url}/gradio_api/info").json()["named_endpoints"][f"/{api_name}"]["parameters"])
-    body = []
-    for component in dependency["inputs"]:
-        if kinds[component] == "state":
-            body.append(None)
-        else:
-            parameter = next(named)
-            body.append(values.get(parameter["parameter_name"], parameter["parameter_default"]))
-    return body
+    slots = [None if kinds[component] == "state" else next(named) for component in dependency["inputs"]]
+
+    def inputs(**values: object) -> list:
+        return [None if slot is None else values.get(slot["parameter_name"], slot["parameter_default"])
+                for slot in slots]
+
+    return inputs
 
 
 async def _student(http: httpx.AsyncClient, url: str, body: list, delay: float) -> dict:
@@ -82,8 +82,9 @@ async def _students(url: str, students: int) -> list[dict]:
     timeout = httpx.Timeout(600.0, connect=30.0)
     limits = httpx.Limits(max_connections=2 * students + 4)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
-        bodies = [api_body(url, "run", prompt=PROMPTS[i % len(PROMPTS)], max_new_tokens=NEW_TOKENS, temperature=0,
-                           top_p=1, seed=0, kv_cache=True, batch_size=1) for i in range(min(students, len(PROMPTS)))]
+        inputs = api_inputs(url, "run")
+        bodies = [inputs(prompt=prompt, max_new_tokens=NEW_TOKENS, temperature=0, top_p=1, seed=0, kv_cache=True,
+                         batch_size=1) for prompt in PROMPTS]
         return list(await asyncio.gather(*(_student(http, url, bodies[i % len(bodies)], rng.uniform(0, SPREAD_S))
                                            for i in range(students))))
 
