@@ -38,6 +38,24 @@ namespace {
 constexpr int64_t kMaxRows = 32;
 // Rows that share one pass over a weight row, their accumulators held in registers.
 constexpr int kRowBlock = 8;
+
+// Calls f(std::integral_constant<int, R>{}, m0) for rows m0 .. m0 + R - 1 of M, in blocks of up to
+// Block rows: a block's row count is a compile-time constant, so its accumulators stay in registers.
+template <int R, int Block, typename F>
+__attribute__((always_inline)) inline void row_block(int64_t rows, int64_t m0, F& f) {
+  if constexpr (R < Block) {
+    if (rows == R) return f(std::integral_constant<int, R>{}, m0);
+    row_block<R + 1, Block>(rows, m0, f);
+  } else {
+    f(std::integral_constant<int, Block>{}, m0);
+  }
+}
+
+template <int Block, typename F>
+__attribute__((always_inline)) inline void for_row_blocks(int64_t M, F&& f) {
+  for (int64_t m0 = 0; m0 < M; m0 += Block) row_block<1, Block>(std::min<int64_t>(Block, M - m0), m0, f);
+}
+
 // The longest attention head the fused layer's rotary buffer holds.
 constexpr int64_t kMaxHeadDim = 512;
 
@@ -183,22 +201,10 @@ void rows_dot_bf16(const uint16_t* w, const float* x, float* y, int64_t M, int64
   const int64_t chunks = K / 32;
   const auto xb = narrowed(x, M, K);
   for (int64_t n = begin; n < end; ++n) {
-    const uint16_t* row = w + n * K;
-    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {   // the weight row still in L1 for the next block
-      const __m512bh* b = xb.data() + m0 * chunks;
-      const float* xr = x + m0 * K;
-      float* yb = y + m0 * N;
-      switch (std::min<int64_t>(kRowBlock, M - m0)) {
-        case 1: row_dot_bf16<1>(row, b, chunks, xr, yb, K, N, n); break;
-        case 2: row_dot_bf16<2>(row, b, chunks, xr, yb, K, N, n); break;
-        case 3: row_dot_bf16<3>(row, b, chunks, xr, yb, K, N, n); break;
-        case 4: row_dot_bf16<4>(row, b, chunks, xr, yb, K, N, n); break;
-        case 5: row_dot_bf16<5>(row, b, chunks, xr, yb, K, N, n); break;
-        case 6: row_dot_bf16<6>(row, b, chunks, xr, yb, K, N, n); break;
-        case 7: row_dot_bf16<7>(row, b, chunks, xr, yb, K, N, n); break;
-        default: row_dot_bf16<kRowBlock>(row, b, chunks, xr, yb, K, N, n); break;
-      }
-    }
+    const uint16_t* row = w + n * K;             // still in L1 for the next block of rows
+    for_row_blocks<kRowBlock>(M, [&](auto rows, int64_t m0) __attribute__((always_inline)) {
+      row_dot_bf16<decltype(rows)::value>(row, xb.data() + m0 * chunks, chunks, x + m0 * K, y + m0 * N, K, N, n);
+    });
   }
 }
 #endif
@@ -367,17 +373,10 @@ void block_rows_dot(const B* w, const float* x, float* y, int64_t M, int64_t K, 
   }
   for (int64_t n = begin; n < end; ++n) {
     const B* row = w + n * blocks;
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const float* xb = x + m0 * K;
+    for_row_blocks<4>(M, [&](auto rows, int64_t m0) __attribute__((always_inline)) {
       const float* sb = xsum.empty() ? nullptr : xsum.data() + m0 * blocks;
-      float* yb = y + m0 * N;
-      switch (std::min<int64_t>(4, M - m0)) {
-        case 1: block_row_dot<B, 1>(row, xb, sb, yb, K, N, n); break;
-        case 2: block_row_dot<B, 2>(row, xb, sb, yb, K, N, n); break;
-        case 3: block_row_dot<B, 3>(row, xb, sb, yb, K, N, n); break;
-        default: block_row_dot<B, 4>(row, xb, sb, yb, K, N, n); break;
-      }
-    }
+      block_row_dot<B, decltype(rows)::value>(row, x + m0 * K, sb, y + m0 * N, K, N, n);
+    });
   }
 }
 
@@ -391,20 +390,9 @@ void rows_dot(const W* w, const float* x, float* y, int64_t M, int64_t K, int64_
 #endif
   for (int64_t n = begin; n < end; ++n) {
     const W* row = w + n * K;
-    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {
-      const float* xb = x + m0 * K;
-      float* yb = y + m0 * N;
-      switch (std::min<int64_t>(kRowBlock, M - m0)) {
-        case 1: row_dot<W, 1>(row, xb, yb, K, N, n); break;
-        case 2: row_dot<W, 2>(row, xb, yb, K, N, n); break;
-        case 3: row_dot<W, 3>(row, xb, yb, K, N, n); break;
-        case 4: row_dot<W, 4>(row, xb, yb, K, N, n); break;
-        case 5: row_dot<W, 5>(row, xb, yb, K, N, n); break;
-        case 6: row_dot<W, 6>(row, xb, yb, K, N, n); break;
-        case 7: row_dot<W, 7>(row, xb, yb, K, N, n); break;
-        default: row_dot<W, kRowBlock>(row, xb, yb, K, N, n); break;
-      }
-    }
+    for_row_blocks<kRowBlock>(M, [&](auto rows, int64_t m0) __attribute__((always_inline)) {
+      row_dot<W, decltype(rows)::value>(row, x + m0 * K, y + m0 * N, K, N, n);
+    });
   }
 }
 
