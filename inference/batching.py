@@ -272,8 +272,8 @@ class BatchServer:
                               layer_ms=tuple(map(sum, zip(*(t.layer_ms for t in pieces)))),
                               attn_ms=tuple(map(sum, zip(*(t.attn_ms for t in pieces)))),
                               mlp_ms=tuple(map(sum, zip(*(t.mlp_ms for t in pieces)))))
-            rows = run.rows * len(run.prompt_ids)          # a few rows go through the kernel (blocks, for int8 / q4_1)
-            cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0, blocks=rows <= engine.kernel.MAX_ROWS)
+            cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0,
+                             blocks=engine.reads_blocks(run.rows * len(run.prompt_ids)))
             self._accept(run, 0, tokens, total, cost, run.rows)
 
     def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | None,

@@ -245,10 +245,7 @@ class GenerationRun:
         prompt_len = len(self.prompt_ids)
         tokens_in = prompt_len - self.reused_tokens if index == 0 else (1 if self.settings.kv_cache else context_len)
         past = context_len - tokens_in
-        # The fast kernel reads int8 / q4_1 matrices as blocks (a few rows: decode, a short prompt);
-        # PyTorch runs them as floats.
-        kernel = self.engine.kernel if self.settings.kernel == "fast" else None
-        blocks = kernel is not None and tokens_in * self.settings.batch_size <= kernel.MAX_ROWS
+        blocks = self.settings.kernel == "fast" and self.engine.reads_blocks(tokens_in * self.settings.batch_size)
         cost = step_cost(info, self.settings.batch_size, tokens_in, past, blocks)
         attention = self._attention.take() if self._attention is not None else ()
         return make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size,
@@ -286,6 +283,12 @@ class Engine:
     @property
     def fast_kernels(self) -> bool:
         return self.kernel is not None
+
+    def reads_blocks(self, rows: int) -> bool:
+        """Whether a fast-path pass of `rows` rows (tokens x sequences) goes through the decode
+        kernel, which reads int8 / q4_1 matrices as blocks (decode, a short prompt); PyTorch runs
+        longer passes on the same values as floats (fast_path._few_rows)."""
+        return self.kernel is not None and rows <= self.kernel.MAX_ROWS
 
     @property
     def kernel_note(self) -> str:
