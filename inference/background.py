@@ -111,7 +111,9 @@ ENGINE_THREAD = EngineThread()
 class WatchedRun:
     """What a page watches of a run that goes on elsewhere: its steps as they come, its end, its
     time limit, Stop. A subclass provides `steps`, `cancel` and `trace()`, and calls `_notify()` on
-    each new step and `_end()` when the run has ended."""
+    each new step, `_end()` when the run has ended (its trace is whole) and `_release()` once
+    whatever ran it holds nothing of it any more (the engine's lock included, where it was the last
+    run): `stop()` returns only then, so a closed tab frees the engine by construction."""
 
     steps: list[Step]
     cancel: Any
@@ -122,6 +124,7 @@ class WatchedRun:
         self.timed_out = False          # cancelled for running longer than max_seconds
         self.started = time.perf_counter()
         self._finished = False
+        self._released = False
         self._changed = threading.Condition()
 
     @property
@@ -151,7 +154,7 @@ class WatchedRun:
         if not self._finished:
             self.cancel.set()
         with self._changed:
-            self._changed.wait_for(lambda: self._finished)
+            self._changed.wait_for(lambda: self._released)
 
     def trace(self) -> Trace:
         raise NotImplementedError
@@ -163,6 +166,11 @@ class WatchedRun:
     def _end(self) -> None:
         with self._changed:
             self._finished = True
+            self._changed.notify_all()
+
+    def _release(self) -> None:
+        with self._changed:
+            self._finished = self._released = True
             self._changed.notify_all()
 
 
@@ -182,7 +190,8 @@ class BackgroundRun(WatchedRun):
         except BaseException as exc:      # reported to the caller, who shows it as a message
             self.error = exc
         finally:
-            self._end()
+            # The generator has returned: its `with engine.lock` has exited, so it holds nothing.
+            self._release()
 
     @property
     def steps(self) -> list[Step]:

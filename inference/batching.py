@@ -28,6 +28,7 @@ from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
 from inference.engine import Engine, TextStream, eos_ids, make_step, sample
 from inference.fast_path import FusedStack, fast_forwards
+from inference.kv_cache import cache_of, forward
 from inference.scheduler import Ask, Limits, admissible, piece_end, refusal
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
@@ -171,27 +172,34 @@ class BatchServer:
         model = engine.loaded.model
         active: list[BatchRun] = []         # decoding
         filling: list[BatchRun] = []        # admitted, prefill in chunks not finished yet
+        gone: list[BatchRun] = []           # ended, released once the server holds nothing of them
         try:
             with engine.lock, torch.inference_mode(), \
                     LayerTimer(model, engine.loaded.info.layers, engine.loaded.device) as timer, \
                     fast_forwards(model, engine.kernel, timer, engine.native_bf16) as stack:
                 while True:
-                    active = [run for run in active if not self._leaves(run)]
-                    filling = [run for run in filling if not self._leaves(run)]
+                    gone += [run for run in [*active, *filling] if self._leaves(run)]
+                    active = [run for run in active if not run.done]
+                    filling = [run for run in filling if not run.done]
                     waited: dict[int, tuple[int, float]] = collections.defaultdict(lambda: (0, 0.0))
                     if filling:                 # one chunk of the oldest unfinished prefill per step
                         self._prefill_piece(filling[0], timer, active, waited)
                     else:
-                        filling += self._admit(active, timer, waited)
+                        filling += self._admit(active, timer, waited, gone)
                     active += [run for run in filling if run.prefill_end is not None and not run.done]
+                    gone += [run for run in filling if run.done]
                     filling = [run for run in filling if run.prefill_end is None and not run.done]
                     self.active = list(active)
                     if not active:
                         with self._lock:
                             if not self._waiting and not filling:
                                 self._serving = False
-                                return
+                                return          # `gone` is released below, after the lock is
                         continue
+                    # The server goes on without the runs that left: it holds nothing of theirs.
+                    for run in gone:
+                        run._release()
+                    gone = []
                     self._decode(active, timer, stack, waited)
         except BaseException as exc:              # every run still here ends with the message
             with self._lock:
@@ -200,8 +208,11 @@ class BatchServer:
             for run in stranded:
                 if not run.done:
                     run._finish("cancelled", exc)
+            gone += stranded
         finally:
             self.active = []
+            for run in gone:
+                run._release()
 
     def _leaves(self, run: BatchRun) -> bool:
         if run.done:
@@ -211,10 +222,12 @@ class BatchServer:
             return True
         return False
 
-    def _admit(self, active: list[BatchRun], timer: LayerTimer, waited: dict[int, tuple[int, float]]) -> list[BatchRun]:
+    def _admit(self, active: list[BatchRun], timer: LayerTimer, waited: dict[int, tuple[int, float]],
+               gone: list[BatchRun]) -> list[BatchRun]:
         """Admit waiting runs, one at a time, while their rows and KV caches fit, and prefill each
         (or its first chunk). Returns them; `waited` gathers, for every run, the other runs' prompt
-        tokens prefilled before its next decode step and the time that took."""
+        tokens prefilled before its next decode step and the time that took; runs that end on the
+        way (Stop while waiting, EOS as the first token) go to `gone`."""
         admitted: list[BatchRun] = []
         while True:
             with self._lock:
@@ -224,10 +237,10 @@ class BatchServer:
                 run = self._waiting.popleft()
             if run.cancel.is_set():
                 run._finish("cancelled")
+                gone.append(run)
                 continue
             self._prefill_piece(run, timer, [*active, *admitted], waited)
-            if not run.done:
-                admitted.append(run)
+            (gone if run.done else admitted).append(run)
             if run.prefill_end is None:     # prefilling in chunks: the batch decodes before the next one
                 return admitted
 
@@ -249,14 +262,14 @@ class BatchServer:
         timer.cancel, run.timer = run.cancel, timer
         timer.start_step()
         try:
-            out = engine.loaded.model(input_ids=ids, cache=run.cache, use_cache=True, logits_to_keep=1)
+            out = forward(engine.loaded.model, ids, run.cache, use_cache=True, logits_to_keep=1)
         except RunCancelled:
             timer.finish_step()
             run._finish("cancelled")
             return
         finally:
             timer.cancel, run.timer = None, None
-        run.cache, logits = out.cache, out.logits[:, -1, :]
+        run.cache, logits = cache_of(out), out.logits[:, -1, :]
         complete = end == len(run.prompt_ids)
         tokens = sample(logits, run.settings, run.generator) if complete else None
         times = timer.finish_step()

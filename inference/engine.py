@@ -24,7 +24,7 @@ from inference.device import device_info
 from inference.cpu_quota import fit_threads_to_quota
 from inference.fast_path import fast_forwards
 from inference.kernel_build import build_error, kernel_module
-from inference.kv_cache import keep_first, kv_cache_bytes
+from inference.kv_cache import cache_of, forward, keep_first, kv_cache_bytes
 from inference.loading import LoadedModel
 from inference.roofs import bf16_native
 from inference.settings import GenerationSettings
@@ -72,13 +72,13 @@ def sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.
 
 def prefill(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """(B, S) prompt ids, empty cache -> (B, V) logits of the last position, and the filled cache."""
-    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :], out.cache
+    out = forward(model, input_ids, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :], cache_of(out)
 
 
 def decode_step(model: nn.Module, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
     """(B, 1) newest tokens + the cache (extended in place) -> (B, V) logits."""
-    out = model(input_ids=tokens, cache=cache, use_cache=True, logits_to_keep=1)
+    out = forward(model, tokens, cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :]
 
 
@@ -232,8 +232,8 @@ class GenerationRun:
         model = self.engine.loaded.model
         if index == 0:
             if cache is not None:
-                out = model(input_ids=sequence[:, self.reused_tokens:], cache=cache, use_cache=True, logits_to_keep=1)
-                return out.logits[:, -1, :], out.cache
+                out = forward(model, sequence[:, self.reused_tokens:], cache, use_cache=True, logits_to_keep=1)
+                return out.logits[:, -1, :], cache_of(out)
             logits, cache = prefill(model, sequence)
             return logits, cache if self.settings.kv_cache else None
         if self.settings.kv_cache:

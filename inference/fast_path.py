@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from inference.kv_cache import decodable_in_place, decode_slot
+from inference.kv_cache import CACHE_FIELD, decodable_in_place, decode_slot
 from inference.quantize import blocks_of
 from inference.roofs import prefill_linear
 from inference.timing import LayerTimer
@@ -130,15 +130,15 @@ class FusedStack:
         self.weights = [_layer_weights(layer, kernel) for layer in model.layers]
         self.limit, self.wq = kernel.MAX_ROWS, model.layers[0].self_attn.q_proj.weight
 
-    def forward(self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None, cache: Any = None,
+    def forward(self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
                 inputs_embeds: Any = None, use_cache: Any = None, **kwargs: Any) -> Any:
-        cache = cache if cache is not None else kwargs.get("past_key_values")
+        cache = kwargs.pop(CACHE_FIELD, None)           # under this transformers' name (kv_cache.py)
         if not (cache is not None and attention_mask is None and position_ids is None and inputs_embeds is None
                 and input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] == 1
                 and self.fits(input_ids.shape[0]) and decodable_in_place(cache, len(self.weights), input_ids.shape[0])):
             return self.original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=self.decode(input_ids, [cache]), cache=cache)
+                                 inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_FIELD: cache}, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=self.decode(input_ids, [cache]), **{CACHE_FIELD: cache})
 
     def fits(self, rows: int) -> bool:
         return rows <= self.limit

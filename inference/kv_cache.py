@@ -1,15 +1,34 @@
-"""The one module that reads (and, for the fused decode step, arranges) the KV cache's internals;
-their layout changes between releases.
+"""The one module that knows how transformers names and lays out the KV cache (it changes between
+releases): the forward keyword and output field that carry it, and the tensors inside it.
 
-Tested against transformers 5.24: `DynamicCache.layers[i].keys` / `.values`, each
-(batch, kv_heads, seq_len, head_dim).
+Tested against transformers 5.17 and 5.24 (`make test` runs the engine's tests on both):
+`DynamicCache.layers[i].keys` / `.values`, each (batch, kv_heads, seq_len, head_dim). The keyword
+and field are `cache` from 5.24 on (`past_key_values` stays there as a deprecated alias); 5.17
+knows only `past_key_values`, and would silently swallow a `cache=` keyword into `**kwargs`.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import nn
 from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# The name of the KV cache in a model's forward keywords and its output, in this transformers.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def forward(model: nn.Module, input_ids: torch.Tensor, cache: Any = None, **kwargs: Any) -> Any:
+    """`model(input_ids=..., **kwargs)` with `cache` (if any) passed under this transformers' name."""
+    if cache is not None:
+        kwargs[CACHE_FIELD] = cache
+    return model(input_ids=input_ids, **kwargs)
+
+
+def cache_of(output: Any) -> Any:
+    """The KV cache a forward pass returned."""
+    return getattr(output, CACHE_FIELD)
 
 
 def kv_cache_bytes(cache: Any) -> int:

@@ -376,7 +376,7 @@ class RemoteRun(WatchedRun):
         except BaseException as exc:      # reported to the caller, who shows it as a message
             self.error = exc
         finally:
-            self._end()
+            self._release()      # nothing of an engine here is held for it
 
     def stop(self) -> None:
         """Cancel and wait a moment: the reading thread leaves at the next line it reads (it holds

@@ -12,6 +12,7 @@ from torch import nn
 from inference.engine import Engine
 from inference.fast_path import fast_forwards
 from inference.kernel_build import build_error, kernel_module
+from inference.kv_cache import cache_of, forward
 from inference.loading import LoadedModel, model_info
 from inference.prompts import chat_prompt_ids
 from inference.roofs import bf16_native
@@ -121,11 +122,11 @@ def test_fused_decode_steps_match_the_eager_model_and_write_the_cache_in_place(k
     with torch.inference_mode():
         for fused in (False, True):
             with fast(model, kernel, on=fused):
-                out = model(input_ids=prompt, use_cache=True)           # prefill: too many rows for the kernel
-                cache, logits, addresses = out.cache, [], []
+                out = forward(model, prompt, use_cache=True)           # prefill: too many rows for the kernel
+                cache, logits, addresses = cache_of(out), [], []
                 for _ in range(3):
                     token = out.logits[:, -1:].argmax(-1)
-                    out = model(input_ids=token, cache=cache, use_cache=True)
+                    out = forward(model, token, cache, use_cache=True)
                     logits.append(out.logits[:, -1].float())
                     addresses.append(cache.layers[0].keys.data_ptr())
             results[fused] = (torch.stack(logits), [layer.keys.float() for layer in cache.layers], addresses)
@@ -152,9 +153,9 @@ def test_in_bfloat16_the_fused_step_is_as_close_to_float32_as_eager_is(kernel) -
         errors = {}
         for fused in (False, True):
             with fast(model, kernel, on=fused):
-                out = model(input_ids=sequence[:, :60], use_cache=True)
-                cache, logits = out.cache, []
+                out = forward(model, sequence[:, :60], use_cache=True)
+                cache, logits = cache_of(out), []
                 for t in range(60, 80):
-                    logits.append(model(input_ids=sequence[:, t:t + 1], cache=cache, use_cache=True).logits[0, -1].float())
+                    logits.append(forward(model, sequence[:, t:t + 1], cache, use_cache=True).logits[0, -1].float())
             errors[fused] = (torch.stack(logits) - exact).abs().mean().item()      # positions 60..79
     assert errors[True] <= 1.5 * errors[False], errors

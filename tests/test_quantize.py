@@ -9,6 +9,7 @@ import torch
 
 from inference.cost_model import step_cost
 from inference.engine import Engine, with_blocks
+from inference.kv_cache import cache_of, forward
 from inference.loading import LoadedModel, model_info
 from inference.quantize import PROJECTIONS, Q4_1, Q8_0, blocks_of, dequantize, quantize, quantize_model
 from inference.settings import GenerationSettings
@@ -71,10 +72,10 @@ def test_fused_decode_on_blocks_matches_eager_on_their_values(kernel, name: str)
     with torch.inference_mode():
         for fused in (False, True):
             with fast(model, kernel, on=fused):
-                out = model(input_ids=prompt, use_cache=True)
-                cache, logits = out.cache, []
+                out = forward(model, prompt, use_cache=True)
+                cache, logits = cache_of(out), []
                 for _ in range(4):
-                    out = model(input_ids=out.logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+                    out = forward(model, out.logits[:, -1:].argmax(-1), cache, use_cache=True)
                     logits.append(out.logits[:, -1])
             results[fused] = torch.stack(logits)
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-4)

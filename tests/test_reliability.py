@@ -147,14 +147,20 @@ def test_stop_from_another_thread_ends_the_run_and_frees_the_engine(real_engine:
     assert not real_engine.lock.locked()
 
 
-def test_closing_the_tab_mid_run_frees_the_engine(real_engine: Engine) -> None:
-    """Gradio closes the generator when a client goes away; the engine must be free right after."""
-    app._engine = real_engine
+@pytest.mark.parametrize("solo", [False, True], ids=["shared batch", "solo"])
+def test_closing_the_tab_mid_run_frees_the_engine(real_engine: Engine, monkeypatch, solo: bool) -> None:
+    """Gradio closes the generator when a client goes away; the engine must be free right after,
+    on the shared batch and alone (no waiting: closing returns once the run has let go of it)."""
+    monkeypatch.setattr(app, "_engine", real_engine)
+    monkeypatch.setattr(app, "_config", app._config.replace(solo=solo))
+    with real_engine.lock:       # runs that earlier tests left going have ended (this waits for them)
+        pass
     updates = app.run_generation("Write a long story about a lighthouse.", 300, 0, 1, 0, True, 1, app.CancelFlag())
     for i, _ in zip(range(4), updates):
         pass
     updates.close()
-    assert not real_engine.lock.locked()
+    assert real_engine.lock.acquire(blocking=False), "the engine was still busy after the tab closed"
+    real_engine.lock.release()
     assert "Paris" in _drain("What is the capital of France?", 10)[3]
 
 
