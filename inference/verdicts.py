@@ -155,7 +155,11 @@ def roofline_verdict(trace: Trace) -> str:
         lines.append(f"Decode: {decode_intensity:.1f} FLOPs/byte ({_side(decode_intensity, ridge)}): "
                      f"{'bandwidth-bound' if decode_intensity < ridge else 'compute-bound'} by the roofline, "
                      f"{_share(share * d.peak_bytes_per_s, d.peak_bytes_per_s, 'memory')}.")
-        if share < 0.5:
+        if d.type == "cuda":
+            bytes_per_step = statistics.median(s.bytes for s in decode)
+            lines.append(decode_bound_verdict(trace.summary.decode_ms_median, bytes_per_step, d.peak_bytes_per_s,
+                                              f"this GPU's memory roof ({d.source})"))
+        elif share < 0.5:
             kernel = {"fast": "the fused decode kernels", "eager": "plain PyTorch"}.get(trace.settings.kernel,
                                                                                       trace.settings.kernel)
             lines.append(f"At {share:.0%} of the memory roof, most of each decode step ({trace.summary.decode_ms_median:.1f} "
@@ -166,6 +170,31 @@ def roofline_verdict(trace: Trace) -> str:
     else:
         lines.append("This run has no decode step to place.")
     return " ".join(lines)
+
+
+def decode_bound_verdict(step_ms: float, step_bytes: float, bytes_per_s: float, roof_name: str,
+                         graph_ms: float | None = None, device_type: str = "cuda") -> str:
+    """What bounds a decode step, from its figures: the time its bytes need at the roof against the
+    time it took. Where the bytes explain most of it, the step is bound by bandwidth; where they
+    explain little (a small model on a big GPU), by launching its many small kernels one after
+    another, which a step captured as one CUDA graph (`graph_ms`, where measured) shows."""
+    needed_ms = step_bytes / bytes_per_s * 1e3
+    share = needed_ms / step_ms if step_ms > 0 else 0.0
+    figures = (f"reading its {step_bytes / 1e6:,.1f} MB at {bytes_per_s / 1e9:,.0f} GB/s ({roof_name}) takes "
+               f"{needed_ms:.3f} ms of the {step_ms:.3f} ms a decode step took ({share:.0%})")
+    if share >= 0.5:
+        sentence = f"Decode is bound by memory bandwidth here: {figures}."
+    elif device_type == "cuda":
+        sentence = (f"Decode is not bound by bandwidth here but by launching kernels: {figures}; the rest is the "
+                    f"host issuing hundreds of small kernels one after another.")
+    else:
+        sentence = (f"Decode is not bound by bandwidth here: {figures}; the rest is per-operation overhead "
+                    f"(Python, dispatch, threads) and arithmetic.")
+    if graph_ms:
+        graph_share = needed_ms / graph_ms
+        sentence += (f" Captured as one CUDA graph the step took {graph_ms:.3f} ms ({step_ms / graph_ms:.1f}x "
+                     f"{'faster' if graph_ms < step_ms else 'slower'}), {graph_share:.0%} of it explained by the bytes.")
+    return sentence
 
 
 def _side(intensity: float, ridge: float) -> str:
