@@ -8,6 +8,7 @@ the environment and overridden by the flags.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import socket
@@ -27,6 +28,7 @@ from inference.background import ENGINE_THREAD, BackgroundRun, CancelFlag, Watch
 from inference.batching import batch_server
 from inference.conversation import Conversation
 from inference.engine import Engine, load_engine
+from inference.gpu_budget import GpuBudget
 from inference.perfetto import to_chrome_trace_json
 from inference.prompts import DEFAULT_PROMPT, check_prompt_text
 from inference.remote import RemoteClient, RemoteError, RemoteRun, parse_remotes
@@ -52,7 +54,6 @@ THIS_MACHINE = "this machine (measured roofs)"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 CSS = phase_colour_css() + (Path(__file__).resolve().parent / "assets" / "style.css").read_text()
 
-GPU_START_MARGIN_S = 30            # a ZeroGPU worker's start (and its warm-up) before the run itself
 try:                                # a Hugging Face Space's image carries `spaces`
     import spaces
 except ImportError:
@@ -64,14 +65,35 @@ gr.set_static_paths([PLOTLY_JS])    # plotly.js from the installed package: the 
 _config = ServerConfig.from_env()    # replaced whole, by main()'s flags and by a model switch
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
+_gpu_budget = GpuBudget(_config.max_run_seconds)     # what a ZeroGPU run asks for, learnt from the runs seen
 
 
-def gpu(fn: Any) -> Any:
-    """On a ZeroGPU Space, `fn` runs in a forked worker that holds a GPU for at most the run limit
-    (plus the worker's start); its arguments and what it yields are pickled. Elsewhere `fn` as it is."""
+def gpu(fn: Any = None, *, duration: Any = None) -> Any:
+    """On a ZeroGPU Space, `fn` runs in a forked worker that holds a GPU for `duration(*args)`
+    seconds (by default the run limit); its arguments and what it yields are pickled. Elsewhere
+    `fn` as it is."""
+    if fn is None:
+        return lambda f: gpu(f, duration=duration)
     if spaces is None:
         return fn
-    return spaces.GPU(duration=lambda *args, **kwargs: _config.max_run_seconds + GPU_START_MARGIN_S)(fn)
+    return spaces.GPU(duration=duration or (lambda *args, **kwargs: _config.max_run_seconds))(fn)
+
+
+def run_seconds(prompt: str, max_new_tokens: float, *args: Any, **kwargs: Any) -> int:
+    """A run's ZeroGPU duration: its worker's start, its prefill and its decode at the costs
+    measured so far (inference/gpu_budget.py), so that a visitor's daily quota holds several runs."""
+    from inference.prompts import chat_prompt_ids
+
+    _gpu_budget.max_seconds = _config.max_run_seconds
+    try:
+        tokens = len(chat_prompt_ids(get_engine().loaded.tokenizer, str(prompt)))
+    except (ValueError, TypeError):
+        tokens = len(str(prompt))                  # at most one token a character
+    try:
+        new_tokens = int(max_new_tokens)
+    except (ValueError, TypeError):
+        new_tokens = 512
+    return _gpu_budget.seconds_for(tokens, new_tokens)
 
 
 def switch_model(name: str) -> str:
@@ -131,11 +153,29 @@ def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) ->
     return message, status, summary.headline_html(trace), trace.text, state
 
 
-@gpu
 def run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                    kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
                    chat: bool = False, forget: bool = False, conversation: Conversation | None = None,
                    remote: str = "", attention: bool = False) -> Iterator[tuple]:
+    """One run's updates (see _run_generation). On ZeroGPU the run happens in a GPU worker; its
+    finished trace and the worker's start teach the next calls what to ask for."""
+    called, first_update, final = time.perf_counter(), None, None
+    # closing(): a closed tab closes this generator, and with it the run's, at once.
+    with contextlib.closing(_run_generation(prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size,
+                                            cancel, kernel, chat, forget, conversation, remote, attention)) as updates:
+        for update in updates:
+            first_update = first_update or time.perf_counter() - called
+            final = update[4] if isinstance(update[4], str) else final
+            yield update
+    if _config.zero_gpu and final is not None:
+        _gpu_budget.observe(Trace.from_json(final), first_update or 0.0)
+
+
+@gpu(duration=run_seconds)
+def _run_generation(prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
+                    kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
+                    chat: bool = False, forget: bool = False, conversation: Conversation | None = None,
+                    remote: str = "", attention: bool = False) -> Iterator[tuple]:
     """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S. With
     `chat`, the prompt continues the session's conversation, reusing its cache unless `forget`.
     With `remote` (one of the operator's endpoint names), the run goes to that serving engine."""

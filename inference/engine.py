@@ -327,8 +327,12 @@ class Engine:
 
     def ensure_warm(self) -> None:
         """Warm up once in this process (a ZeroGPU worker is a fresh process that may not touch
-        the GPU before it holds one, so its engine is warmed there, not at start-up)."""
+        the GPU before it holds one, so its engine is warmed there, not at start-up). There the
+        roofs are named after the GPU the worker really holds: the main process saw a stand-in."""
         if self._warm_in != os.getpid():
+            if self.loaded.device.type == "cuda":
+                self.device_info = device_info(self.loaded.device, next(self.loaded.model.parameters()).dtype,
+                                               self.device_info.dtype_choice)
             self.warm_up()
 
     def trace_of(self, prompt_ids: list[int], settings: GenerationSettings, steps: list[Step],

@@ -13,6 +13,12 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import pytest
 import torch
+from hypothesis import settings
+
+# No test may depend on how fast the machine is: Hypothesis's per-example deadline (200 ms) fails
+# on a loaded one.
+settings.register_profile("phasescope", deadline=None)
+settings.load_profile("phasescope")
 
 from inference.engine import Engine
 from inference.loading import LoadedModel, model_info

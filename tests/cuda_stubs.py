@@ -5,7 +5,9 @@ library packages (several GB more). The suite's mirror of the GPU machine and th
 environment take the wheel alone; this script then writes, beside torch's own libraries, one small
 library per missing CUDA library, defining every symbol torch imports from it (same names, same
 symbol versions) as a function that returns an error code. Nothing calls them on a CPU:
-`torch.cuda.is_available()` is False and every tensor stays on the CPU.
+`torch.cuda.is_available()` is False and every tensor stays on the CPU. It also drops those
+packages from the installed torch's declared requirements, so that installing anything that
+needs torch afterwards does not fetch them after all.
 
 Usage: python tests/cuda_stubs.py VENV_SITE_PACKAGES/torch/lib
 """
@@ -96,11 +98,23 @@ def write_stub(soname: str, symbols: dict[str, tuple[str, str]], folder: Path) -
         subprocess.run(command, check=True)
 
 
+def drop_cuda_requirements(torch_lib: Path) -> int:
+    """Remove the NVIDIA (and Triton) packages from torch's installed METADATA; returns how many."""
+    dropped = 0
+    for metadata in torch_lib.parent.parent.glob("torch-*.dist-info/METADATA"):
+        lines = metadata.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not re.match(r"Requires-Dist: (nvidia-|triton|cuda-)", line)]
+        dropped += len(lines) - len(kept)
+        metadata.write_text("".join(kept))
+    return dropped
+
+
 def main() -> None:
     torch_lib = Path(sys.argv[1])
     for soname, symbols in missing_libraries(torch_lib).items():
         write_stub(soname, symbols, torch_lib)
         print(f"stand-in {soname}: {len(symbols)} symbols")
+    print(f"dropped {drop_cuda_requirements(torch_lib)} CUDA package requirements from torch's metadata")
 
 
 if __name__ == "__main__":

@@ -178,11 +178,16 @@ def test_a_cpu_space_answers_a_student_live(space_home: Path) -> None:
 
 
 class DeviceApiStandIn:
-    """The ZeroGPU device API the `spaces` package calls (see spaces/zero/client.py and api.py):
-    every schedule is granted at once; each request is recorded."""
+    """The ZeroGPU device API the `spaces` package calls (see spaces/zero/client.py and api.py),
+    with a visitor's daily quota as the real one keeps it: a schedule whose duration exceeds what
+    the visitor has left is refused with 429 and the seconds left (the package turns that into
+    "You have exceeded your ZeroGPU quota" or "reached its GPU limit"); a granted one is charged
+    its whole duration. Each request is recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, quota_s: int = 120) -> None:       # a visitor who is not signed in: 2 minutes a day
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.left = quota_s
+        self.refused: list[int] = []
         stand_in = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -196,11 +201,17 @@ class DeviceApiStandIn:
                 url = urllib.parse.urlsplit(self.path)
                 params = dict(urllib.parse.parse_qsl(url.query))
                 stand_in.requests.append((url.path, params))
-                body = b"0"
+                body, status = b"0", 200
                 if url.path == "/schedule":
-                    body = json.dumps({"idle": True, "nvidiaIndex": 0, "nvidiaUUID": "GPU-stand-in",
-                                       "allowToken": f"token-{len(stand_in.requests)}"}).encode()
-                self.send_response(200)
+                    asked = int(params.get("durationSeconds", 60))
+                    if asked > stand_in.left:
+                        stand_in.refused.append(asked)
+                        status, body = 429, json.dumps({"left": stand_in.left, "wait": 3600}).encode()
+                    else:
+                        stand_in.left -= asked
+                        body = json.dumps({"idle": True, "nvidiaIndex": 0, "nvidiaUUID": "GPU-stand-in",
+                                           "allowToken": f"token-{len(stand_in.requests)}"}).encode()
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -220,7 +231,7 @@ class DeviceApiStandIn:
 def test_a_zerogpu_space_streams_from_its_gpu_worker_and_stop_reaches_it(space_home: Path) -> None:
     from gradio_client import Client
 
-    api = DeviceApiStandIn()
+    api = DeviceApiStandIn(quota_s=10_000)      # this test is about streaming and Stop, not the quota
     env = {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": api.url, "PHASESCOPE_DEVICE": "cpu",
            "PHASESCOPE_MAX_RUN_SECONDS": "90", "PHASESCOPE_ALLOWED_MODELS": "someone/other-model"}
     command = [str(SPACE_PYTHON), str(ROOT / "tests" / "zerogpu_app.py")]
@@ -230,7 +241,7 @@ def test_a_zerogpu_space_streams_from_its_gpu_worker_and_stop_reaches_it(space_h
             assert "Paris" in answer, f"answer {answer!r}\n{log.read_text()[-3000:]}"
             assert len(updates) >= 5, f"only {len(updates)} updates came back from the worker: not live"
             schedules = api.calls("/schedule")
-            assert schedules and all(s["durationSeconds"] == "120" for s in schedules), schedules
+            assert schedules and all(int(s["durationSeconds"]) < 90 for s in schedules), schedules
             workers = {call["pid"] for call in api.calls("/allow")}
             assert workers, "no GPU worker was started"
 
@@ -252,5 +263,34 @@ def test_a_zerogpu_space_streams_from_its_gpu_worker_and_stop_reaches_it(space_h
             text = assert_clean_log(log)
         assert "Low-level CUDA init" not in text
         assert str(os.getpid()) not in workers
+    finally:
+        api.server.shutdown()
+
+
+def test_a_visitor_who_is_not_signed_in_can_run_the_default_prompt_on_zerogpu(space_home: Path) -> None:
+    """Each call asks for what its run needs (its prompt, its new tokens, the costs measured so far):
+    the default prompt fits a 2-minute daily quota several times; a call asking for more than is
+    left is refused before it starts, with the platform's message, and the page still answers."""
+    from gradio_client import Client
+
+    from inference.prompts import DEFAULT_PROMPT
+
+    api = DeviceApiStandIn(quota_s=120)
+    env = {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": api.url, "PHASESCOPE_DEVICE": "cpu",
+           "PHASESCOPE_MAX_RUN_SECONDS": "120"}
+    command = [str(SPACE_PYTHON), str(ROOT / "tests" / "zerogpu_app.py")]
+    try:
+        with running_space(space_home, "zerogpu-quota", command, env) as (url, log, _):
+            answers = [ask_live(url, DEFAULT_PROMPT, 64)[1] for _ in range(2)]
+            asked = [int(s["durationSeconds"]) for s in api.calls("/schedule")]
+            assert not api.refused and all(answers), (asked, api.refused, log.read_text()[-2000:])
+            assert all(a <= 60 for a in asked), f"a default run asked for {asked} s of a 120 s quota"
+            with pytest.raises(Exception, match="quota|GPU limit"):     # 512 new tokens: more than is left now
+                api.left = min(api.left, asked[-1])
+                Client(url, verbose=False).predict("Write a long story.", 512, 0, 1, 0, True, 1, api_name="/run")
+            assert api.refused, "the long run was not refused"
+            api.left = 10_000
+            assert ask_live(url, "What is the capital of France?")[1], "the page did not answer after a refusal"
+            assert_clean_log(log)
     finally:
         api.server.shutdown()

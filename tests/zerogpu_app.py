@@ -3,9 +3,9 @@
 The real `spaces` package runs in its ZeroGPU mode (SPACES_ZERO_GPU=true): it patches torch in
 this process, asks the device API (a local stand-in) for a GPU per call, forks a worker, pickles the
 arguments and every yield. What needs a real GPU is replaced here: the package reads which CUDA
-the torch build targets and keeps its low-level CUDA init (this is the CPU build: it is told CUDA 12,
-as ZeroGPU's torch is, and given an init that fails as this build's CUDA calls do), and the worker's CUDA initialisation and its move of CUDA weights are skipped (the app runs on the CPU in
-this test, so there are none to move). Everything else is the package's own code.
+the torch build targets and keeps its low-level CUDA init (given one that fails, as it fails on a
+machine without a GPU), and the worker's CUDA initialisation and its move of CUDA weights are skipped
+(the app runs on the CPU in this test, so there are none to move). Everything else is the package's own code.
 """
 import runpy
 import sys
@@ -24,9 +24,10 @@ def not_in_bad_fork() -> bool:       # the CPU build's own is a lambda, which th
 
 
 torch.version.cuda = torch.version.cuda or "12.8"
-if not hasattr(torch._C, "_cuda_init"):
-    torch._C._cuda_init = no_cuda
-    torch.cuda._is_in_bad_fork = not_in_bad_fork
+# The Space's torch is PyPI's CUDA build on stand-in CUDA libraries (tests/cuda_stubs.py): its init
+# must fail as a machine without a GPU fails it.
+torch._C._cuda_init = no_cuda
+torch.cuda._is_in_bad_fork = not_in_bad_fork
 
 import spaces  # noqa: E402,F401  (before anything uses CUDA: it patches torch)
 import spaces.zero.torch as zero_torch  # noqa: E402
