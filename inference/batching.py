@@ -20,12 +20,14 @@ import collections
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
+from inference.cpu_quota import memory_room
 from inference.engine import Engine, TextStream, eos_ids, make_step, sample
 from inference.fast_path import FusedStack, fast_forwards
 from inference.kv_cache import cache_of, forward
@@ -92,17 +94,20 @@ class BatchRun(WatchedRun):
         self._end()
 
 
-def kv_budget_bytes(device: torch.device) -> int:
+def kv_budget_bytes(device: torch.device, meminfo: Path = Path("/proc/meminfo"),
+                    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int:
     """What the class's KV caches may hold: half the memory free when the server starts (the other
-    half for activations, the page, and everything else on the machine)."""
+    half for activations, the page, and everything else on the machine). In a container or on a
+    Space, free means under the cgroup's memory limit, where that is tighter than the host's."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 2
     try:
-        with open("/proc/meminfo") as meminfo:
-            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+        with open(meminfo) as lines:
+            available = next(int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         available = 2 << 30                       # unknown: assume a small machine
-    return available // 2
+    room = memory_room(proc_cgroup, root)
+    return min(available, room if room is not None else available) // 2
 
 
 class BatchServer:

@@ -1,10 +1,14 @@
-"""How many CPUs this process may really use: a container's CPU quota, not the CPUs it can see.
+"""How many CPUs, and how much memory, this process may really use: a container's quotas, not the
+host's CPUs and memory that it can see.
 
 A Hugging Face Space (and many containers) shows the host's CPUs but grants a quota of two of
 them. Thread teams sized by the visible count then oversubscribe the quota, and the fused decode
 layer, whose threads meet at barriers, pays for every thread that waits for its time slice. So a
 CPU run uses as many threads as the quota allows (cgroup v2 `cpu.max`, or v1
-`cpu.cfs_quota_us` / `cpu.cfs_period_us`, on the process's cgroup and its parents).
+`cpu.cfs_quota_us` / `cpu.cfs_period_us`, on the process's cgroup and its parents). Likewise the
+memory a class's KV caches may take is bounded by the cgroup's memory limit where there is one
+(v2 `memory.max` less `memory.current`, v1 `memory.limit_in_bytes` less `memory.usage_in_bytes`),
+not by the host's free memory that /proc/meminfo shows.
 """
 from __future__ import annotations
 
@@ -30,6 +34,36 @@ def quota_cpus(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path(
             quotas += [_v1_quota(folder) for folder in _folders(mount, path)]
     found = [q for q in quotas if q is not None]
     return min(found) if found else None
+
+
+def memory_room(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes this process's cgroup (or a parent's) may still take under its memory limit, the
+    tightest one; None without a limit."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    rooms = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":                                    # cgroup v2
+            rooms += [_room(folder, "memory.max", "memory.current") for folder in _folders(root, path)]
+        elif "memory" in controllers.split(","):                 # cgroup v1, the memory controller's hierarchy
+            mount = root / controllers if (root / controllers).is_dir() else root / "memory"
+            rooms += [_room(folder, "memory.limit_in_bytes", "memory.usage_in_bytes")
+                      for folder in _folders(mount, path)]
+    found = [r for r in rooms if r is not None]
+    return min(found) if found else None
+
+
+def _room(folder: Path, limit_file: str, usage_file: str) -> int | None:
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        if limit == "max" or int(limit) >= 1 << 60:              # v1 writes "no limit" as a huge number
+            return None
+        return max(0, int(limit) - int((folder / usage_file).read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 def _folders(mount: Path, path: str) -> list[Path]:

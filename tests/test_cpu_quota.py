@@ -47,3 +47,28 @@ def test_threads_come_down_to_the_quota_and_never_go_up(monkeypatch) -> None:
         assert cpu_quota.fit_threads_to_quota() == "" and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _cgroup_tree(tmp_path: Path, files: dict[str, str], line: str) -> tuple[Path, Path]:
+    root = tmp_path / "sys"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    proc = tmp_path / "cgroup"
+    proc.write_text(line + "\n")
+    return proc, root
+
+
+def test_the_kv_budget_is_half_of_what_the_cgroup_leaves_not_the_hosts_free_memory(tmp_path: Path) -> None:
+    from inference.batching import kv_budget_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 67108864 kB\nMemAvailable: 62914560 kB\n")      # a 64 GiB host, 60 free
+    v2 = _cgroup_tree(tmp_path / "v2", {"space/memory.max": str(16 << 30), "space/memory.current": str(6 << 30)},
+                      "0::/space")
+    assert kv_budget_bytes(torch.device("cpu"), meminfo, *v2) == (10 << 30) // 2
+    v1 = _cgroup_tree(tmp_path / "v1", {"memory/space/memory.limit_in_bytes": str(8 << 30),
+                                        "memory/space/memory.usage_in_bytes": str(2 << 30)}, "4:memory:/space")
+    assert kv_budget_bytes(torch.device("cpu"), meminfo, *v1) == (6 << 30) // 2
+    unlimited = _cgroup_tree(tmp_path / "none", {"space/memory.max": "max", "space/memory.current": "1"}, "0::/space")
+    assert kv_budget_bytes(torch.device("cpu"), meminfo, *unlimited) == 62914560 * 1024 // 2
