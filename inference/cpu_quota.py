@@ -20,38 +20,35 @@ import torch
 
 def quota_cpus(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The smallest CPU quota on this process's cgroup or its parents, in CPUs; None without one."""
+    quotas = [(_v2_quota if v2 else _v1_quota)(folder) for folder, v2 in _cgroup_folders(proc_cgroup, root, "cpu")]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _cgroup_folders(proc_cgroup: Path, root: Path, controller: str) -> list[tuple[Path, bool]]:
+    """(folder, whether it is cgroup v2) of this process's cgroup and its parents, in `controller`'s
+    hierarchy (v1) or the unified one (v2); none where /proc cannot be read."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        return None
-    quotas = []
+        return []
+    found = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":                                    # cgroup v2
-            quotas += [_v2_quota(folder) for folder in _folders(root, path)]
-        elif "cpu" in controllers.split(","):                    # cgroup v1, the cpu controller's hierarchy
-            mount = root / controllers if (root / controllers).is_dir() else root / "cpu"
-            quotas += [_v1_quota(folder) for folder in _folders(mount, path)]
-    found = [q for q in quotas if q is not None]
-    return min(found) if found else None
+            found += [(folder, True) for folder in _folders(root, path)]
+        elif controller in controllers.split(","):               # cgroup v1, that controller's hierarchy
+            mount = root / controllers if (root / controllers).is_dir() else root / controller
+            found += [(folder, False) for folder in _folders(mount, path)]
+    return found
 
 
 def memory_room(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Bytes this process's cgroup (or a parent's) may still take under its memory limit, the
     tightest one; None without a limit."""
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return None
-    rooms = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":                                    # cgroup v2
-            rooms += [_room(folder, "memory.max", "memory.current") for folder in _folders(root, path)]
-        elif "memory" in controllers.split(","):                 # cgroup v1, the memory controller's hierarchy
-            mount = root / controllers if (root / controllers).is_dir() else root / "memory"
-            rooms += [_room(folder, "memory.limit_in_bytes", "memory.usage_in_bytes")
-                      for folder in _folders(mount, path)]
+    rooms = [_room(folder, "memory.max", "memory.current") if v2 else
+             _room(folder, "memory.limit_in_bytes", "memory.usage_in_bytes")
+             for folder, v2 in _cgroup_folders(proc_cgroup, root, "memory")]
     found = [r for r in rooms if r is not None]
     return min(found) if found else None
 
