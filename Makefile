@@ -12,17 +12,16 @@ PEER_STAMP := $(PEER)/.installed
 find_python = $(shell for p in python$(1) $$HOME/.pyenv/versions/$(1)*/bin/python$(1); do \
 	$$p -c pass 2>/dev/null && { command -v $$p; break; }; done)
 
-# PyPI has no CPU build of torch for Linux: the Python 3.12 environments below take its wheel alone
-# (about 530 MB, downloaded once into WHEELS), without the several GB of NVIDIA library packages it
-# declares, and tests/cuda_stubs.py writes stand-ins for those libraries so that it imports and runs
-# on the CPU. torch 2.11.0 is both the GPU machine's and one that ZeroGPU lists.
+# PyPI has no CPU build of torch for Linux: the Python 3.12 environments below take its CUDA build
+# (the wheel, about 530 MB, kept in WHEELS, and the NVIDIA library packages it declares, from pip's
+# cache after the first time); it runs on the CPU. torch 2.11.0 is both the GPU machine's and one
+# that ZeroGPU lists.
 WHEELS := $(HOME)/.cache/phasescope/wheels
 TORCH_312 := 2.11.0
 # $(call torch_wheel,VENV): torch for Python 3.12 into VENV, as above.
 define torch_wheel
 	$(1)/bin/pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d $(WHEELS) torch==$(TORCH_312)
-	$(1)/bin/pip install -q --disable-pip-version-check --no-deps $(WHEELS)/torch-$(TORCH_312)-cp312-*.whl
-	$(1)/bin/python tests/cuda_stubs.py $$($(1)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch/lib
+	$(1)/bin/pip install -q --disable-pip-version-check $(WHEELS)/torch-$(TORCH_312)-cp312-*.whl
 endef
 
 # What a Hugging Face Space builds: requirements.txt alone (plus the `spaces` package its image
@@ -61,7 +60,7 @@ chromium:
 run: $(STAMP)
 	$(PY) app.py
 
-$(SPACE_STAMP): requirements.txt requirements-space.txt tests/cuda_stubs.py
+$(SPACE_STAMP): requirements.txt requirements-space.txt
 	@test -n "$(SPACE_PYTHON)" || { echo "python$(SPACE_VERSION) (the Space's, from README.md) was not found"; exit 1; }
 	rm -rf $(SPACE)
 	$(SPACE_PYTHON) -m venv $(SPACE)
@@ -71,7 +70,7 @@ $(SPACE_STAMP): requirements.txt requirements-space.txt tests/cuda_stubs.py
 
 space-venv: $(SPACE_STAMP)
 
-$(MIRROR_STAMP): requirements-gpu-mirror.txt requirements-model.txt tests/cuda_stubs.py
+$(MIRROR_STAMP): requirements-gpu-mirror.txt requirements-model.txt
 	@test -n "$(MIRROR_PYTHON)" || { echo "python3.12 (the GPU machine's) was not found"; exit 1; }
 	rm -rf $(MIRROR)
 	$(MIRROR_PYTHON) -m venv $(MIRROR)

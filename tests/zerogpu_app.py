@@ -24,8 +24,7 @@ def not_in_bad_fork() -> bool:       # the CPU build's own is a lambda, which th
 
 
 torch.version.cuda = torch.version.cuda or "12.8"
-# The Space's torch is PyPI's CUDA build on stand-in CUDA libraries (tests/cuda_stubs.py): its init
-# must fail as a machine without a GPU fails it.
+# The Space's torch is PyPI's CUDA build: its init must fail as a machine without a GPU fails it.
 torch._C._cuda_init = no_cuda
 torch.cuda._is_in_bad_fork = not_in_bad_fork
 
