@@ -107,7 +107,7 @@ def kv_budget_bytes(device: torch.device, meminfo: Path = Path("/proc/meminfo"),
     except (OSError, StopIteration, ValueError):
         available = 2 << 30                       # unknown: assume a small machine
     room = memory_room(proc_cgroup, root)
-    return min(available, room if room is not None else available) // 2
+    return (available if room is None else min(available, room)) // 2
 
 
 class BatchServer:
@@ -200,12 +200,12 @@ class BatchServer:
                             if not self._waiting and not filling:
                                 self._serving = False
                                 return          # `gone` is released below, after the lock is
-                        continue
                     # The server goes on without the runs that left: it holds nothing of theirs.
                     for run in gone:
                         run._release()
                     gone = []
-                    self._decode(active, timer, stack, waited)
+                    if active:
+                        self._decode(active, timer, stack, waited)
         except BaseException as exc:              # every run still here ends with the message
             with self._lock:
                 stranded, self._waiting = [*active, *filling, *self._waiting], collections.deque()
