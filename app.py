@@ -65,7 +65,7 @@ gr.set_static_paths([PLOTLY_JS])    # plotly.js from the installed package: the 
 _config = ServerConfig.from_env()    # replaced whole, by main()'s flags and by a model switch
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
-_gpu_budget = GpuBudget(_config.max_run_seconds)     # what a ZeroGPU run asks for, learnt from the runs seen
+_gpu_budget = GpuBudget()          # what a ZeroGPU run asks for, learnt from the runs seen
 
 
 def gpu(fn: Any = None, *, duration: Any = None) -> Any:
@@ -84,7 +84,6 @@ def run_seconds(prompt: str, max_new_tokens: float, *args: Any, **kwargs: Any) -
     measured so far (inference/gpu_budget.py), so that a visitor's daily quota holds several runs."""
     from inference.prompts import chat_prompt_ids
 
-    _gpu_budget.max_seconds = _config.max_run_seconds
     try:
         tokens = len(chat_prompt_ids(get_engine().loaded.tokenizer, str(prompt)))
     except (ValueError, TypeError):
@@ -93,7 +92,7 @@ def run_seconds(prompt: str, max_new_tokens: float, *args: Any, **kwargs: Any) -
         new_tokens = int(max_new_tokens)
     except (ValueError, TypeError):
         new_tokens = 512
-    return _gpu_budget.seconds_for(tokens, new_tokens)
+    return _gpu_budget.seconds_for(tokens, new_tokens, _config.max_run_seconds)
 
 
 def switch_model(name: str) -> str:

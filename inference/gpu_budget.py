@@ -31,8 +31,7 @@ class GpuBudget:
     """The duration to ask for, learnt from the runs seen (the slowest recent costs, so that one
     fast worker does not make the next call ask for too little)."""
 
-    def __init__(self, max_seconds: float, costs: Costs = Costs(), keep: int = 20):
-        self.max_seconds = max_seconds
+    def __init__(self, costs: Costs = Costs(), keep: int = 20):
         self.default = costs
         self._seen: list[Costs] = []
         self._keep = keep
@@ -48,11 +47,12 @@ class GpuBudget:
                      prefill_s_per_token=max(c.prefill_s_per_token for c in seen),
                      decode_s_per_token=max(c.decode_s_per_token for c in seen))
 
-    def seconds_for(self, prompt_tokens: int, max_new_tokens: int) -> int:
-        """Whole seconds for a run of `prompt_tokens` and up to `max_new_tokens` new tokens."""
+    def seconds_for(self, prompt_tokens: int, max_new_tokens: int, max_seconds: float) -> int:
+        """Whole seconds for a run of `prompt_tokens` and up to `max_new_tokens` new tokens, at
+        most `max_seconds` (the run limit)."""
         c = self.costs
         need = c.start_s + prompt_tokens * c.prefill_s_per_token + max_new_tokens * c.decode_s_per_token
-        return int(min(self.max_seconds, max(MIN_SECONDS, math.ceil(need * MARGIN))))
+        return int(min(max_seconds, max(MIN_SECONDS, math.ceil(need * MARGIN))))
 
     def observe(self, trace: Trace, start_s: float) -> None:
         """Learn from a finished run: its prefill and decode per token, and the call's start."""
