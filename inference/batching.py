@@ -10,13 +10,16 @@ in the same engine step (`foreign_prefill_tokens`) with the time they took (`wai
 its time). A run alone on the server is recorded as it would be alone.
 
 `inference/scheduler.py` decides (whom to admit, how a prompt is cut into pieces), `BatchServer`
-carries it out on the engine thread, and `FusedStack.decode` executes a shared step.
-Runs that cannot share a step (no KV cache, the eager kernel, a model or device without the fused
-kernel) run alone through GenerationRun, as before.
+carries it out on the engine thread, and `FusedStack.decode` executes a shared step; where the
+kernel did not build (no compiler, not x86), `PlainStack.decode` does in PyTorch (plain_batch.py).
+Runs that cannot share a step (no KV cache, the eager kernel chosen, recording attention, a model
+neither stack takes, a GPU) run alone through GenerationRun, as before.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import threading
 import time
 import weakref
@@ -29,8 +32,10 @@ from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
 from inference.cpu_quota import memory_room
 from inference.engine import Engine, TextStream, eos_ids, make_step, sample
-from inference.fast_path import FusedStack, fast_forwards
+from inference.fast_path import FusedStack, fast_forwards, stack_fusable
 from inference.kv_cache import cache_of, forward
+from inference import plain_batch
+from inference.plain_batch import PlainStack, plain_stackable
 from inference.scheduler import Ask, Limits, admissible, piece_end, refusal
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
@@ -120,7 +125,9 @@ class BatchServer:
         # Prompt tokens per prefill piece (0: a whole prompt at once). With chunks, a long prompt's
         # prefill alternates with the batch's decode steps instead of freezing every stream.
         self.prefill_chunk = prefill_chunk
-        self.max_rows = engine.kernel.MAX_ROWS if engine.kernel is not None else 0
+        self.stack = self.shared_step(engine)
+        self.max_rows = {"fused": engine.kernel.MAX_ROWS if engine.kernel is not None else 0,
+                         "plain": plain_batch.MAX_ROWS}.get(self.stack, 0)
         self.kv_budget = kv_budget_bytes(engine.loaded.device)
         eos = sorted(eos_ids(engine.loaded.model, engine.loaded.tokenizer))
         self._eos = torch.tensor(eos, dtype=torch.long, device=engine.loaded.device)
@@ -146,20 +153,31 @@ class BatchServer:
         with self._lock:
             return next((i + 1 for i, waiting in enumerate(self._waiting) if waiting is run), 0)
 
+    @staticmethod
+    def shared_step(engine: Engine) -> str | None:
+        """What executes a shared decode step on this engine: "fused" (the kernel, every layer in one
+        call), "plain" (PyTorch, where the kernel did not build), or None (runs go alone). On a GPU
+        runs go alone: the shared batch has not run on one yet (and a ZeroGPU call is a worker of its own)."""
+        model = engine.loaded.model
+        if engine.loaded.device.type != "cpu":
+            return None
+        if engine.kernel is not None and stack_fusable(model):
+            return "fused"
+        return "plain" if plain_stackable(model) else None
+
     def can_batch(self, settings: GenerationSettings) -> bool:
         """Whether a run with these settings can share decode steps here."""
-        from inference.fast_path import stack_fusable
-
-        # A run recording attention runs eager attention alone (Engine.generate), not the fused step.
+        # A run recording attention runs eager attention alone (Engine.generate), not a shared step.
         return (settings.kv_cache and settings.kernel == "fast" and not settings.attention_map
-                and self.engine.kernel is not None
-                and settings.batch_size <= self.max_rows and stack_fusable(self.engine.loaded.model))
+                and self.stack is not None and settings.batch_size <= self.max_rows)
 
     def submit(self, prompt_ids: list[int], settings: GenerationSettings, cancel: Any, prompt: str = "",
                max_seconds: float = float("inf")) -> BatchRun:
         """Queue a run for the batch (ValueError if it does not fit the model's context or could
         never fit the KV budget)."""
         self.engine.check_fits(len(prompt_ids), settings.max_new_tokens)
+        if self.engine.kernel is None:       # the trace says what really ran, as Engine.generate's does
+            settings = dataclasses.replace(settings, kernel="eager")
         run = BatchRun(self, list(prompt_ids), settings, cancel, prompt, max_seconds)
         refused = refusal(self.ask(run), self.limits)
         if refused:
@@ -181,7 +199,9 @@ class BatchServer:
         try:
             with engine.lock, torch.inference_mode(), \
                     LayerTimer(model, engine.loaded.info.layers, engine.loaded.device) as timer, \
-                    fast_forwards(model, engine.kernel, timer, engine.native_bf16) as stack:
+                    (fast_forwards(model, engine.kernel, timer, engine.native_bf16) if engine.kernel is not None
+                     else contextlib.nullcontext()) as fused:
+                stack = fused if self.stack == "fused" else PlainStack(model, timer)
                 while True:
                     gone += [run for run in [*active, *filling] if self._leaves(run)]
                     active = [run for run in active if not run.done]
@@ -294,7 +314,7 @@ class BatchServer:
                              blocks=engine.reads_blocks(run.rows * len(run.prompt_ids)))
             self._accept(run, 0, tokens, total, cost, run.rows)
 
-    def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | None,
+    def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | PlainStack,
                 waited: dict[int, tuple[int, float]]) -> None:
         """One decode step for every active run's rows at once."""
         model = self.engine.loaded.model

@@ -64,7 +64,7 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = 1024, chunk: int = 12
                         progress: Progress = _quiet) -> ChunkResult:
     """`streams` runs decode together on a batch server of their own; when they have streamed a
     few tokens, a `long_prompt`-token prompt joins. Once with its prefill whole, once in chunks of
-    `chunk` tokens between the batch's decode steps. Needs the fused CPU kernel (continuous batching)."""
+    `chunk` tokens between the batch's decode steps. Needs the shared batch (a Llama on the CPU)."""
     from inference.background import CancelFlag, EngineThread
     from inference.batching import BatchServer
 
@@ -75,7 +75,7 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = 1024, chunk: int = 12
     for i, size in enumerate((0, chunk)):
         server = BatchServer(engine, EngineThread(), prefill_chunk=size)
         if not server.can_batch(GenerationSettings()):
-            raise ValueError("chunked prefill needs the shared batch, which needs the fused CPU decode kernel")
+            raise ValueError("chunked prefill needs the shared batch, which this model or device does not run")
         tokenizer = engine.loaded.tokenizer
         runs = [server.submit(fixed_length_prompt_ids(tokenizer, 32 + j), GenerationSettings(max_new_tokens=64),
                               CancelFlag()) for j in range(streams)]

@@ -143,6 +143,15 @@ class LayerTimer:
                 self._stamps["mlp"][i][:] = mlp_start, mlp_end
         self.layers_done = len(stamps) // 6
 
+    def record_layer(self, i: int, layer: tuple[Any, Any], attn: tuple[Any, Any], mlp: tuple[Any, Any]) -> None:
+        """Layer `i`'s (start, end) stamps from this timer's clock, taken by a step that calls the
+        layer's parts itself (the plain shared batch), where its hooks would have taken them."""
+        if self.enabled:
+            self._stamps["layer"][i][:] = layer
+            self._stamps["attn"][i][:] = attn
+            self._stamps["mlp"][i][:] = mlp
+        self.layers_done = i + 1
+
     def start_step(self) -> None:
         self.layers_done = 0
         for pairs in self._stamps.values():

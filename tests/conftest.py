@@ -72,10 +72,11 @@ def tiny_gpt2() -> torch.nn.Module:
     return GPT2LMHeadModel(config).eval()
 
 
-def engine_for(model: torch.nn.Module, name: str) -> Engine:
+def engine_for(model: torch.nn.Module, name: str, fast_kernels: bool = True) -> Engine:
+    """An engine for a tiny model; `fast_kernels=False`: as on a machine where the kernel did not build."""
     loaded = LoadedModel(model=model, tokenizer=DigitTokenizer(), info=model_info(model, name),
                          device=torch.device("cpu"))
-    return Engine(loaded, TEST_DEVICE)
+    return Engine(loaded, TEST_DEVICE, fast_kernels=fast_kernels)
 
 
 @pytest.fixture(scope="session", params=["llama", "gpt2"])

@@ -15,12 +15,22 @@ from tests.conftest import engine_for, tiny_llama
 PROMPTS = [[1, 5, 9, 14, 3], [7, 7, 2 + 20, 40, 41, 42, 43, 44, 45, 46, 47], [99, 98]]
 
 
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    engine = engine_for(tiny_llama(), "tiny-llama")
-    if engine.kernel is None:
+# Every test runs on both shared steps: the fused kernel's, and plain PyTorch's (a machine where
+# the kernel did not build: no compiler, not x86).
+STEPS = ["fused", "plain"]
+
+
+def engine_with(model: torch.nn.Module, name: str, step: str) -> Engine:
+    engine = engine_for(model, name, fast_kernels=step == "fused")
+    if step == "fused" and engine.kernel is None:
         pytest.skip("the fused kernel could not be built here")
+    assert BatchServer.shared_step(engine) == step
     return engine
+
+
+@pytest.fixture(scope="module", params=STEPS)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return engine_with(tiny_llama(), "tiny-llama", request.param)
 
 
 def alone(engine: Engine, prompt: list[int], settings: GenerationSettings) -> list[int]:
@@ -46,12 +56,11 @@ def test_runs_of_different_lengths_share_steps_and_write_what_they_write_alone(e
     assert trace.summary.stop_reason == "length" and len(trace.steps) == 12
 
 
-def test_in_bfloat16_too_a_shared_run_writes_exactly_what_it_writes_alone() -> None:
-    """The kernel sums each sequence's products in the same order whoever shares the step, and
-    each prefill runs alone: sharing changes when a run's tokens come, never which."""
-    engine = engine_for(tiny_llama().to(torch.bfloat16), "tiny-llama-bf16")
-    if engine.kernel is None:
-        pytest.skip("the fused kernel could not be built here")
+@pytest.mark.parametrize("step", STEPS)
+def test_in_bfloat16_too_a_shared_run_writes_exactly_what_it_writes_alone(step: str) -> None:
+    """Each sequence's products are summed in the same order whoever shares the step, and each
+    prefill runs alone: sharing changes when a run's tokens come, never which."""
+    engine = engine_with(tiny_llama().to(torch.bfloat16), "tiny-llama-bf16", step)
     server = BatchServer(engine, EngineThread())
     settings = [GenerationSettings(max_new_tokens=24), GenerationSettings(max_new_tokens=24, batch_size=3),
                 GenerationSettings(max_new_tokens=24, temperature=0.9, seed=5)]
@@ -107,6 +116,28 @@ def test_runs_that_cannot_share_a_step_are_told_apart(engine: Engine) -> None:
     assert not server.can_batch(GenerationSettings(kv_cache=False))
     assert not server.can_batch(GenerationSettings(kernel="eager"))
     assert not server.can_batch(GenerationSettings(batch_size=64))
+    assert not server.can_batch(GenerationSettings(attention_map=True))
+
+
+def test_without_the_kernel_a_shared_run_says_it_ran_plain_pytorch_and_shows_its_layers() -> None:
+    engine = engine_with(tiny_llama(), "tiny-llama", "plain")
+    server = BatchServer(engine, EngineThread())
+    runs = [server.submit(p, GenerationSettings(max_new_tokens=6), CancelFlag()) for p in PROMPTS]
+    finish_all(runs)
+    trace = runs[0].trace()
+    assert trace.serving == "batched" and trace.settings.kernel == "eager"
+    shared = [s for s in trace.steps if s.batch_rows == 3]
+    assert shared and all(len(s.layer_ms) == 3 and all(ms > 0 for ms in (*s.layer_ms, *s.attn_ms, *s.mlp_ms))
+                          for s in shared)
+    assert all(s.kv_bytes == (s.context_len) * engine.loaded.info.kv_bytes_per_token for s in trace.steps)
+
+
+def test_a_model_neither_shared_step_takes_runs_alone() -> None:
+    from tests.conftest import tiny_gpt2
+
+    engine = engine_for(tiny_gpt2(), "tiny-gpt2")
+    server = BatchServer(engine, EngineThread())
+    assert BatchServer.shared_step(engine) is None and not server.can_batch(GenerationSettings())
 
 
 def test_a_fault_in_a_shared_step_ends_every_run_with_it_and_the_server_recovers(engine: Engine) -> None:
@@ -131,9 +162,17 @@ def test_a_fault_in_a_shared_step_ends_every_run_with_it_and_the_server_recovers
                                                                              GenerationSettings(max_new_tokens=8))
 
 
-def test_on_the_real_model_a_shared_batch_answers_each_question_as_it_would_alone(real_engine: Engine) -> None:
+@pytest.mark.parametrize("step", STEPS)
+def test_on_the_real_model_a_shared_batch_answers_each_question_as_it_would_alone(real_engine: Engine,
+                                                                                   step: str) -> None:
     from inference.prompts import chat_prompt_ids
 
+    if step == "plain":       # the same weights, as where the kernel did not build (one lock: one model)
+        shared_lock, real_engine = real_engine.lock, Engine(real_engine.loaded, real_engine.device_info,
+                                                            fast_kernels=False)
+        real_engine.lock = shared_lock
+    elif real_engine.kernel is None:
+        pytest.skip("the fused kernel could not be built here")
     tokenizer = real_engine.loaded.tokenizer
     questions = ["What is the capital of France?", "Name three colours of the rainbow, briefly please."]
     prompts = [chat_prompt_ids(tokenizer, q) for q in questions]
