@@ -125,9 +125,8 @@ class BatchServer:
         # Prompt tokens per prefill piece (0: a whole prompt at once). With chunks, a long prompt's
         # prefill alternates with the batch's decode steps instead of freezing every stream.
         self.prefill_chunk = prefill_chunk
-        self.stack = self.shared_step(engine)
         self.max_rows = {"fused": engine.kernel.MAX_ROWS if engine.kernel is not None else 0,
-                         "plain": plain_batch.MAX_ROWS}.get(self.stack, 0)
+                         "plain": plain_batch.MAX_ROWS}.get(self.shared_step(engine), 0)
         self.kv_budget = kv_budget_bytes(engine.loaded.device)
         eos = sorted(eos_ids(engine.loaded.model, engine.loaded.tokenizer))
         self._eos = torch.tensor(eos, dtype=torch.long, device=engine.loaded.device)
@@ -152,6 +151,10 @@ class BatchServer:
         """1 for the next run to be admitted, 2 for the one after...; 0 once admitted."""
         with self._lock:
             return next((i + 1 for i, waiting in enumerate(self._waiting) if waiting is run), 0)
+
+    @property
+    def stack(self) -> str | None:
+        return self.shared_step(self.engine)
 
     @staticmethod
     def shared_step(engine: Engine) -> str | None:
