@@ -5,6 +5,7 @@ Everything here is offline: the hub is switched off before transformers is impor
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -22,7 +23,10 @@ settings.load_profile("phasescope")
 
 from inference.engine import Engine
 from inference.loading import LoadedModel, model_info
-from inference.trace import DeviceInfo
+from inference.trace import DeviceInfo, Trace
+
+# The recorded trace the figures, exports and verdicts are tested on (also the page's example).
+EXAMPLE_TRACE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
 
 # Fixed roofs for tests: the microbenchmark has its own tests (test_roofs.py), not every fixture.
 TEST_DEVICE = DeviceInfo(type="cpu", name="test cpu", peak_flops=100e9, peak_bytes_per_s=20e9, source="fixed for tests")
@@ -77,6 +81,11 @@ def engine_for(model: torch.nn.Module, name: str, fast_kernels: bool = True) -> 
     loaded = LoadedModel(model=model, tokenizer=DigitTokenizer(), info=model_info(model, name),
                          device=torch.device("cpu"))
     return Engine(loaded, TEST_DEVICE, fast_kernels=fast_kernels)
+
+
+@pytest.fixture
+def example_trace() -> Trace:
+    return Trace.from_json(EXAMPLE_TRACE.read_text())
 
 
 @pytest.fixture(scope="session", params=["llama", "gpt2"])

@@ -13,20 +13,13 @@ from inference.batching import batch_server
 QUESTIONS = {"What is the capital of France?": "Paris", "What is the capital of Japan?": "Tokyo"}
 
 
-def rss_mib() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def ask(url: str, prompt: str) -> str:
     return Client(url, verbose=False).predict(prompt, 12, 0, 1, 0, True, 1, api_name="/run")[3]
 
 
 def test_concurrent_students_each_get_their_own_answer(app_url: str) -> None:
-    ask(app_url, "Hi")                                   # warm up the server before measuring memory
-    before = rss_mib()
+    server = batch_server(app.get_engine())
+    earlier = {id(run) for run in server._recent}
     prompts = list(QUESTIONS) * 2
     with ThreadPoolExecutor(len(prompts)) as pool:
         answers = list(pool.map(lambda p: ask(app_url, p), prompts))
@@ -37,7 +30,9 @@ def test_concurrent_students_each_get_their_own_answer(app_url: str) -> None:
     engine = app.get_engine()
     assert not engine.lock.locked(), "the queue did not drain"
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in engine.loaded.model.modules()) == 0
-    assert rss_mib() - before < 200, f"memory grew by {rss_mib() - before:.0f} MiB over four runs"
+    mine = [run for run in server._recent if id(run) not in earlier]
+    assert len(mine) == len(prompts) and all(run.done and run.cache is None for run in mine), \
+        "a finished run still holds its KV cache"
 
 
 def test_students_who_press_run_together_share_decode_steps(app_url: str, monkeypatch) -> None:

@@ -1,49 +1,45 @@
-"""Each experiment on the real bundled model, at small sizes: the direction a student would see.
-Comparisons are within one run of the experiment; no absolute time thresholds."""
+"""Each experiment on the real bundled model, at small sizes: what it runs and records. Whether a
+claim holds is a function of the figures (tests/test_verdicts.py); the figures this machine gives
+are `make bench`'s (bench/experiments_bench.py), never a pass/fail threshold here."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from gradio_client import Client
 
 from inference.engine import Engine
 from inference.experiments import run_batch_sweep, run_cache_race, run_sweep
-from inference.verdicts import roofline_verdict
+from inference.verdicts import SweepResult, roofline_verdict
 from inference.trace import Trace
 from inference.whatif import GPUS, PRESETS, estimate
 from viz.experiments import batch_figure, race_figure, sweep_figure
+from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
 
-
-def test_the_pause_grows_with_the_prompt_and_the_stream_does_not(real_engine: Engine) -> None:
-    result = run_sweep(real_engine, [16, 1024], new_tokens=4)
-    ttft_growth = result.ttft_ms[1] / result.ttft_ms[0]
-    decode_growth = result.decode_ms[1] / result.decode_ms[0]
-    assert ttft_growth > 5, f"TTFT grew only {ttft_growth:.1f}x from 16 to 1024 prompt tokens"
-    assert decode_growth < ttft_growth / 3, f"decode grew {decode_growth:.2f}x, TTFT {ttft_growth:.1f}x"
-    assert result.ttft_fit[0] > 0 and result.holds and result.verdict().startswith("✔")
+def test_the_prompt_length_sweep_prefills_each_length_once_and_judges_its_own_figures(real_engine: Engine) -> None:
+    result = run_sweep(real_engine, [1024, 16], new_tokens=4)
+    assert result.prompt_tokens == [16, 1024] and [t.steps[0].tokens_in for t in result.traces] == [16, 1024]
+    assert all(s.tokens_in == 1 for t in result.traces for s in t.decode_steps)
+    # The work the pause does grows with the prompt (the cost model's count, not a clock).
+    short, long = (t.steps[0].flops for t in result.traces)
+    assert long > 1024 / 16 * short
+    assert result.verdict() == SweepResult(result.traces).verdict() and str(result.prompt_tokens[-1]) in result.verdict()
     assert list(sweep_figure(result).data[0].x) == [16, 1024]
 
 
-def test_without_the_cache_steps_grow_and_the_total_is_larger(real_engine: Engine) -> None:
-    # 32 -> 96 tokens recomputed: growth large enough to stand out of this shared machine's noise
-    race = run_cache_race(real_engine, prompt_tokens=32, new_tokens=64)
-    cached, recomputed = race.growth
-    assert recomputed > cached, f"recomputed steps grew {recomputed:.2f}x, cached {cached:.2f}x"
-    assert [s.tokens_in for s in race.recomputed.decode_steps][-1] == 32 + 63
-    assert sum(s.ms for s in race.recomputed.steps) > sum(s.ms for s in race.cached.steps)
+def test_the_cache_race_writes_the_same_text_and_recomputes_a_growing_sequence(real_engine: Engine) -> None:
+    race = run_cache_race(real_engine, prompt_tokens=32, new_tokens=12)
+    assert [s.tokens_in for s in race.recomputed.decode_steps] == list(range(33, 33 + 11))
+    assert all(s.tokens_in == 1 for s in race.cached.decode_steps)
     assert race.cached.text == race.recomputed.text, "cache on and off must write the same greedy text"
+    assert race.cached.steps[-1].kv_bytes > 0 and race.recomputed.steps[-1].kv_bytes == 0
     assert len(race_figure(race).data) == 4
 
 
-def test_batch_8_costs_well_under_8_times_batch_1_per_step(real_engine: Engine) -> None:
-    # The fused decode path is near the memory roof at batch 1 and bound by arithmetic at batch 8
-    # (2.5-4x a batch-1 step here), so the margin is "well under 8x", not "about 1x".
-    result = run_batch_sweep(real_engine, [1, 8], prompt_tokens=32, new_tokens=12)
-    ratio = result.step_ms[1] / result.step_ms[0]
-    assert ratio < 5, f"a batch-8 decode step took {ratio:.1f}x a batch-1 step"
-    assert result.tokens_per_s[1] > result.tokens_per_s[0]
+def test_the_batch_sweep_steps_every_row_together(real_engine: Engine) -> None:
+    result = run_batch_sweep(real_engine, [1, 8], prompt_tokens=32, new_tokens=6)
+    assert result.batch_sizes == [1, 8]
+    assert [{s.batch_rows for s in t.steps} for t in result.traces] == [{1}, {8}]
+    assert [len(t.decode_steps) for t in result.traces] == [5, 5]
     assert result.compute_bound_batch > 1
     assert list(batch_figure(result).data[0].x) == [1, 8]
 
@@ -117,5 +113,5 @@ def test_chunked_prefill_shrinks_the_others_worst_step_at_the_long_prompts_cost(
     # Whole, one step of the streaming run absorbs the entire prompt; in chunks, no step holds more than one chunk.
     assert max(s.foreign_prefill_tokens for s in result.off[0].steps) == 768
     assert max(s.foreign_prefill_tokens for s in result.on[0].steps) <= 64
-    assert result.verdict().startswith(("✔", "✘")) and "chunks of 64" in result.verdict()
+    assert "chunks of 64" in result.verdict()
     assert len(chunk_figure(result).data) == 4

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from inference.gpu_budget import MARGIN, Costs, GpuBudget
 from inference.trace import Trace
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
+from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
 
 def test_a_longer_run_asks_for_more_and_none_for_more_than_the_limit() -> None:

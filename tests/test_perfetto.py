@@ -9,8 +9,7 @@ import pytest
 
 from inference.perfetto import to_chrome_trace, to_chrome_trace_json
 from inference.trace import Trace
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
+from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
 
 def events_on(chrome: dict, tid: int) -> list[dict]:

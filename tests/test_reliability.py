@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -14,8 +13,8 @@ import app
 from inference.engine import Engine
 from inference.trace import Trace
 from viz import live
+from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
 ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
                         max_leaves=12)

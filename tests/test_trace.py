@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from inference.trace import Trace
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
+from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
 
 def test_the_replay_clock_counts_the_steps_finished_by_each_moment() -> None:

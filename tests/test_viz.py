@@ -14,10 +14,9 @@ from viz.figures import (all_figures, kv_cache_figure, latency_figure, layer_hea
                          timeline_figure)
 from viz.live import extend_message, full_message
 from viz.summary import headline_html, headline_numbers
+from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
 
 
 @pytest.fixture(scope="module")

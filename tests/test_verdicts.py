@@ -1,0 +1,44 @@
+"""The experiments' verdicts as functions of the numbers: traces whose times are set by the test,
+so each claim is shown to hold where the figures support it and to fail where they do not (the
+figures a real machine gives belong to `make bench`, not to a pass/fail test)."""
+from __future__ import annotations
+
+import dataclasses
+
+from inference.trace import Summary, Trace
+from inference.verdicts import BatchResult, CacheRace, SweepResult
+
+
+def timed(trace: Trace, prefill_ms: float, decode_ms: list[float], prompt_tokens: int | None = None,
+          batch_size: int | None = None) -> Trace:
+    """`trace` with its prefill and decode steps taking the given times (as many decode steps)."""
+    prefill, decode = trace.steps[0], trace.steps[1]
+    steps = (dataclasses.replace(prefill, ms=prefill_ms),
+             *(dataclasses.replace(decode, index=i + 1, ms=ms) for i, ms in enumerate(decode_ms)))
+    settings = dataclasses.replace(trace.settings, batch_size=batch_size or trace.settings.batch_size)
+    return dataclasses.replace(trace, steps=steps, prompt_tokens=prompt_tokens or trace.prompt_tokens,
+                               settings=settings, summary=Summary.of(steps, settings.batch_size, "length"))
+
+
+def test_the_sweep_holds_when_the_pause_grows_and_the_stream_stays(example_trace: Trace) -> None:
+    short, long = timed(example_trace, 10, [20] * 4, 16), timed(example_trace, 200, [21] * 4, 1024)
+    result = SweepResult((short, long))
+    assert result.holds and result.verdict().startswith("✔ From 16 to 1024 prompt tokens the pause grew 20.0x")
+    assert "decode changed 1.05x" in result.verdict()
+    assert not SweepResult((timed(example_trace, 10, [20] * 4, 16), timed(example_trace, 12, [40] * 4, 1024))).holds
+
+
+def test_the_cache_race_holds_when_recomputing_grows_and_costs_more(example_trace: Trace) -> None:
+    flat, growing = [20.0] * 8, [20.0 + 5 * i for i in range(8)]
+    race = CacheRace(timed(example_trace, 30, flat), timed(example_trace, 30, growing))
+    assert race.holds and race.growth[0] == 1.0 and race.growth[1] > 2
+    assert race.verdict().startswith("✔ With the cache each step took about the same time (1.00x")
+    assert not CacheRace(timed(example_trace, 30, growing), timed(example_trace, 30, flat)).holds
+
+
+def test_the_batch_claim_holds_when_a_bigger_batch_costs_little_more_per_step(example_trace: Trace) -> None:
+    alone, eight = timed(example_trace, 30, [20] * 4, batch_size=1), timed(example_trace, 30, [30] * 4, batch_size=8)
+    result = BatchResult((alone, eight))
+    assert result.holds and result.tokens_per_s == [50.0, 8 * 1000 / 30]
+    assert result.verdict().startswith("✔ Going from batch 1 to 8 made each decode step 1.5x slower")
+    assert not BatchResult((alone, timed(example_trace, 30, [150] * 4, batch_size=8))).holds
