@@ -120,7 +120,7 @@ def chunk_lines(chunk: int = 128) -> list[str]:
     """The chunked-prefill experiment (the page's, inference/experiments.py) with 8 streaming runs."""
     from inference.experiments import run_chunked_prefill
 
-    result = run_chunked_prefill(app.get_engine(progress=lambda _: None), 2048, chunk, streams=8)
+    result = run_chunked_prefill(app.server.get_engine(progress=lambda _: None), 2048, chunk, streams=8)
     off, on = result.worst_step_ms(False), result.worst_step_ms(True)
     ttft_off, ttft_on = result.off[1].summary.ttft_ms, result.on[1].summary.ttft_ms
     return ["| chunked prefill (engine, no page) | value | note |", "|---|---|---|",
@@ -131,7 +131,7 @@ def chunk_lines(chunk: int = 128) -> list[str]:
 
 
 def main(students: int = STUDENTS) -> list[str]:
-    engine = app.get_engine(progress=lambda _: None)
+    engine = app.server.get_engine(progress=lambda _: None)
     server = batch_server(engine)
     url = app.launch_on_free_port()
     runs: list = []                                  # every run started, batched or solo
@@ -144,13 +144,13 @@ def main(students: int = STUDENTS) -> list[str]:
         for mode, solo, kernel_on in (("batched", False, True), ("batched, no kernel", False, False),
                                       ("solo", True, True)):
             runs.clear()
-            app._config = app._config.replace(solo=solo)
+            app.server.config = app.server.config.replace(solo=solo)
             engine.kernel = kernel if kernel_on else None    # as where it did not build: the plain shared step
             sessions[mode] = _session(url, students, runs)
     finally:
         del server.submit, engine.generate
         engine.kernel = kernel
-        app._config = app._config.replace(solo=False)
+        app.server.config = app.server.config.replace(solo=False)
         app.demo.close()
     lines = ["| a class at once (load) | value | note |", "|---|---|---|"]
     for mode, s in sessions.items():

@@ -13,6 +13,7 @@ import statistics
 import threading
 
 import app
+from page import live as live_page
 from bench.common import CHROMIUM, CHROMIUM_FLAGS, interleaved_medians, row
 from inference.background import ENGINE_THREAD
 from inference.engine import Engine
@@ -31,7 +32,7 @@ def through_page() -> float:
 
     def consume() -> None:
         try:
-            *_, final = app.run_generation(PROMPT, NEW_TOKENS, 0, 1, 0, True, 1, app.CancelFlag())
+            *_, final = app.live.run_generation(PROMPT, NEW_TOKENS, 0, 1, 0, True, 1, app.CancelFlag())
             finals.append(final)
         finally:
             done.set()
@@ -95,11 +96,11 @@ class BrowserRuns:
 
 
 def main(repeats: int = 5) -> list[str]:
-    engine = app.get_engine(progress=lambda _: None)
+    engine = app.server.get_engine(progress=lambda _: None)
     rates = interleaved_medians({"page": through_page, "engine": lambda: engine_alone(engine)}, repeats)
     lines = ["| page figure | value | note |", "|---|---|---|",
              row("decode tokens/s through the page's handler / engine alone", f"{rates['page'] / rates['engine']:.2f}",
-                 f"{rates['page']:.1f} vs {rates['engine']:.1f} tok/s, {app.UPDATES_PER_S} live updates/s "
+                 f"{rates['page']:.1f} vs {rates['engine']:.1f} tok/s, {live_page.UPDATES_PER_S} live updates/s "
                  f"(goal >= 0.95)")]
     if not shutil.which("chromium") and not shutil.which(CHROMIUM):
         return lines + [row("with Chromium drawing the page on this machine", "not measured", "no chromium")]

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from bench.common import decode_rate, row, stamps
-from inference.engine import Engine, load_engine
+from inference.engine import Engine
+from inference.factory import load_engine
 from inference.loading import bundled_gguf_path, cache_dir
 from inference.prompts import fixed_length_prompt_ids
 from inference.settings import GenerationSettings

@@ -23,11 +23,11 @@ from inference.roofs import cpu_roofs
 cpu_roofs(); t['measure the roofs'] = time.perf_counter() - s; s = time.perf_counter()
 from inference.dtype_choice import cpu_dtype_choice
 choice = cpu_dtype_choice(); t['dtype trial (both dtypes, 64 tokens each)'] = time.perf_counter() - s; s = time.perf_counter()
-from inference.engine import load_engine
+from inference.factory import load_engine
 load_engine('SmolLM2-135M-Instruct'); t['load and warm up the chosen engine'] = time.perf_counter() - s
 print(json.dumps({'parts': t, 'dtype': choice.dtype}))
 """
-WHOLE = "import time; s = time.perf_counter(); from inference.engine import load_engine; " \
+WHOLE = "import time; s = time.perf_counter(); from inference.factory import load_engine; " \
         "load_engine('SmolLM2-135M-Instruct'); print(time.perf_counter() - s)"
 
 

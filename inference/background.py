@@ -26,10 +26,12 @@ import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from inference.engine import GenerationRun
 from inference.trace import Step, Trace
+
+if TYPE_CHECKING:                   # a type only: reading the server's configuration must not load torch
+    from inference.engine import GenerationRun
 
 T = TypeVar("T")
 

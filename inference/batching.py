@@ -33,8 +33,8 @@ from inference.cost_model import shared_decode_cost, step_cost
 from inference.cpu_quota import memory_room
 from inference.engine import Engine, TextStream, eos_ids, make_step, sample
 from inference.fast_path import FusedStack, fast_forwards, stack_fusable
+from inference.kernel_build import MAX_ROWS
 from inference.kv_cache import cache_of, forward
-from inference import plain_batch
 from inference.plain_batch import PlainStack, plain_stackable
 from inference.scheduler import Ask, Limits, admissible, piece_end, refusal
 from inference.settings import GenerationSettings
@@ -52,6 +52,7 @@ class BatchRun(WatchedRun):
         self.server, self.prompt_ids, self.settings, self.cancel, self.prompt = server, prompt_ids, settings, cancel, prompt
         self.steps: list[Step] = []
         self.stop_reason: StopReason | None = None
+        self.why = ""                             # why it runs in the shared batch (serving.prepare)
         self.prefill_start: float | None = None
         self.prefill_end: float | None = None
         self.ended: float | None = None
@@ -85,7 +86,7 @@ class BatchRun(WatchedRun):
 
     def trace(self) -> Trace:
         return self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
-                                           self.prompt, serving="batched")
+                                           self.prompt, serving="batched", why=self.why)
 
     def span(self) -> RunSpan:
         return RunSpan(self.started, self.prefill_start, self.prefill_end, self.ended, len(self.steps))
@@ -125,8 +126,7 @@ class BatchServer:
         # Prompt tokens per prefill piece (0: a whole prompt at once). With chunks, a long prompt's
         # prefill alternates with the batch's decode steps instead of freezing every stream.
         self.prefill_chunk = prefill_chunk
-        self.max_rows = {"fused": engine.kernel.MAX_ROWS if engine.kernel is not None else 0,
-                         "plain": plain_batch.MAX_ROWS}.get(self.shared_step(engine), 0)
+        self.max_rows = MAX_ROWS if self.shared_step(engine) else 0
         self.kv_budget = kv_budget_bytes(engine.loaded.device)
         eos = sorted(eos_ids(engine.loaded.model, engine.loaded.tokenizer))
         self._eos = torch.tensor(eos, dtype=torch.long, device=engine.loaded.device)
@@ -168,20 +168,35 @@ class BatchServer:
             return "fused"
         return "plain" if plain_stackable(model) else None
 
+    def why_alone(self, settings: GenerationSettings) -> str:
+        """Why a run with these settings cannot share decode steps here, in one line ("" if it can)."""
+        if self.stack is None:
+            device = self.engine.loaded.device
+            return ("the shared batch runs on the CPU only so far" if device.type != "cpu" else
+                    f"{self.engine.loaded.info.name} is not a Llama, which the shared step computes")
+        if not settings.kv_cache:
+            return "without the KV cache every step recomputes its whole sequence, alone"
+        if settings.kernel != "fast":
+            return "the eager kernel (plain PyTorch, the reference) runs alone"
+        if settings.attention_map:
+            return "recording attention runs PyTorch's eager attention, alone"
+        if settings.batch_size > self.max_rows:
+            return f"{settings.batch_size} rows are more than the {self.max_rows} a shared step holds"
+        return ""
+
     def can_batch(self, settings: GenerationSettings) -> bool:
         """Whether a run with these settings can share decode steps here."""
-        # A run recording attention runs eager attention alone (Engine.generate), not a shared step.
-        return (settings.kv_cache and settings.kernel == "fast" and not settings.attention_map
-                and self.stack is not None and settings.batch_size <= self.max_rows)
+        return not self.why_alone(settings)
 
     def submit(self, prompt_ids: list[int], settings: GenerationSettings, cancel: Any, prompt: str = "",
-               max_seconds: float = float("inf")) -> BatchRun:
+               max_seconds: float = float("inf"), why: str = "") -> BatchRun:
         """Queue a run for the batch (ValueError if it does not fit the model's context or could
-        never fit the KV budget)."""
+        never fit the KV budget); `why`: the front door's reason, for its trace."""
         self.engine.check_fits(len(prompt_ids), settings.max_new_tokens)
         if self.engine.kernel is None:       # the trace says what really ran, as Engine.generate's does
             settings = dataclasses.replace(settings, kernel="eager")
         run = BatchRun(self, list(prompt_ids), settings, cancel, prompt, max_seconds)
+        run.why = why
         refused = refusal(self.ask(run), self.limits)
         if refused:
             raise ValueError(refused)

@@ -1,4 +1,4 @@
-"""The command line: `python -m inference run|sweep ...` (see DESIGN.md for the contract).
+"""The command line: `python -m inference run|sweep|chat|race|batch|dtype|chunks|whatif ...` (README, "Command line").
 
 Bad arguments end with one line on stderr and exit status 2; never a traceback.
 """
@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from inference.loading import DEFAULT_MODEL
-from inference.settings import GenerationSettings
+from inference.settings import DEFAULT_MODEL, DEVICES, DTYPES, KERNELS, GenerationSettings
 from inference.trace import Trace, sweep_to_json
 
 
@@ -72,11 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _common(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=default_new_tokens)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: the bundled {DEFAULT_MODEL})")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "int8", "q4_1"),
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
                         help="auto: bfloat16 on CUDA, and on a CPU where it measured faster; int8 (Q8_0) and q4_1: "
                         "decode reads llama.cpp's blocks (CPU)")
-    parser.add_argument("--kernel", default="fast", choices=("fast", "eager"),
+    parser.add_argument("--kernel", default="fast", choices=KERNELS,
                         help="fast: multi-core decode kernel on CPU (default); eager: plain PyTorch, the reference")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the trace (or sweep) as JSON")
 
@@ -118,7 +117,7 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from inference.engine import load_engine
+    from inference.factory import load_engine
     from inference.prompts import chat_prompt_ids, check_prompt_text, fixed_length_prompt_ids
 
     if (args.prompt is None) == (args.prompt_tokens is None):
@@ -194,7 +193,7 @@ def _run_remote(args: argparse.Namespace, settings: GenerationSettings) -> int:
 def _chat(args: argparse.Namespace) -> int:
     """Each turn's prompt is the whole conversation so far; with reuse (the default) its prefill
     computes only what the last turn's cache does not hold."""
-    from inference.engine import load_engine
+    from inference.factory import load_engine
     from inference.prompts import check_prompt_text, conversation_ids
 
     settings = _settings(args)
@@ -225,7 +224,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from inference.engine import load_engine
+    from inference.factory import load_engine
     from inference.experiments import prompt_length_sweep
     from inference.remote import RemoteError, remote_sweep
 
@@ -257,7 +256,7 @@ def _sweep_row(trace: Trace) -> Trace:
 
 
 def _race(args: argparse.Namespace) -> int:
-    from inference.engine import load_engine
+    from inference.factory import load_engine
     from inference.experiments import run_cache_race
 
     _check_prompt_tokens([args.prompt_tokens])
@@ -270,7 +269,7 @@ def _race(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from inference.engine import load_engine
+    from inference.factory import load_engine
     from inference.experiments import run_batch_sweep
     from inference.settings import MAX_BATCH_SIZE
 
@@ -290,7 +289,7 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _chunks(args: argparse.Namespace) -> int:
-    from inference.engine import load_engine
+    from inference.factory import load_engine
     from inference.experiments import run_chunked_prefill
 
     _check_prompt_tokens([args.prompt_tokens])

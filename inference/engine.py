@@ -21,7 +21,6 @@ from torch import nn
 from inference.attention_map import AttentionRecorder, attention_modules, recording_attention
 from inference.cost_model import StepCost, step_cost
 from inference.device import device_info
-from inference.cpu_quota import fit_threads_to_quota
 from inference.fast_path import fast_forwards
 from inference.kernel_build import build_error, kernel_module
 from inference.kv_cache import cache_of, forward, keep_first, kv_cache_bytes
@@ -121,7 +120,7 @@ class GenerationRun:
 
     def __init__(self, engine: Engine, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None, instrument: bool, prompt: str, stop_at_eos: bool = True,
-                 reuse: CachedPrefix | None = None):
+                 reuse: CachedPrefix | None = None, why: str = ""):
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.settings = settings
@@ -134,6 +133,7 @@ class GenerationRun:
         self.stop_reason: StopReason | None = None
         self.timer: LayerTimer | None = None       # set while running; its layers_done shows progress
         self.reuse = reuse
+        self.why = why                             # why it runs alone (serving.prepare), for its trace
         self.prefill_start: float | None = None   # perf_counter when the engine took the run up
         # Prompt tokens served from the reused cache (prefix caching): the prefill computes the rest.
         self.reused_tokens = 0
@@ -157,7 +157,7 @@ class GenerationRun:
 
     def trace(self) -> Trace:
         return self.engine.trace_of(self.prompt_ids, self.settings, self.steps, self.stop_reason, self.prompt,
-                                    reused_tokens=self.reused_tokens)
+                                    reused_tokens=self.reused_tokens, why=self.why)
 
     @property
     def cached_prefix(self) -> CachedPrefix | None:
@@ -307,17 +307,18 @@ class Engine:
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, instrument: bool = True, prompt: str = "",
-                 stop_at_eos: bool = True, reuse: CachedPrefix | None = None) -> GenerationRun:
+                 stop_at_eos: bool = True, reuse: CachedPrefix | None = None, why: str = "") -> GenerationRun:
         """A run to iterate. `instrument=False` times whole steps only (the benchmark's baseline);
         `stop_at_eos=False` always generates max_new_tokens (for fair timing); `reuse`: the last
-        turn's cache, whose shared prefix this prompt does not compute again."""
+        turn's cache, whose shared prefix this prompt does not compute again; `why`: why it runs
+        alone, for its trace (inference/serving.py)."""
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
         if settings.attention_map:
             attention_modules(self.loaded.model)          # ValueError now, for a model it cannot record
         if settings.kernel == "fast" and (not self.fast_kernels or settings.attention_map):
             # The trace says what really ran: recording attention needs PyTorch's eager attention.
             settings = dataclasses.replace(settings, kernel="eager")
-        return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos, reuse)
+        return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos, reuse, why)
 
     def warm_up(self) -> None:
         """One short run, discarded: a process's first forward pass pays one-off costs (allocator,
@@ -336,12 +337,13 @@ class Engine:
             self.warm_up()
 
     def trace_of(self, prompt_ids: list[int], settings: GenerationSettings, steps: list[Step],
-                 stop_reason: StopReason | None, prompt: str, serving: str = "solo", reused_tokens: int = 0) -> Trace:
+                 stop_reason: StopReason | None, prompt: str, serving: str = "solo", reused_tokens: int = 0,
+                 why: str = "") -> Trace:
         """A run's trace so far (a run without a stop reason yet reads as cancelled)."""
         return Trace(model=self.loaded.info, device=self.device_info, settings=settings,
                      prompt_tokens=len(prompt_ids), steps=tuple(steps),
                      summary=Summary.of(steps, settings.batch_size, stop_reason or "cancelled"), prompt=prompt,
-                     serving=serving, reused_tokens=reused_tokens)
+                     serving=serving, reused_tokens=reused_tokens, serving_why=why)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context
@@ -365,47 +367,3 @@ def reference_generate(model: nn.Module, prompt_ids: list[int], max_new_tokens: 
             if token in eos:
                 break
     return new
-
-
-def with_blocks(loaded: LoadedModel, name: str, progress: Any = lambda _: None) -> tuple[LoadedModel, str]:
-    """The model with its matrices also kept as int8 or q4_1 blocks for decode (inference/quantize.py):
-    its ModelInfo says so and counts the bytes decode reads; and a line saying what was done."""
-    from inference.quantize import quantize_model
-
-    progress(f"Keeping the weights as {name} blocks for decode")
-    matmul_bytes, note = quantize_model(loaded.model, name)
-    info = loaded.info
-    other = info.weight_bytes - info.matmul_params * 4          # norms (and an untied embedding), in float32
-    head_shared = loaded.model.lm_head.weight is loaded.model.get_input_embeddings().weight
-    if not head_shared:
-        other -= info.vocab * info.hidden * 4                   # the embedding's rows are read one at a time
-    info = dataclasses.replace(info, weights=name, matmul_bytes=matmul_bytes, weight_bytes=matmul_bytes + max(0, other))
-    progress(note)
-    return dataclasses.replace(loaded, info=info), note
-
-
-def load_engine(model: str, device: str = "auto", dtype: str = "auto",
-                progress: Any = lambda _: None, warm_up: bool = True) -> Engine:
-    """Resolve device and dtype names, load the model and measure (or look up) the device's roofs;
-    then warm it up, unless `warm_up` is False (a process that must not run the model yet)."""
-    from inference.device import BLOCK_DTYPES, resolve_device
-    from inference.dtype_choice import choose_dtype
-    from inference.loading import load_model
-
-    torch_device = resolve_device(device)
-    if torch_device.type == "cpu":      # the compiler runs beside the model's first load (about 35 s, once)
-        quota_note = fit_threads_to_quota()
-        if quota_note:
-            progress(quota_note)
-        threading.Thread(target=kernel_module, name="phasescope-kernel-build", daemon=True).start()
-    torch_dtype, why = choose_dtype(dtype, torch_device, progress)
-    if dtype in BLOCK_DTYPES and torch_device.type != "cpu":
-        raise ValueError(f"--dtype {dtype} runs on the CPU decode kernel only; on CUDA use bfloat16 or float32")
-    loaded = load_model(model, torch_device, torch_dtype, progress)
-    if dtype in BLOCK_DTYPES:
-        loaded, why = with_blocks(loaded, dtype, progress)
-    progress("Measuring this device's compute and bandwidth roofs (cached after the first time)")
-    engine = Engine(loaded, device_info(torch_device, torch_dtype, why))
-    if warm_up:
-        engine.warm_up()
-    return engine

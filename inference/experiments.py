@@ -118,7 +118,7 @@ def run_dtype_comparison(model: str, device: str, dtypes: list[str], prompt_toke
     """The same prompt on a fresh copy of the model per dtype (loaded one at a time). The prompt is
     short so that weight bytes dominate decode; on these CPUs bfloat16 attention over a long context
     is slow, and a 256-token prompt measured only 1.03x (vs 1.7x at 32)."""
-    from inference.engine import load_engine
+    from inference.factory import load_engine
 
     traces = []
     for i, dtype in enumerate(dtypes):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from inference.kv_cache import CACHE_FIELD, decodable_in_place, decode_slot
+from inference.kv_cache import CACHE_FIELD, decodable_in_place, next_slot, rows_of
 from inference.quantize import blocks_of
 from inference.roofs import prefill_linear
 from inference.timing import LayerTimer
@@ -150,9 +150,9 @@ class FusedStack:
         hidden = self.model.embed_tokens(input_ids)                          # (M, 1, hidden)
         if not _few_rows(hidden, self.wq, self.limit):
             raise RuntimeError(f"fused decode: embeddings in {hidden.dtype}, weights in {self.wq.dtype}")
-        slots = [[decode_slot(cache.layers[i]) for cache in caches] for i in range(len(self.weights))]
+        slots = [[next_slot(cache, i) for cache in caches] for i in range(len(self.weights))]
         positions = [position for _, _, position in slots[0]]
-        rows = [cache.layers[0].keys.shape[0] for cache in caches]
+        rows = [rows_of(cache) for cache in caches]
         position_ids = torch.tensor([p for p, n in zip(positions, rows) for _ in range(n)], device=hidden.device)
         cos, sin = self.model.rotary_emb(hidden, position_ids=position_ids[:, None])
         self.timer.check_cancel()

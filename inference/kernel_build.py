@@ -1,7 +1,7 @@
 """Building, caching and importing the C++ decode kernel (inference/gemv.cpp).
 
-The kernel is compiled on first use (about 35 s, once) into a private folder and moved into the
-cache in one step; later starts import the cached library directly. It is built for this CPU
+The kernel is compiled on first use (27 s to a minute, once, on the machines seen) into a private
+folder and moved into the cache in one step; later starts import the cached library directly. It is built for this CPU
 (`-march=native`), or for the target named in PHASESCOPE_KERNEL_ARCH (`x86-64-v3` builds the AVX2
 kernel an AVX2-only CPU would get). Where it cannot build (no compiler, no OpenMP, another
 architecture), `kernel_module()` is None, `build_error()` says why in one line, and the engine
@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import threading
@@ -26,6 +27,9 @@ from inference.loading import cache_dir
 
 _SOURCE = Path(__file__).resolve().parent / "gemv.cpp"
 _NAME = "phasescope_gemv"
+# Rows (sequences x new tokens) one kernel call takes, read from the kernel's source so that it is
+# known where the kernel does not build too: a shared step holds this many rows on every machine.
+MAX_ROWS = int(re.search(r"constexpr int64_t kMaxRows = (\d+);", _SOURCE.read_text()).group(1))
 _module: Any = None
 _build_error: str | None = None
 _build_lock = threading.Lock()

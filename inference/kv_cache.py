@@ -65,6 +65,22 @@ def decodable_in_place(cache: Any, layers: int, batch: int) -> bool:
     return len(lengths) == 1
 
 
+def rows_of(cache: Any) -> int:
+    """How many sequences (batch rows) the cache holds."""
+    return cache.layers[0].keys.shape[0]
+
+
+def next_slot(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`decode_slot` of the cache's layer `i`."""
+    return decode_slot(cache.layers[i])
+
+
+def layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer `i`'s keys and values, each (batch, kv_heads, seq_len, head_dim)."""
+    layer = cache.layers[i]
+    return layer.keys, layer.values
+
+
 def decode_slot(layer: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Room for one more position in a DynamicCache layer (see `decodable_in_place`):
     (K buffer, V buffer, position).

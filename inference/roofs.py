@@ -24,7 +24,7 @@ PROBE_SECONDS = 0.15          # one call of a grown probe takes about this long
 _ROOFS_VERSION = 2            # bump when what a probe measures changes
 # CPU flags that decide which arithmetic PyTorch, oneDNN and our kernel can use.
 _FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
-# Environment that changes the code paths taken (the AVX2 emulation of docs/README uses these).
+# Environment that changes the code paths taken (`make bench-avx2` holds PyTorch and the kernel to AVX2 with these).
 _ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "PHASESCOPE_KERNEL_ARCH")
 
 

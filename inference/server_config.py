@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from inference.loading import DEFAULT_MODEL
 from inference.remote import RemoteEndpoint, parse_remotes
+from inference.settings import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

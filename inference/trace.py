@@ -151,6 +151,7 @@ class Trace:
     prompt: str = ""
     schema: str = field(default=TRACE_SCHEMA)
     serving: str = "solo"      # "solo": one run at a time; "batched": decode steps shared with other runs
+    serving_why: str = ""      # why it was served so, in one line (inference/serving.py); "" in older traces
     reused_tokens: int = 0     # prompt tokens served from the last turn's KV cache (a conversation)
     # A run on a remote serving engine (inference/remote.py): which one, what it reported about the
     # run from inside (its own timings and counts, by name), and where its counts disagreed.
@@ -208,6 +209,7 @@ class Trace:
                 summary=_build(Summary, data["summary"]),
                 prompt=data.get("prompt", ""),
                 serving=data.get("serving", "solo"),
+                serving_why=data.get("serving_why", ""),
                 reused_tokens=data.get("reused_tokens", 0),
                 engine=data.get("engine", ""),
                 reported=data.get("reported", {}),
@@ -233,8 +235,8 @@ class Trace:
         least_prompt = 0 if self.remote else 1
         if not isinstance(self.prompt_tokens, int) or self.prompt_tokens < least_prompt:
             raise ValueError(f"prompt_tokens must be a positive whole number, got {self.prompt_tokens!r}")
-        if not isinstance(self.prompt, str):
-            raise ValueError("prompt must be text")
+        if not isinstance(self.prompt, str) or not isinstance(self.serving_why, str):
+            raise ValueError("prompt and serving_why must be text")
         if isinstance(self.reused_tokens, bool) or not isinstance(self.reused_tokens, int) or \
                 not 0 <= self.reused_tokens < max(1, self.prompt_tokens):
             raise ValueError(f"reused_tokens must be a whole number below prompt_tokens, got {self.reused_tokens!r}")

@@ -107,6 +107,6 @@ def app_url(real_engine: Engine) -> Iterator[str]:
     """The page served in this process on a free port, on the real model."""
     import app
 
-    app._engine = real_engine
+    app.server.engine = real_engine
     yield app.launch_on_free_port()
     app.demo.close()

@@ -213,8 +213,8 @@ def test_a_remote_engine_is_picked_on_the_page_and_its_stream_drawn(browser, app
     from tests.remote_standin import StandIn, load_recording
 
     standin = StandIn(load_recording("remote-vllm.json"))
-    saved = app._config
-    app._config = saved.replace(remotes=(RemoteEndpoint("gpu-server", standin.url),))
+    saved = app.server.config
+    app.server.config = saved.replace(remotes=(RemoteEndpoint("gpu-server", standin.url),))
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -236,7 +236,7 @@ def test_a_remote_engine_is_picked_on_the_page_and_its_stream_drawn(browser, app
         assert errors == [], f"page errors: {errors}"
     finally:
         page.close()
-        app._config = saved
+        app.server.config = saved
         standin.close()
 
 

@@ -9,6 +9,7 @@ from gradio_client import Client
 
 import app
 from inference.batching import batch_server
+from inference.settings import GenerationSettings
 
 QUESTIONS = {"What is the capital of France?": "Paris", "What is the capital of Japan?": "Tokyo"}
 
@@ -18,7 +19,7 @@ def ask(url: str, prompt: str) -> str:
 
 
 def test_concurrent_students_each_get_their_own_answer(app_url: str) -> None:
-    server = batch_server(app.get_engine())
+    server = batch_server(app.server.get_engine())
     earlier = {id(run) for run in server._recent}
     prompts = list(QUESTIONS) * 2
     with ThreadPoolExecutor(len(prompts)) as pool:
@@ -27,7 +28,7 @@ def test_concurrent_students_each_get_their_own_answer(app_url: str) -> None:
         expected = QUESTIONS[prompt]
         others = [city for city in QUESTIONS.values() if city != expected]
         assert expected in answer and not any(city in answer for city in others), f"{prompt!r} got {answer!r}"
-    engine = app.get_engine()
+    engine = app.server.get_engine()
     assert not engine.lock.locked(), "the queue did not drain"
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in engine.loaded.model.modules()) == 0
     mine = [run for run in server._recent if id(run) not in earlier]
@@ -36,7 +37,7 @@ def test_concurrent_students_each_get_their_own_answer(app_url: str) -> None:
 
 
 def test_students_who_press_run_together_share_decode_steps(app_url: str, monkeypatch) -> None:
-    server = batch_server(app.get_engine())
+    server = batch_server(app.server.get_engine())
     runs = []
     real_submit = server.submit
     monkeypatch.setattr(server, "submit", lambda *a, **k: runs.append(real_submit(*a, **k)) or runs[-1])
@@ -51,7 +52,7 @@ def test_students_who_press_run_together_share_decode_steps(app_url: str, monkey
 
 
 def test_a_client_that_leaves_mid_run_frees_the_model(app_url: str, monkeypatch) -> None:
-    server = batch_server(app.get_engine())
+    server = batch_server(app.server.get_engine())
     runs = []
     real_submit = server.submit
     monkeypatch.setattr(server, "submit", lambda *a, **k: runs.append(real_submit(*a, **k)) or runs[-1])
@@ -69,19 +70,19 @@ def test_a_client_that_leaves_mid_run_frees_the_model(app_url: str, monkeypatch)
 
 
 def test_in_solo_mode_runs_take_turns_and_their_traces_say_so(app_url: str, monkeypatch) -> None:
-    monkeypatch.setattr(app, "_config", app._config.replace(solo=True))
+    monkeypatch.setattr(app.server, "config", app.server.config.replace(solo=True))
     jobs = [Client(app_url, verbose=False).submit(prompt, 8, 0, 1, 0, True, 1, api_name="/run") for prompt in QUESTIONS]
     for job, (prompt, city) in zip(jobs, QUESTIONS.items()):
         assert city in job.result()[3], prompt
-    engine = app.get_engine()
+    engine = app.server.get_engine()
     assert not batch_server(engine).active and not engine.lock.locked()
 
 
 def test_a_batched_run_traces_its_serving_mode_and_loads_back(app_url: str) -> None:
     from inference.trace import Trace
 
-    engine = app.get_engine()
-    run = batch_server(engine).submit([1, 2, 3], app.GenerationSettings(max_new_tokens=3), app.CancelFlag())
+    engine = app.server.get_engine()
+    run = batch_server(engine).submit([1, 2, 3], GenerationSettings(max_new_tokens=3), app.CancelFlag())
     while not run.done:
         run.wait_for_steps(len(run.steps), 5.0)
     trace = Trace.from_json(run.trace().to_json())

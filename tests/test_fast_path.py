@@ -114,8 +114,8 @@ def test_fused_decode_steps_match_the_eager_model_and_write_the_cache_in_place(k
 
     model = tiny_llama().to(dtype)
     slots = []
-    real_slot = fast_path.decode_slot
-    monkeypatch.setattr(fast_path, "decode_slot", lambda layer: slots.append(real_slot(layer)) or slots[-1])
+    real_slot = fast_path.next_slot
+    monkeypatch.setattr(fast_path, "next_slot", lambda cache, i: slots.append(real_slot(cache, i)) or slots[-1])
     torch.manual_seed(batch)
     prompt = torch.randint(3, 100, (batch, 150))     # rows differ: each attends to its own (long) cache
     results = {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from inference import kernel_build
@@ -28,3 +29,10 @@ def test_a_failed_build_falls_back_to_pytorch_with_one_clear_line(monkeypatch, t
     assert not engine.fast_kernels and error in engine.kernel_note
     trace = engine.generate([1, 5, 9], GenerationSettings(max_new_tokens=4, kernel="fast")).run_to_end()
     assert trace.settings.kernel == "eager" and len(trace.steps) == 4
+
+
+def test_the_row_limit_read_from_the_source_is_the_built_kernels() -> None:
+    module = kernel_build.kernel_module()
+    if module is None:
+        pytest.skip(f"the kernel did not build here: {kernel_build.build_error()}")
+    assert module.MAX_ROWS == kernel_build.MAX_ROWS == 32

@@ -47,8 +47,8 @@ def test_on_a_shared_server_the_other_runs_prefill_comes_before_the_layers() -> 
 
 
 def test_the_page_exports_the_perfetto_file_beside_the_json_and_csv() -> None:
-    import app
+    from page.live import export
 
-    files = [Path(f) for f in app.export(EXAMPLE.read_text())]
+    files = [Path(f) for f in export(EXAMPLE.read_text())]
     assert [f.name for f in files] == ["phasescope-trace.json", "phasescope-steps.csv", "phasescope-perfetto.json"]
     assert json.loads(files[2].read_text())["otherData"]["model"] == Trace.from_json(EXAMPLE.read_text()).model.name

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from inference.cost_model import step_cost
-from inference.engine import Engine, with_blocks
+from inference.engine import Engine
+from inference.factory import with_blocks
 from inference.kv_cache import cache_of, forward
 from inference.loading import LoadedModel, model_info
 from inference.quantize import PROJECTIONS, Q4_1, Q8_0, blocks_of, dequantize, quantize, quantize_model

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import app
+from page import live as live_page
 from inference.engine import Engine
 from inference.trace import Trace
 from viz import live
@@ -70,33 +71,33 @@ def test_nan_and_negative_times_are_refused(example: dict) -> None:
 def test_loading_a_huge_file_is_refused_before_reading_it(tmp_path: Path) -> None:
     huge = tmp_path / "huge.json"
     with huge.open("wb") as f:
-        f.truncate(app.MAX_TRACE_UPLOAD_BYTES + 1)
+        f.truncate(live_page.MAX_TRACE_UPLOAD_BYTES + 1)
     with pytest.raises(gr.Error, match="traces up to"):
-        app.load_trace(str(huge))
+        live_page.load_trace(str(huge))
 
 
 def test_loading_a_good_trace_draws_it(example: dict, tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(example))
-    message, status, headline, text, state = app.load_trace(str(good))
+    message, status, headline, text, state = live_page.load_trace(str(good))
     assert json.loads(message)["kind"] == "full" and "loaded from good.json" in status
     assert text == Trace.from_json(state).text
 
 
 def _drain(prompt: str, max_new_tokens: int = 8) -> tuple:
-    *_, final = app.run_generation(prompt, max_new_tokens, 0, 1, 0, True, 1, app.CancelFlag())
+    *_, final = app.live.run_generation(prompt, max_new_tokens, 0, 1, 0, True, 1, app.CancelFlag())
     return final
 
 
 @pytest.mark.parametrize("prompt", ["", "   \n\t ", "x" * 100_001])
 def test_bad_prompts_give_a_message(real_engine: Engine, prompt: str) -> None:
-    app._engine = real_engine
+    app.server.engine = real_engine
     with pytest.raises(gr.Error):
         _drain(prompt)
 
 
 def test_odd_text_runs_and_comes_back_as_text(real_engine: Engine) -> None:
-    app._engine = real_engine
+    app.server.engine = real_engine
     for prompt in ("\x00\x07 control", "emoji 🙂🚀 and مرحبا بالعالم", "a" * 3000):
         dashboard, status, headline, text, state = _drain(prompt, 4)
         trace = Trace.from_json(state)
@@ -110,11 +111,11 @@ def test_a_trace_nested_100000_deep_is_refused_with_a_message(tmp_path: Path) ->
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(gr.Error, match="Could not load that trace: .*nested too deeply"):
-        app.load_trace(str(deep))
+        live_page.load_trace(str(deep))
 
 
 def test_a_fault_mid_decode_ends_that_run_with_a_message_and_the_next_run_is_correct(real_engine: Engine) -> None:
-    app._engine = real_engine
+    app.server.engine = real_engine
     expected = _drain("What is the capital of France?", 10)[3]
     calls = {"n": 0}
 
@@ -136,9 +137,9 @@ def test_a_fault_mid_decode_ends_that_run_with_a_message_and_the_next_run_is_cor
 
 
 def test_stop_from_another_thread_ends_the_run_and_frees_the_engine(real_engine: Engine) -> None:
-    app._engine = real_engine
+    app.server.engine = real_engine
     cancel = app.CancelFlag()
-    updates = app.run_generation("Write a long story about a lighthouse.", 300, 0, 1, 0, True, 1, cancel)
+    updates = app.live.run_generation("Write a long story about a lighthouse.", 300, 0, 1, 0, True, 1, cancel)
     for i, update in enumerate(updates):
         if i == 3:
             threading.Timer(0.05, cancel.set).start()
@@ -150,11 +151,11 @@ def test_stop_from_another_thread_ends_the_run_and_frees_the_engine(real_engine:
 def test_closing_the_tab_mid_run_frees_the_engine(real_engine: Engine, monkeypatch, solo: bool) -> None:
     """Gradio closes the generator when a client goes away; the engine must be free right after,
     on the shared batch and alone (no waiting: closing returns once the run has let go of it)."""
-    monkeypatch.setattr(app, "_engine", real_engine)
-    monkeypatch.setattr(app, "_config", app._config.replace(solo=solo))
+    monkeypatch.setattr(app.server, "engine", real_engine)
+    monkeypatch.setattr(app.server, "config", app.server.config.replace(solo=solo))
     with real_engine.lock:       # runs that earlier tests left going have ended (this waits for them)
         pass
-    updates = app.run_generation("Write a long story about a lighthouse.", 300, 0, 1, 0, True, 1, app.CancelFlag())
+    updates = app.live.run_generation("Write a long story about a lighthouse.", 300, 0, 1, 0, True, 1, app.CancelFlag())
     for i, _ in zip(range(4), updates):
         pass
     updates.close()
@@ -164,35 +165,35 @@ def test_closing_the_tab_mid_run_frees_the_engine(real_engine: Engine, monkeypat
 
 
 def test_a_model_off_the_list_is_refused_and_the_current_one_keeps_working(real_engine: Engine, monkeypatch) -> None:
-    monkeypatch.setattr(app, "_engine", real_engine)
-    monkeypatch.setattr(app, "_config", app._config.replace(allow_any_model=False))
+    monkeypatch.setattr(app.server, "engine", real_engine)
+    monkeypatch.setattr(app.server, "config", app.server.config.replace(allow_any_model=False))
     with pytest.raises(gr.Error, match="not one of this server's models"):
-        app.switch_model("someone/else-model")
+        app.server.switch_model("someone/else-model")
     assert "Paris" in _drain("What is the capital of France?", 10)[3]
 
 
 def test_an_unloadable_model_gives_a_message_and_the_current_one_keeps_working(real_engine: Engine, monkeypatch,
                                                                                 tmp_path: Path) -> None:
-    monkeypatch.setattr(app, "_engine", real_engine)
-    monkeypatch.setattr(app, "_config", app._config.replace(allow_any_model=True))
+    monkeypatch.setattr(app.server, "engine", real_engine)
+    monkeypatch.setattr(app.server, "config", app.server.config.replace(allow_any_model=True))
     (tmp_path / "config.json").write_text('{"model_type": "nonsense"}')
     for name in (str(tmp_path / "missing"), str(tmp_path)):
         with pytest.raises(gr.Error, match="could not load model.*Still using SmolLM2-135M-Instruct"):
-            app.switch_model(name)
-    assert app.get_engine() is real_engine
+            app.server.switch_model(name)
+    assert app.server.get_engine() is real_engine
     assert "Paris" in _drain("What is the capital of France?", 10)[3]
 
 
 def test_switching_to_another_local_model_runs_it(real_engine: Engine, monkeypatch, tmp_path: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    monkeypatch.setattr(app, "_engine", real_engine)
-    monkeypatch.setattr(app, "_config", app._config.replace(dtype="float32", allow_any_model=True))   # restored afterwards
+    monkeypatch.setattr(app.server, "engine", real_engine)
+    monkeypatch.setattr(app.server, "config", app.server.config.replace(dtype="float32", allow_any_model=True))   # restored afterwards
     config = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=128, vocab_size=real_engine.loaded.info.vocab, max_position_embeddings=512)
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     real_engine.loaded.tokenizer.save_pretrained(tmp_path)
-    status = app.switch_model(str(tmp_path))
-    assert "float32" in status and app.get_engine().loaded.info.layers == 2
-    *_, final = app.run_generation("Hi", 4, 0, 1, 0, True, 1, app.CancelFlag())
+    status = app.server.switch_model(str(tmp_path))
+    assert "float32" in status and app.server.get_engine().loaded.info.layers == 2
+    *_, final = app.live.run_generation("Hi", 4, 0, 1, 0, True, 1, app.CancelFlag())
     assert Trace.from_json(final[4]).model.layers == 2

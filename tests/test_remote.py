@@ -189,8 +189,8 @@ def test_the_page_streams_a_remote_run_and_survives_a_bad_server(app_url: str) -
     import app
 
     good, bad = (StandIn(load_recording("remote-vllm.json"), behaviour) for behaviour in ("replay", "cut"))
-    saved = app._config
-    app._config = saved.replace(remotes=(RemoteEndpoint("gpu", good.url), RemoteEndpoint("broken", bad.url)))
+    saved = app.server.config
+    app.server.config = saved.replace(remotes=(RemoteEndpoint("gpu", good.url), RemoteEndpoint("broken", bad.url)))
     try:
         client = Client(app_url, verbose=False)
         form = ("What is the capital of France?", 24, 0, 1, 0, True, 1, "fast", False, False)
@@ -207,7 +207,7 @@ def test_the_page_streams_a_remote_run_and_survives_a_bad_server(app_url: str) -
         assert "Paris" in client.predict(*form, "gpu", api_name="/run")[3]
         assert "Paris" in client.predict(*form, "", api_name="/run")[3]       # the embedded engine
     finally:
-        app._config = saved
+        app.server.config = saved
         good.close()
         bad.close()
 

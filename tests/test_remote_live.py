@@ -115,14 +115,14 @@ def test_the_page_runs_on_the_real_engine(vllm_url: str, app_url: str) -> None:
 
     import app
 
-    saved = app._config
-    app._config = saved.replace(remotes=(RemoteEndpoint("vllm", vllm_url),))
+    saved = app.server.config
+    app.server.config = saved.replace(remotes=(RemoteEndpoint("vllm", vllm_url),))
     try:
         final = Client(app_url, verbose=False).predict(QUESTION, 24, 0, 1, 0, True, 1, "fast", False, False, "vllm",
                                                       api_name="/run")
         assert final[3] == "The capital of France is Paris." and "engine prefill ms" in final[2]
     finally:
-        app._config = saved
+        app.server.config = saved
 
 
 def test_the_prompt_length_sweep_runs_on_the_real_engine(vllm_url: str, app_url: str) -> None:
@@ -135,8 +135,8 @@ def test_the_prompt_length_sweep_runs_on_the_real_engine(vllm_url: str, app_url:
 
     prompts = lambda: parse_prometheus(httpx.get(f"{vllm_url}/metrics").text)["vllm:prompt_tokens_total"]
     before = prompts()
-    saved = app._config
-    app._config = saved.replace(remotes=(RemoteEndpoint("vllm", vllm_url),))
+    saved = app.server.config
+    app.server.config = saved.replace(remotes=(RemoteEndpoint("vllm", vllm_url),))
     try:
         _, verdict, _ = Client(app_url, verbose=False).predict([16, 1024], 4, "vllm", api_name="/sweep")
         print(verdict)
@@ -145,4 +145,4 @@ def test_the_prompt_length_sweep_runs_on_the_real_engine(vllm_url: str, app_url:
         assert prompts() - before > 16 + 1024
         assert "From 16 to 1024 prompt tokens" not in verdict
     finally:
-        app._config = saved
+        app.server.config = saved

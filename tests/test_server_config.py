@@ -1,6 +1,10 @@
 """What a server offers: from the environment, overridden whole, and the model list a visitor may load."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from inference.loading import DEFAULT_MODEL
@@ -40,3 +44,12 @@ def test_chunked_prefill_is_off_by_default_and_never_negative() -> None:
     assert ServerConfig.from_env({"PHASESCOPE_PREFILL_CHUNK": "256"}).prefill_chunk == 256
     with pytest.raises(ValueError, match="must be 0 \\(off\\) or a number of tokens, got -5"):
         ServerConfig.from_env({"PHASESCOPE_PREFILL_CHUNK": "-5"})
+
+
+def test_reading_the_configuration_loads_no_model_library() -> None:
+    probe = ("import sys; from inference.server_config import ServerConfig; "
+             "ServerConfig.from_env({'PHASESCOPE_REMOTE': 'gpu=http://10.0.0.5:8000'}); "
+             "print(sorted({'torch', 'transformers', 'gradio'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.stdout.strip() == "[]"

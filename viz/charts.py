@@ -1,4 +1,4 @@
-"""The five live charts, each defined once as three pure pieces:
+"""Every live chart, each defined once as three pure pieces (the list is CHARTS, at the end):
 
 - `base(trace)`: the empty figure (layout, axes, roofs, and one trace per series);
 - `columns(trace, start)`: the values that steps[start:] append to each series;

@@ -103,6 +103,8 @@ def decode_status_html(steps: int, elapsed_s: float, last: Step | None = None, r
 def done_status_html(trace: Trace, note: str = "") -> str:
     reasons = {"eos": "the model ended its answer", "length": "reached max new tokens", "cancelled": "stopped"}
     text = f"Done: {len(trace.steps)} tokens, {reasons.get(trace.summary.stop_reason, trace.summary.stop_reason)}"
+    if trace.serving == "solo" and trace.serving_why:      # why it did not share the class's steps
+        text += f"; it ran alone: {trace.serving_why}"
     return f'<div class="ps-status ps-done">{html.escape(text)}{html.escape(note)}</div>'
 
 

@@ -1,0 +1,62 @@
+"""Building an Engine from names, as the page, the CLI and the benchmarks ask for one: the device,
+the dtype (asked for, or measured on this CPU), the model, its llama.cpp blocks where asked, the
+device's roofs, and a warm-up.
+
+Apart from inference/engine.py so that the dtype trial (inference/dtype_choice.py), which runs an
+Engine, and the factory that asks it which dtype to use do not import each other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+from inference.cpu_quota import fit_threads_to_quota
+from inference.device import device_info
+from inference.engine import Engine
+from inference.kernel_build import kernel_module
+from inference.loading import LoadedModel
+
+
+def with_blocks(loaded: LoadedModel, name: str, progress: Any = lambda _: None) -> tuple[LoadedModel, str]:
+    """The model with its matrices also kept as int8 or q4_1 blocks for decode (inference/quantize.py):
+    its ModelInfo says so and counts the bytes decode reads; and a line saying what was done."""
+    from inference.quantize import quantize_model
+
+    progress(f"Keeping the weights as {name} blocks for decode")
+    matmul_bytes, note = quantize_model(loaded.model, name)
+    info = loaded.info
+    other = info.weight_bytes - info.matmul_params * 4          # norms (and an untied embedding), in float32
+    head_shared = loaded.model.lm_head.weight is loaded.model.get_input_embeddings().weight
+    if not head_shared:
+        other -= info.vocab * info.hidden * 4                   # the embedding's rows are read one at a time
+    info = dataclasses.replace(info, weights=name, matmul_bytes=matmul_bytes, weight_bytes=matmul_bytes + max(0, other))
+    progress(note)
+    return dataclasses.replace(loaded, info=info), note
+
+
+def load_engine(model: str, device: str = "auto", dtype: str = "auto",
+                progress: Any = lambda _: None, warm_up: bool = True) -> Engine:
+    """Resolve device and dtype names, load the model and measure (or look up) the device's roofs;
+    then warm it up, unless `warm_up` is False (a process that must not run the model yet)."""
+    from inference.device import BLOCK_DTYPES, resolve_device
+    from inference.dtype_choice import choose_dtype
+    from inference.loading import load_model
+
+    torch_device = resolve_device(device)
+    if torch_device.type == "cpu":      # the compiler runs beside the model's first load (once)
+        quota_note = fit_threads_to_quota()
+        if quota_note:
+            progress(quota_note)
+        threading.Thread(target=kernel_module, name="phasescope-kernel-build", daemon=True).start()
+    torch_dtype, why = choose_dtype(dtype, torch_device, progress)
+    if dtype in BLOCK_DTYPES and torch_device.type != "cpu":
+        raise ValueError(f"--dtype {dtype} runs on the CPU decode kernel only; on CUDA use bfloat16 or float32")
+    loaded = load_model(model, torch_device, torch_dtype, progress)
+    if dtype in BLOCK_DTYPES:
+        loaded, why = with_blocks(loaded, dtype, progress)
+    progress("Measuring this device's compute and bandwidth roofs (cached after the first time)")
+    engine = Engine(loaded, device_info(torch_device, torch_dtype, why))
+    if warm_up:
+        engine.warm_up()
+    return engine

@@ -1,0 +1,103 @@
+"""What one PhaseScope server holds, in one object handed to every tab: its configuration (a
+frozen ServerConfig, replaced whole by the flags or a model switch), the shared engine (loaded on
+first use), and what a ZeroGPU run asks for (learnt from the runs seen)."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import gradio as gr
+
+from inference.background import ENGINE_THREAD
+from inference.engine import Engine
+from inference.factory import load_engine
+from inference.gpu_budget import GpuBudget
+from inference.server_config import ServerConfig
+from viz import summary
+
+try:                                # a Hugging Face Space's image carries `spaces`
+    import spaces
+except ImportError:
+    spaces = None
+
+
+class Server:
+    def __init__(self, config: ServerConfig, engine: Engine | None = None):
+        self.config = config
+        self.engine = engine                    # None until the first run (or launch) loads it
+        self.gpu_budget = GpuBudget()
+        self._engine_lock = threading.Lock()
+
+    def get_engine(self, progress: Any = print) -> Engine:
+        """The one shared, read-only engine, loaded on first use."""
+        with self._engine_lock:
+            if self.engine is None:
+                # On ZeroGPU the main process must not run the model: each worker warms its own copy.
+                config = self.config
+                self.engine = load_engine(config.model, config.device, config.dtype, progress,
+                                          warm_up=not config.zero_gpu)
+            return self.engine
+
+    def gpu(self, fn: Callable[..., Any], duration: Callable[..., Any] | None = None) -> Callable[..., Any]:
+        """On a ZeroGPU Space, `fn` runs in a forked worker that holds a GPU for `duration(*args)`
+        seconds (by default the run limit); its arguments and what it yields are pickled. Elsewhere
+        `fn` as it is."""
+        if spaces is None:
+            return fn
+        return spaces.GPU(duration=duration or (lambda *args, **kwargs: self.config.max_run_seconds))(fn)
+
+    def run_seconds(self, prompt: str, max_new_tokens: float, *args: Any, **kwargs: Any) -> int:
+        """A run's ZeroGPU duration: its worker's start, its prefill and its decode at the costs
+        measured so far (inference/gpu_budget.py), so that a visitor's daily quota holds several runs."""
+        from inference.prompts import chat_prompt_ids
+
+        try:
+            tokens = len(chat_prompt_ids(self.get_engine().loaded.tokenizer, str(prompt)))
+        except (ValueError, TypeError):
+            tokens = len(str(prompt))                  # at most one token a character
+        try:
+            new_tokens = int(max_new_tokens)
+        except (ValueError, TypeError):
+            new_tokens = 512
+        return self.gpu_budget.seconds_for(tokens, new_tokens, self.config.max_run_seconds)
+
+    def switch_model(self, name: str) -> str:
+        """Load `name` for everyone (there is one shared model); on any failure keep the current one."""
+        name = (name or "").strip()
+        if not name:
+            raise gr.Error("Choose a model.", print_exception=False)
+        config = self.config
+        if not config.may_load(name):
+            raise gr.Error(f"{name!r} is not one of this server's models: {', '.join(config.allowed_models)}",
+                           print_exception=False)
+        current = self.get_engine()
+        if name == current.loaded.info.name:
+            return self.engine_status()
+        if config.zero_gpu:
+            raise gr.Error("A ZeroGPU Space serves the one model it started with (its GPU workers keep it): "
+                           "duplicate the Space with PHASESCOPE_MODEL set to run another.", print_exception=False)
+        try:
+            engine = ENGINE_THREAD.call(lambda: load_engine(name, config.device, config.dtype))
+        except ValueError as exc:
+            raise gr.Error(f"{exc}. Still using {current.loaded.info.name}.", print_exception=False) from None
+        with self._engine_lock:
+            self.engine = engine
+            self.config = self.config.replace(model=name)
+        return self.engine_status()
+
+    def engine_status(self) -> str:
+        engine = self.get_engine()
+        return summary.model_status_html(engine.loaded.info, engine.device_info, engine.kernel_note)
+
+    def engine_choices(self) -> list[tuple[str, str]]:
+        """Where a run may go: the embedded engine, or one of the operator's remote engines by name."""
+        return [("this machine (the embedded engine, instrumented per layer)", "")] + [
+            (f"remote: {e.name} (measured from outside, and what it reports)", e.name) for e in self.config.remotes]
+
+    def page_opened(self) -> tuple:
+        """The model list, status and engines as this server is now (flags and switches happen after
+        the page is built)."""
+        config = self.config
+        return (gr.Dropdown(choices=config.allowed_models, value=config.model, allow_custom_value=config.allow_any_model),
+                self.engine_status(),
+                gr.Dropdown(choices=self.engine_choices(), value="", visible=bool(config.remotes)))
