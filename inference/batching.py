@@ -86,7 +86,8 @@ class BatchRun(WatchedRun):
 
     def trace(self) -> Trace:
         return self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
-                                           self.prompt, serving="batched", why=self.why)
+                                           self.prompt, serving="batched", why=self.why,
+                                           cpu_wait_measured=self.server.engine.measures_cpu_wait)
 
     def span(self) -> RunSpan:
         return RunSpan(self.started, self.prefill_start, self.prefill_end, self.ended, len(self.steps))
@@ -327,7 +328,8 @@ class BatchServer:
             total = StepTimes(ms=(run.prefill_end - run.prefill_start) * 1e3,
                               layer_ms=tuple(map(sum, zip(*(t.layer_ms for t in pieces)))),
                               attn_ms=tuple(map(sum, zip(*(t.attn_ms for t in pieces)))),
-                              mlp_ms=tuple(map(sum, zip(*(t.mlp_ms for t in pieces)))))
+                              mlp_ms=tuple(map(sum, zip(*(t.mlp_ms for t in pieces)))),
+                              cpu_wait_ms=sum(t.cpu_wait_ms or 0.0 for t in pieces))
             cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0,
                              blocks=engine.reads_blocks(run.rows * len(run.prompt_ids)))
             self._accept(run, 0, tokens, total, cost, run.rows)

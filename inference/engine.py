@@ -20,6 +20,7 @@ from torch import nn
 
 from inference.attention_map import AttentionRecorder, attention_modules, recording_attention
 from inference.cost_model import StepCost, step_cost
+from inference.cpu_wait import measurable
 from inference.device import device_info
 from inference.fast_path import fast_forwards
 from inference.kernel_build import build_error, kernel_module
@@ -157,7 +158,8 @@ class GenerationRun:
 
     def trace(self) -> Trace:
         return self.engine.trace_of(self.prompt_ids, self.settings, self.steps, self.stop_reason, self.prompt,
-                                    reused_tokens=self.reused_tokens, why=self.why)
+                                    reused_tokens=self.reused_tokens, why=self.why,
+                                    cpu_wait_measured=self.instrument and self.engine.measures_cpu_wait)
 
     @property
     def cached_prefix(self) -> CachedPrefix | None:
@@ -262,8 +264,9 @@ def make_step(index: int, tokens_in: int, context_len: int, times: StepTimes, ca
         phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
         context_len=context_len, ms=times.ms + waited_ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
         mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
-        kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes, token_id=token, text=text,
-        batch_rows=batch_rows, foreign_prefill_tokens=foreign_prefill_tokens, waited_ms=waited_ms, attention=attention)
+        cpu_wait_ms=times.cpu_wait_ms or 0.0, kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes,
+        token_id=token, text=text, batch_rows=batch_rows, foreign_prefill_tokens=foreign_prefill_tokens,
+        waited_ms=waited_ms, attention=attention)
 
 
 class Engine:
@@ -279,6 +282,12 @@ class Engine:
         self.device_info = device or device_info(loaded.device, next(loaded.model.parameters()).dtype)
         self.lock = threading.Lock()
         self._warm_in: int | None = None          # the process whose first forward pass warm_up paid for
+        self._cpu_wait_measurable = measurable()
+
+    @property
+    def measures_cpu_wait(self) -> bool:
+        """Whether an instrumented step here records the time its threads waited for a core."""
+        return self.loaded.device.type == "cpu" and self._cpu_wait_measurable
 
     @property
     def fast_kernels(self) -> bool:
@@ -338,12 +347,13 @@ class Engine:
 
     def trace_of(self, prompt_ids: list[int], settings: GenerationSettings, steps: list[Step],
                  stop_reason: StopReason | None, prompt: str, serving: str = "solo", reused_tokens: int = 0,
-                 why: str = "") -> Trace:
+                 why: str = "", cpu_wait_measured: bool = False) -> Trace:
         """A run's trace so far (a run without a stop reason yet reads as cancelled)."""
         return Trace(model=self.loaded.info, device=self.device_info, settings=settings,
                      prompt_tokens=len(prompt_ids), steps=tuple(steps),
                      summary=Summary.of(steps, settings.batch_size, stop_reason or "cancelled"), prompt=prompt,
-                     serving=serving, reused_tokens=reused_tokens, serving_why=why)
+                     serving=serving, reused_tokens=reused_tokens, serving_why=why,
+                     cpu_wait_measured=cpu_wait_measured)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context

@@ -1,7 +1,8 @@
 """A trace as Chrome trace-event JSON, which Perfetto (ui.perfetto.dev) and chrome://tracing open.
 
 One track for the steps (prefill, then each decode step, with its token, context and cost-model
-figures as arguments), one for the layers, one for their attention and MLP. Durations are the
+figures as arguments), one for the layers, one for their attention and MLP, and two counters: the
+KV cache's bytes and, where measured, the time the step's threads waited for a core. Durations are the
 measured ones. A step records how long each layer, attention and MLP took, not when each started,
 so within a step the layers are laid end to end, attention first in each layer, after any other
 runs' prefills that held the step up on a shared server (`waited_ms`), and what the layers do not
@@ -34,7 +35,8 @@ def to_chrome_trace(trace: Trace) -> dict[str, Any]:
                        "args": {"token_id": step.token_id, "text": step.text, "tokens_in": step.tokens_in,
                                 "context_len": step.context_len, "kv_bytes": step.kv_bytes,
                                 "flops (cost model)": step.flops, "bytes (cost model)": step.bytes,
-                                "batch_rows": step.batch_rows, "waited_ms": step.waited_ms}})
+                                "batch_rows": step.batch_rows, "waited_ms": step.waited_ms,
+                                "cpu_wait_ms": step.cpu_wait_ms}})
         at = start + step.waited_ms * 1e3
         for layer, layer_ms in enumerate(step.layer_ms):
             events.append({"ph": "X", "pid": _PID, "tid": _TRACKS["layers"], "ts": at, "dur": layer_ms * 1e3,
@@ -46,6 +48,12 @@ def to_chrome_trace(trace: Trace) -> dict[str, Any]:
                            "name": "MLP", "cat": step.phase, "args": {"layer": layer, "note": _PLACED}})
             at += layer_ms * 1e3
         start += us
+        # Counter tracks, one value per step at its end: the cache it left, and (where measured)
+        # the time its threads waited for a core.
+        events.append({"ph": "C", "pid": _PID, "ts": start, "name": "KV cache bytes", "args": {"bytes": step.kv_bytes}})
+        if trace.cpu_wait_measured:
+            events.append({"ph": "C", "pid": _PID, "ts": start, "name": "waiting for a core (ms)",
+                           "args": {"ms": step.cpu_wait_ms}})
     return {"traceEvents": events, "displayTimeUnit": "ms",
             "otherData": {"model": trace.model.name, "device": trace.device.name, "serving": trace.serving}}
 

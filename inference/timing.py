@@ -14,6 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from inference.cpu_wait import CpuWait
+
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
 
@@ -24,6 +26,7 @@ class StepTimes:
     layer_ms: tuple[float, ...]
     attn_ms: tuple[float, ...]
     mlp_ms: tuple[float, ...]
+    cpu_wait_ms: float | None = None     # the engine's threads waiting for a core (cpu_wait.py); None: unknown
 
 
 def find_decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
@@ -84,6 +87,8 @@ class LayerTimer:
         self._handles: list[Any] = []
         self._step_start: Any = None
         self.layers_done = 0        # layers finished in this step so far (a live progress count)
+        # Time off the core: on a CPU, the time other programs took from the engine's threads.
+        self.cpu_wait = CpuWait() if enabled and device.type == "cpu" else None
 
     def __enter__(self) -> LayerTimer:
         if not self.enabled:        # whole-step timing only: the uninstrumented baseline
@@ -157,6 +162,8 @@ class LayerTimer:
         for pairs in self._stamps.values():
             for pair in pairs:
                 pair[0] = pair[1] = None
+        if self.cpu_wait is not None:
+            self.cpu_wait.start()
         self.clock.sync()
         self._step_start = self.clock.stamp()
 
@@ -172,4 +179,5 @@ class LayerTimer:
             layer_ms=tuple(ms(p) for p in self._stamps["layer"]),
             attn_ms=tuple(ms(p) for p in self._stamps["attn"]),
             mlp_ms=tuple(ms(p) for p in self._stamps["mlp"]),
+            cpu_wait_ms=self.cpu_wait.finish(step_ms) if self.cpu_wait is not None else None,
         )

@@ -99,6 +99,9 @@ class Step:
     # Tokens this step produced per sequence: 1 in the embedded engine; a remote engine's streamed
     # chunk (inference/remote.py), one step as a client sees it, may carry several.
     tokens_out: int = 1
+    # Time the engine's threads waited for a core during the step (averaged over them), on a CPU
+    # that counts it (inference/cpu_wait.py): what other programs took from it. 0 where unknown.
+    cpu_wait_ms: float = 0.0
     # With the attention-map switch: the weights this step's newest token put on each position of
     # the sequence (mean over heads and layers; they sum to 1). Empty otherwise.
     attention: tuple[float, ...] = ()
@@ -152,6 +155,7 @@ class Trace:
     schema: str = field(default=TRACE_SCHEMA)
     serving: str = "solo"      # "solo": one run at a time; "batched": decode steps shared with other runs
     serving_why: str = ""      # why it was served so, in one line (inference/serving.py); "" in older traces
+    cpu_wait_measured: bool = False    # its steps' cpu_wait_ms were measured (else unknown, 0)
     reused_tokens: int = 0     # prompt tokens served from the last turn's KV cache (a conversation)
     # A run on a remote serving engine (inference/remote.py): which one, what it reported about the
     # run from inside (its own timings and counts, by name), and where its counts disagreed.
@@ -170,6 +174,15 @@ class Trace:
     @property
     def decode_steps(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if s.phase == "decode")
+
+    @property
+    def decode_cpu_wait_share(self) -> float | None:
+        """The share of decode's time its threads spent waiting for a core (None: not measured)."""
+        decode = self.decode_steps
+        total = sum(s.ms for s in decode)
+        if not self.cpu_wait_measured or not total:
+            return None
+        return min(1.0, sum(s.cpu_wait_ms for s in decode) / total)
 
     @property
     def decode_bytes_per_s(self) -> float:
@@ -210,6 +223,7 @@ class Trace:
                 prompt=data.get("prompt", ""),
                 serving=data.get("serving", "solo"),
                 serving_why=data.get("serving_why", ""),
+                cpu_wait_measured=data.get("cpu_wait_measured", False),
                 reused_tokens=data.get("reused_tokens", 0),
                 engine=data.get("engine", ""),
                 reported=data.get("reported", {}),
@@ -237,6 +251,8 @@ class Trace:
             raise ValueError(f"prompt_tokens must be a positive whole number, got {self.prompt_tokens!r}")
         if not isinstance(self.prompt, str) or not isinstance(self.serving_why, str):
             raise ValueError("prompt and serving_why must be text")
+        if not isinstance(self.cpu_wait_measured, bool):
+            raise ValueError("cpu_wait_measured must be true or false")
         if isinstance(self.reused_tokens, bool) or not isinstance(self.reused_tokens, int) or \
                 not 0 <= self.reused_tokens < max(1, self.prompt_tokens):
             raise ValueError(f"reused_tokens must be a whole number below prompt_tokens, got {self.reused_tokens!r}")
@@ -310,7 +326,7 @@ def steps_csv(trace: Trace) -> str:
     writer = csv.writer(out)
     n = trace.model.layers
     scalar = ["phase", "index", "tokens_in", "context_len", "ms", "other_ms", "kv_bytes", "flops", "bytes",
-              "token_id", "text", "batch_rows", "tokens_out"]
+              "token_id", "text", "batch_rows", "tokens_out", "waited_ms", "cpu_wait_ms"]
     writer.writerow(scalar + [f"{part}_{i}_ms" for part in ("layer", "attn", "mlp") for i in range(n)])
     for step in trace.steps:
         writer.writerow([getattr(step, name) for name in scalar] + list(step.layer_ms + step.attn_ms + step.mlp_ms))

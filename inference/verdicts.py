@@ -62,7 +62,23 @@ class SweepResult:
         return (f"{'✔' if self.holds else '✘'} From {self.prompt_tokens[0]} to {self.prompt_tokens[-1]} prompt tokens the "
                 f"pause grew {ttft_growth:.1f}x ({self.ttft_fit[0]:.2f} ms per prompt token) while decode changed "
                 f"{decode_growth:.2f}x. Prefill ran {self.prefill_tokens_per_s:,.0f} tokens/s, decode "
-                f"{self.decode_tokens_per_s:.1f} tokens/s: {self.prefill_tokens_per_s / self.decode_tokens_per_s:.0f}x.")
+                f"{self.decode_tokens_per_s:.1f} tokens/s: {self.prefill_tokens_per_s / self.decode_tokens_per_s:.0f}x."
+                f"{interference_note(self.traces)}")
+
+
+# From this share of its decode time spent waiting for a core, a run's step times are the
+# machine's as much as the model's, and the page and the verdicts say so.
+WAIT_WORTH_SAYING = 0.2
+
+
+def interference_note(traces: tuple[Trace, ...] | list[Trace]) -> str:
+    """A sentence, where the runs' decode steps waited for a core long enough to bend their times
+    (inference/cpu_wait.py), saying by how much; "" otherwise or where it was not measured."""
+    shares = [share for t in traces if (share := t.decode_cpu_wait_share) is not None]
+    if not shares or max(shares) < WAIT_WORTH_SAYING:
+        return ""
+    return (f" Caution: its decode steps waited up to {max(shares):.0%} of their time for a core (other programs "
+            f"on this machine were using it), so these times are the machine's as much as the model's.")
 
 
 def _quarter_growth(values: list[float]) -> float:
@@ -93,7 +109,8 @@ class CacheRace:
         total = sum(s.ms for s in self.recomputed.steps) / sum(s.ms for s in self.cached.steps)
         return (f"{'✔' if self.holds else '✘'} With the cache each step took about the same time ({cached:.2f}x from "
                 f"first to last quarter); recomputing the whole sequence grew {recomputed:.2f}x and took {total:.1f}x "
-                f"as long in total for the same {len(self.cached.steps)} tokens.")
+                f"as long in total for the same {len(self.cached.steps)} tokens."
+                f"{interference_note((self.cached, self.recomputed))}")
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,7 @@ class BatchResult:
         text = (f"{'✔' if self.holds else '✘'} Going from batch {b0} to {b1} made each decode step "
                 f"{growth:.1f}x slower while producing {b1 // b0}x the tokens: throughput "
                 f"{self.tokens_per_s[0]:.1f} -> {self.tokens_per_s[-1]:.1f} tokens/s.")
+        text += interference_note(self.traces)
         estimate, device = self.compute_bound_batch, self.traces[0].device
         if self.holds and estimate < b1:
             # Measured memory-bound beyond the batch where the roofs say compute takes over: the
@@ -169,7 +187,7 @@ def roofline_verdict(trace: Trace) -> str:
                          f"(a short prompt of {trace.prompt_tokens} tokens).")
     else:
         lines.append("This run has no decode step to place.")
-    return " ".join(lines)
+    return " ".join(lines) + interference_note([trace])
 
 
 def decode_bound_verdict(step_ms: float, step_bytes: float, bytes_per_s: float, roof_name: str,

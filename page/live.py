@@ -103,6 +103,9 @@ class LiveTab:
                         attention = gr.Checkbox(False, elem_id="ps-attention",
                                                 label="Record attention (where each step looks; runs eager "
                                                       "attention on plain PyTorch: slower)")
+                        quiet = gr.Checkbox(False, elem_id="ps-quiet",
+                                            label="Quiet run: the text live, the charts once it ends (clean "
+                                                  "figures on a small machine, where drawing takes the cores)")
                     with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
                         speed = gr.Slider(0.1, 1.0, value=0.5, step=0.1, label="Replay speed (x real time)",
                                           elem_id="ps-speed")
@@ -116,7 +119,7 @@ class LiveTab:
                                         head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>')
             outputs = [dashboard, status, headline, text, trace_state]
             run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel,
-                          chat, forget, conversation, engine_choice, attention]
+                          chat, forget, conversation, engine_choice, attention, quiet]
             # Up to a full batch of runs at once (they share decode steps, inference/batching.py), or one
             # at a time in solo mode: the limit is the queue's default, set at launch from the config.
             runs_queue = dict(concurrency_limit="default", concurrency_id="runs")
@@ -134,13 +137,13 @@ class LiveTab:
     def run_generation(self, prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                        kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
                        chat: bool = False, forget: bool = False, conversation: Conversation | None = None,
-                       remote: str = "", attention: bool = False) -> Iterator[tuple]:
+                       remote: str = "", attention: bool = False, quiet: bool = False) -> Iterator[tuple]:
         """One run's updates (see _run_generation). On ZeroGPU the run happens in a GPU worker; its
         finished trace and the worker's start teach the next calls what to ask for."""
         called, first_update, final = time.perf_counter(), None, None
         # closing(): a closed tab closes this generator, and with it the run's, at once.
         updates = self._run_generation(prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel,
-                                       kernel, chat, forget, conversation, remote, attention)
+                                       kernel, chat, forget, conversation, remote, attention, quiet)
         with contextlib.closing(updates):
             for update in updates:
                 first_update = first_update or time.perf_counter() - called
@@ -152,10 +155,11 @@ class LiveTab:
     def _run_generation(self, prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                         kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
                         chat: bool = False, forget: bool = False, conversation: Conversation | None = None,
-                        remote: str = "", attention: bool = False) -> Iterator[tuple]:
+                        remote: str = "", attention: bool = False, quiet: bool = False) -> Iterator[tuple]:
         """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S. With
         `chat`, the prompt continues the session's conversation, reusing its cache unless `forget`.
-        With `remote` (one of the operator's endpoint names), the run goes to that serving engine."""
+        With `remote` (one of the operator's endpoint names), the run goes to that serving engine.
+        `quiet`: the text streams, the charts are drawn once, at the end."""
         if remote:
             yield from self._run_remote(remote, prompt, cancel, max_new_tokens, temperature, top_p, seed)
             return
@@ -175,13 +179,15 @@ class LiveTab:
                        summary.prefill_status_html(len(ids), 0, engine.loaded.info.layers, 0.0), empty)
         background = self._start(engine, plan, cancel)
         try:
-            yield from _stream(background, engine, seq, ((tokenized - received) * 1e3, tokenized))
+            yield from _stream(background, engine, seq, ((tokenized - received) * 1e3, tokenized), bool(quiet))
         finally:
             background.stop()          # Stop, a closed tab or an error: the engine is free again
         trace = background.trace()
         if conversation is not None and trace.steps and background.error is None:
             conversation.add(prompt, trace, background.run.cached_prefix, keep_cache=not forget)
         note = conversation.summary() if conversation is not None and trace.steps else ""
+        if quiet:
+            note += " (a quiet run: the charts were drawn once it had ended, the text live)"
         yield from _finish(background, trace, seq, note)
 
     def _run_remote(self, name: str, prompt: str, cancel: CancelFlag, *form: Any) -> Iterator[tuple]:
@@ -274,10 +280,11 @@ def _prompt_and_settings(engine: Engine, prompt: str, conversation: Conversation
     return settings, ids
 
 
-def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int],
-            tokenizing: tuple[float, float]) -> Iterator[tuple]:
+def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizing: tuple[float, float],
+            quiet: bool = False) -> Iterator[tuple]:
     """Live updates while the run goes on; `tokenizing` = (ms the chat template and tokenizer took,
-    perf_counter when they were done), for the first token's time breakdown."""
+    perf_counter when they were done), for the first token's time breakdown. `quiet`: the status and
+    the text only, no chart (the browser draws nothing while the model runs)."""
     run, server = background.run, batch_server(engine)
     sent, waiting_shown = 0, None
     while not background.done:
@@ -296,15 +303,18 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int],
             continue
         if have == 0:                          # prefill running: its block grows on the timeline
             done, layers = background.layers_done, engine.loaded.info.layers
-            yield _only(live.prefill_message(elapsed * 1e3, done, layers, next(seq)),
+            yield _only(gr.skip() if quiet else live.prefill_message(elapsed * 1e3, done, layers, next(seq)),
                         summary.prefill_status_html(len(run.prompt_ids), done, layers, elapsed))
             continue
         if have > sent:
             partial = run.trace()              # every step so far (the engine may have added one since)
             status = summary.decode_status_html(len(partial.steps), elapsed, partial.steps[-1],
                                                 partial.settings.batch_size)
-            parts = _ttft_parts(background, partial, tokenizing) if sent == 0 else None
-            yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial)
+            if quiet:
+                yield gr.skip(), status, gr.skip(), partial.text, gr.skip()
+            else:
+                parts = _ttft_parts(background, partial, tokenizing) if sent == 0 else None
+                yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial)
             sent = len(partial.steps)
 
 

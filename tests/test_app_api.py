@@ -61,3 +61,17 @@ def test_recording_attention_on_the_page_fills_its_chart(client: Client) -> None
 def test_the_chunked_prefill_experiment_runs_from_the_page(client: Client) -> None:
     _, verdict, panel = client.predict(512, 64, 2, api_name="/chunks")
     assert "chunks of 64" in verdict and "stream smooth, at its own" in panel
+
+
+def test_a_quiet_run_streams_its_text_and_draws_the_charts_once_it_has_ended(real_engine) -> None:
+    import json
+
+    import app
+
+    app.server.engine = real_engine
+    updates = list(app.live.run_generation("What is the capital of France?", 8, 0, 1, 0, True, 1, app.CancelFlag(),
+                                           quiet=True))
+    kinds = [json.loads(u[0])["kind"] for u in updates if isinstance(u[0], str)]
+    assert kinds == ["full", "full"], kinds       # the empty charts before the engine starts, the whole run after
+    texts = [u[3] for u in updates[1:-1] if isinstance(u[3], str)]
+    assert texts and texts[-1] and "quiet run" in updates[-1][1]

@@ -52,3 +52,14 @@ def test_the_page_exports_the_perfetto_file_beside_the_json_and_csv() -> None:
     files = [Path(f) for f in export(EXAMPLE.read_text())]
     assert [f.name for f in files] == ["phasescope-trace.json", "phasescope-steps.csv", "phasescope-perfetto.json"]
     assert json.loads(files[2].read_text())["otherData"]["model"] == Trace.from_json(EXAMPLE.read_text()).model.name
+
+
+def test_the_kv_cache_and_the_wait_for_a_core_are_counter_tracks() -> None:
+    trace = Trace.from_json(EXAMPLE.read_text())
+    counters = [e for e in to_chrome_trace(trace)["traceEvents"] if e["ph"] == "C"]
+    assert [e["args"]["bytes"] for e in counters if e["name"] == "KV cache bytes"] == [s.kv_bytes for s in trace.steps]
+    assert not [e for e in counters if e["name"] == "waiting for a core (ms)"], "the example trace measured no wait"
+    waited = dataclasses.replace(trace, cpu_wait_measured=True,
+                                 steps=tuple(dataclasses.replace(s, cpu_wait_ms=2.0) for s in trace.steps))
+    counters = [e for e in to_chrome_trace(waited)["traceEvents"] if e["name"] == "waiting for a core (ms)"]
+    assert [e["args"]["ms"] for e in counters] == [2.0] * len(trace.steps)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from inference.trace import Summary, Trace
-from inference.verdicts import BatchResult, CacheRace, SweepResult
+from inference.verdicts import BatchResult, CacheRace, SweepResult, roofline_verdict
 
 
 def timed(trace: Trace, prefill_ms: float, decode_ms: list[float], prompt_tokens: int | None = None,
@@ -42,3 +42,26 @@ def test_the_batch_claim_holds_when_a_bigger_batch_costs_little_more_per_step(ex
     assert result.holds and result.tokens_per_s == [50.0, 8 * 1000 / 30]
     assert result.verdict().startswith("✔ Going from batch 1 to 8 made each decode step 1.5x slower")
     assert not BatchResult((alone, timed(example_trace, 30, [150] * 4, batch_size=8))).holds
+
+
+def waiting(trace: Trace, share: float) -> Trace:
+    """`trace` as if its steps' threads had waited `share` of each step for a core."""
+    steps = tuple(dataclasses.replace(s, cpu_wait_ms=share * s.ms) for s in trace.steps)
+    return dataclasses.replace(trace, steps=steps, cpu_wait_measured=True)
+
+
+def test_a_verdict_says_when_waiting_for_a_core_bent_its_figures(example_trace: Trace) -> None:
+    short, long = timed(example_trace, 10, [20] * 4, 16), timed(example_trace, 200, [21] * 4, 1024)
+    assert "Caution" not in SweepResult((short, long)).verdict()
+    assert "Caution" not in SweepResult((waiting(short, 0.1), waiting(long, 0.1))).verdict()
+    bent = SweepResult((waiting(short, 0.1), waiting(long, 0.6))).verdict()
+    assert "waited up to 60% of their time for a core" in bent
+    assert "60%" in roofline_verdict(waiting(example_trace, 0.6)) and "Caution" not in roofline_verdict(example_trace)
+
+
+def test_the_headline_says_whose_figures_they_are_when_the_run_waited_for_a_core(example_trace: Trace) -> None:
+    from viz.summary import headline_html
+
+    assert "waited" not in headline_html(example_trace)
+    assert "waited" not in headline_html(waiting(example_trace, 0.1))
+    assert "This run waited 68% of its decode time for a core" in headline_html(waiting(example_trace, 0.68))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 
 from inference.trace import DeviceInfo, ModelInfo, Step, Trace
+from inference.verdicts import WAIT_WORTH_SAYING
 
 
 def _card(label: str, value: str, note: str) -> str:
@@ -41,7 +42,18 @@ def headline_html(trace: Trace) -> str:
     ]
     why = "; ".join(d for d in (trace.device.dtype_choice, trace.device.arithmetic) if d)
     note = f'<div class="ps-why">{html.escape(trace.model.precision)}: {html.escape(why)}</div>' if why else ""
-    return f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>{note}'
+    return (f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>'
+            f'{wait_html(trace)}{note}')
+
+
+def wait_html(trace: Trace) -> str:
+    """Where the run's decode waited for a core long enough to bend its figures: by how much, and why."""
+    share = trace.decode_cpu_wait_share
+    if share is None or share < WAIT_WORTH_SAYING:
+        return ""
+    return (f'<div class="ps-why ps-wait" role="note">This run waited {share:.0%} of its decode time for a core: '
+            f'other programs on this machine (such as this browser drawing the charts) were using it, so the '
+            f'decode figures above are the machine\'s as much as the model\'s.</div>')
 
 
 def remote_headline_html(trace: Trace) -> str:
