@@ -251,3 +251,30 @@ def test_recorded_attention_is_drawn_steps_by_positions(page) -> None:
     assert "of them hold half" in page.inner_text("[data-chart=attention]")
     page.locator(".ps-chart-attention").screenshot(path=str(SCREENSHOTS / "attention.png"))
     assert page.errors == [], f"page errors: {page.errors}"
+
+
+def test_a_run_beside_a_cpu_hog_records_its_wait_and_the_page_says_whose_figures_they_are(page) -> None:
+    """Programs that keep every core busy (for at most a minute) take the engine's time; the trace
+    of the run pressed in the browser records it, and the headline says so."""
+    import os
+    import subprocess
+    import sys
+
+    import app
+    from inference.batching import batch_server
+
+    if not app.server.get_engine().measures_cpu_wait:
+        pytest.skip("this machine does not count the time a thread waits for a core")
+    spin = "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 2)]
+    try:
+        run_prompt(page, "Write a long story about a lighthouse.", 24)
+        page.wait_for_selector(DONE, timeout=120_000)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    trace = batch_server(app.server.get_engine())._recent[-1].trace()
+    assert trace.cpu_wait_measured and trace.decode_cpu_wait_share >= 0.2, trace.decode_cpu_wait_share
+    page.wait_for_selector("#ps-headline .ps-wait")
+    assert "for a core" in page.inner_text("#ps-headline .ps-wait")
+    page.locator("#ps-headline").screenshot(path=str(SCREENSHOTS / "cpu-wait.png"))
