@@ -140,6 +140,16 @@ class BatchResult:
     def holds(self) -> bool:
         return self.step_ms[-1] / self.step_ms[0] < 0.5 * self.batch_sizes[-1] / self.batch_sizes[0]
 
+    @property
+    def knee(self) -> int | None:
+        """Where the measured curve flattens: the smallest batch from which throughput gains less
+        than KNEE_GAIN more at any larger batch measured (None: it still gained at the largest)."""
+        tps = self.tokens_per_s
+        for i in range(len(tps) - 1):
+            if max(tps[i + 1:]) < KNEE_GAIN * tps[i]:
+                return self.batch_sizes[i]
+        return None
+
     def verdict(self) -> str:
         b0, b1 = self.batch_sizes[0], self.batch_sizes[-1]
         growth = self.step_ms[-1] / self.step_ms[0]
@@ -147,14 +157,33 @@ class BatchResult:
                 f"{growth:.1f}x slower while producing {b1 // b0}x the tokens: throughput "
                 f"{self.tokens_per_s[0]:.1f} -> {self.tokens_per_s[-1]:.1f} tokens/s.")
         text += interference_note(self.traces)
-        estimate, device = self.compute_bound_batch, self.traces[0].device
-        if self.holds and estimate < b1:
-            # Measured memory-bound beyond the batch where the roofs say compute takes over: the
-            # compute roof cannot be right, so no estimate is printed from it.
-            return (f"{text} The roofline would put the turn to compute-bound near batch {estimate:,.1f}, which these "
-                    f"measurements contradict, so this device's compute roof ({device.peak_flops / 1e9:,.0f} GFLOP/s, "
-                    f"{device.source}) is too low to estimate from.")
-        return f"{text} The roofline puts the turn to compute-bound near batch {estimate:,.0f} (estimate)."
+        return f"{text} {self._knee_against_roofline()}"
+
+    def _knee_against_roofline(self) -> str:
+        """The turn to compute-bound read off the measured curve, beside the roofline's estimate."""
+        estimate, device, sizes = self.compute_bound_batch, self.traces[0].device, self.batch_sizes
+        roof = f"this device's compute roof ({device.peak_flops / 1e9:,.0f} GFLOP/s, {device.source})"
+        knee = self.knee
+        if knee is None:
+            measured = (f"Throughput still grew at batch {sizes[-1]}, so the turn to compute-bound lies beyond "
+                        f"the batches measured")
+            agrees = estimate >= sizes[-2] if len(sizes) > 1 else True
+        else:
+            at = sizes.index(knee)
+            after = sizes[at + 1]
+            gain = max(self.tokens_per_s[at + 1:]) / self.tokens_per_s[at]
+            measured = (f"Throughput flattens from batch {knee} (at most {gain:.2f}x more up to batch {sizes[-1]}), "
+                        f"so the step turns compute-bound between batch {knee} and {after}")
+            # Within half a step of the measured bracket either way: the sweep's batches are far apart.
+            agrees = knee / KNEE_SLACK <= estimate <= after * KNEE_SLACK
+        verdict = "which agrees" if agrees else f"which these measurements contradict ({roof} is off)"
+        return f"{measured}; the roofline puts the turn near batch {estimate:,.1f} (an estimate), {verdict}."
+
+
+# A batch sweep's throughput has flattened once no larger batch gains this much over it; the
+# roofline's turn agrees with the measured one within this factor of the batches around the knee.
+KNEE_GAIN = 1.25
+KNEE_SLACK = 1.5
 
 
 def roofline_verdict(trace: Trace) -> str:

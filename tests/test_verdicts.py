@@ -65,3 +65,30 @@ def test_the_headline_says_whose_figures_they_are_when_the_run_waited_for_a_core
     assert "waited" not in headline_html(example_trace)
     assert "waited" not in headline_html(waiting(example_trace, 0.1))
     assert "This run waited 68% of its decode time for a core" in headline_html(waiting(example_trace, 0.68))
+
+
+def sweep_of(example_trace: Trace, step_ms: dict[int, float]) -> BatchResult:
+    return BatchResult(tuple(timed(example_trace, 30, [ms] * 4, batch_size=b) for b, ms in step_ms.items()))
+
+
+def test_the_batch_verdict_reads_the_knee_off_its_own_curve(example_trace: Trace) -> None:
+    # The curve a 2-core Zen 3 measured in bfloat16: flat throughput from batch 4 on.
+    result = sweep_of(example_trace, {1: 23.4, 2: 22.8, 4: 27.7, 8: 53.7, 16: 108.8})
+    assert result.knee == 4
+    estimate = result.compute_bound_batch
+    verdict = result.verdict()
+    assert "Throughput flattens from batch 4" in verdict and "between batch 4 and 8" in verdict
+    assert ("which agrees" in verdict) == (4 / 1.5 <= estimate <= 8 * 1.5), (estimate, verdict)
+    # Throughput that still doubles with every doubling of the batch: no knee in the range.
+    growing = sweep_of(example_trace, {1: 20.0, 2: 20.0, 4: 20.5, 8: 21.0})
+    assert growing.knee is None and "still grew at batch 8" in growing.verdict()
+
+
+def test_a_roofline_turn_far_from_the_measured_knee_is_called_a_contradiction(example_trace: Trace) -> None:
+    curve = {1: 23.4, 2: 22.8, 4: 27.7, 8: 53.7, 16: 108.8}
+    for peak_flops, agrees in ((example_trace.device.peak_flops * 0.6, True), (example_trace.device.peak_flops * 20,
+                                                                                False)):
+        device = dataclasses.replace(example_trace.device, peak_flops=peak_flops)
+        result = sweep_of(dataclasses.replace(example_trace, device=device), curve)
+        assert (4 / 1.5 <= result.compute_bound_batch <= 12) == agrees, result.compute_bound_batch
+        assert ("which agrees" in result.verdict()) == agrees
