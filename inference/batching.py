@@ -31,7 +31,7 @@ import torch
 from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
 from inference.cpu_quota import memory_room
-from inference.engine import Engine, TextStream, eos_ids, make_step, sample
+from inference.engine import Engine, RowState, make_step
 from inference.fast_path import FusedStack, fast_forwards, stack_fusable
 from inference.kernel_build import MAX_ROWS
 from inference.kv_cache import cache_of, forward
@@ -61,10 +61,7 @@ class BatchRun(WatchedRun):
         self.cache: Any = None
         self.prefilled = 0                        # prompt tokens prefilled so far
         self.piece_times: list[StepTimes] = []    # one per prefill piece
-        self.tokens: torch.Tensor | None = None   # (B,) the newest token of each row
-        self.finished_rows: torch.Tensor | None = None
-        self.generator: torch.Generator | None = None
-        self.stream: TextStream | None = None
+        self.row_state: RowState | None = None    # its rows as they decode (set when its prefill starts)
 
     @property
     def run(self) -> BatchRun:                    # BackgroundRun's callers read .run.prompt_ids and .run.cancel
@@ -129,9 +126,6 @@ class BatchServer:
         self.prefill_chunk = prefill_chunk
         self.max_rows = MAX_ROWS if self.shared_step(engine) else 0
         self.kv_budget = kv_budget_bytes(engine.loaded.device)
-        eos = sorted(eos_ids(engine.loaded.model, engine.loaded.tokenizer))
-        self._eos = torch.tensor(eos, dtype=torch.long, device=engine.loaded.device)
-        self._pad = eos[0] if eos else 0          # what a finished row emits while the others go on
         self._waiting: collections.deque[BatchRun] = collections.deque()
         self._lock = threading.Lock()
         self._serving = False
@@ -296,9 +290,7 @@ class BatchServer:
         engine = self.engine
         device = engine.loaded.device
         if run.prefill_start is None:
-            run.generator = torch.Generator(device=device).manual_seed(run.settings.seed)
-            run.stream = TextStream(engine.loaded.tokenizer)
-            run.finished_rows = torch.zeros(run.rows, dtype=torch.bool, device=device)
+            run.row_state = RowState(engine.loaded.model, engine.loaded.tokenizer, run.settings, device)
             run.prefilled, run.piece_times = 0, []
             run.prefill_start = time.perf_counter()
         end = piece_end(run.prefilled, len(run.prompt_ids), self.prefill_chunk)
@@ -315,7 +307,7 @@ class BatchServer:
             timer.cancel, run.timer = None, None
         run.cache, logits = cache_of(out), out.logits[:, -1, :]
         complete = end == len(run.prompt_ids)
-        tokens = sample(logits, run.settings, run.generator) if complete else None
+        tokens = run.row_state.sample(logits) if complete else None
         times = timer.finish_step()
         run.piece_times.append(times)
         for other in others:
@@ -339,7 +331,7 @@ class BatchServer:
         """One decode step for every active run's rows at once."""
         model = self.engine.loaded.model
         timer.start_step()
-        tokens = torch.cat([run.tokens for run in active])[:, None]                  # (M, 1)
+        tokens = torch.cat([run.row_state.tokens for run in active])[:, None]        # (M, 1)
         hidden = stack.decode(tokens, [run.cache for run in active])                 # (M, 1, hidden)
         logits = model.lm_head(hidden[:, -1, :])                                     # (M, V)
         # Greedy rows (a class's usual case) in one argmax rather than one per run.
@@ -347,8 +339,7 @@ class BatchServer:
         chosen, start = [], 0
         for run in active:
             end = start + run.rows
-            chosen.append(greedy[start:end] if run.settings.greedy else sample(logits[start:end], run.settings,
-                                                                               run.generator))
+            chosen.append(greedy[start:end] if run.settings.greedy else run.row_state.sample(logits[start:end]))
             start = end
         times = timer.finish_step()
         self._step_log.append((time.perf_counter(), start))
@@ -361,16 +352,13 @@ class BatchServer:
     def _accept(self, run: BatchRun, index: int, tokens: torch.Tensor, times: StepTimes, cost: Any,
                 batch_rows: int, foreign_tokens: int = 0, waited_ms: float = 0.0) -> None:
         """Record the run's step `index` that produced `tokens` (B,); end the run if it is done."""
-        # Finished rows keep emitting EOS, as padding, while the others go on.
-        tokens = torch.where(run.finished_rows, self._pad, tokens)
-        token = int(tokens[0])
+        rows = run.row_state
+        text = rows.accept(tokens)
         tokens_in = len(run.prompt_ids) if index == 0 else 1
-        step = make_step(index, tokens_in, len(run.prompt_ids) + index, times, run.cache, cost, token,
-                         run.stream.push(token), batch_rows, foreign_tokens, waited_ms)
-        run.tokens = tokens
+        step = make_step(index, tokens_in, len(run.prompt_ids) + index, times, run.cache, cost, int(rows.tokens[0]),
+                         text, batch_rows, foreign_tokens, waited_ms)
         run._add(step)
-        run.finished_rows |= torch.isin(tokens, self._eos)
-        if bool(run.finished_rows.all()):
+        if rows.ended:
             run._finish("eos")
         elif len(run.steps) == run.settings.max_new_tokens:
             run._finish("length")

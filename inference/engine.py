@@ -70,6 +70,39 @@ def sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class RowState:
+    """A run's rows as they decode, alone or in the shared batch alike: the seeded sampler, the
+    text of row 0 as it streams, and which rows have ended (they emit EOS as padding while the
+    others go on)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, settings: GenerationSettings, device: torch.device,
+                 stop_at_eos: bool = True):
+        self.settings = settings
+        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+        self.stream = TextStream(tokenizer)
+        eos = sorted(eos_ids(model, tokenizer)) if stop_at_eos else []
+        self.eos = torch.tensor(eos, dtype=torch.long, device=device)
+        self.pad = eos[0] if eos else 0
+        self.finished = torch.zeros(settings.batch_size, dtype=torch.bool, device=device)
+        self.tokens: torch.Tensor | None = None       # (B,) each row's newest token
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits -> (B,) next tokens, by the run's own settings and seed."""
+        return sample(logits, self.settings, self.generator)
+
+    def accept(self, tokens: torch.Tensor) -> str:
+        """Take the step's (B,) tokens (ended rows padded); returns row 0's new text."""
+        self.tokens = torch.where(self.finished, self.pad, tokens)
+        text = self.stream.push(int(self.tokens[0]))
+        self.finished |= torch.isin(self.tokens, self.eos)
+        return text
+
+    @property
+    def ended(self) -> bool:
+        """Every row has written its end of text."""
+        return bool(self.finished.all())
+
+
 def prefill(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """(B, S) prompt ids, empty cache -> (B, V) logits of the last position, and the filled cache."""
     out = forward(model, input_ids, use_cache=True, logits_to_keep=1)
@@ -180,14 +213,9 @@ class GenerationRun:
             self.timer = timer
             self._attention = attention
             self.prefill_start = time.perf_counter()
-            generator = torch.Generator(device=engine.loaded.device).manual_seed(settings.seed)
-            stream = TextStream(engine.loaded.tokenizer)
-            eos = torch.tensor(sorted(eos_ids(model, engine.loaded.tokenizer)) if self.stop_at_eos else [],
-                               dtype=torch.long, device=engine.loaded.device)
-            pad = int(eos[0]) if len(eos) else 0
+            rows = RowState(model, engine.loaded.tokenizer, settings, engine.loaded.device, self.stop_at_eos)
             # (B, S): B identical copies of the prompt step together.
             sequence = torch.tensor([self.prompt_ids] * settings.batch_size, device=engine.loaded.device)
-            finished = torch.zeros(settings.batch_size, dtype=torch.bool, device=engine.loaded.device)
             cache = self._reused_cache()
             for index in range(settings.max_new_tokens):
                 if index > 0 and self.cancel.is_set():
@@ -199,19 +227,16 @@ class GenerationRun:
                 except RunCancelled:          # Stop pressed in the middle of a forward pass
                     self.stop_reason = "cancelled"
                     return
-                tokens = sample(logits, settings, generator)                     # (B,)
-                # Finished rows keep emitting EOS, as padding, while the others go on.
-                tokens = torch.where(finished, pad, tokens)
+                tokens = rows.sample(logits)                                     # (B,)
                 times = timer.finish_step()
-                sequence = torch.cat([sequence, tokens[:, None]], dim=1)
-                self.batch_tokens.append(tokens.tolist())
-                token = int(tokens[0])
-                step = self._record(index, times, sequence.shape[1] - 1, cache, token, stream.push(token))
+                text = rows.accept(tokens)
+                sequence = torch.cat([sequence, rows.tokens[:, None]], dim=1)
+                self.batch_tokens.append(rows.tokens.tolist())
+                step = self._record(index, times, sequence.shape[1] - 1, cache, int(rows.tokens[0]), text)
                 self.steps.append(step)
                 self._held = (sequence, cache) if cache is not None else None
                 yield step
-                finished |= torch.isin(tokens, eos)
-                if bool(finished.all()):
+                if rows.ended:
                     self.stop_reason = "eos"
                     return
             self.stop_reason = "length"
