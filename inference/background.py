@@ -1,7 +1,7 @@
 """Running a generation off the caller's thread, so a UI can look at it at its own pace.
 
-The engine never waits for drawing: it appends each Step as it comes, and the caller polls
-(`wait_for_steps`) at whatever rate it draws. `stop()` cancels (before the next layer during a
+The engine never waits for drawing: it appends each Step as it comes, and the caller follows the
+run (`follow`: once a frame, the steps so far) at whatever rate it draws, or waits for its end. `stop()` cancels (before the next layer during a
 prefill, before the next step in decode) and waits for the end; a run that outlives its
 `max_seconds` is cancelled the same way, and says so in `timed_out`.
 
@@ -26,7 +26,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from inference.trace import Step, Trace
 
@@ -150,6 +150,25 @@ class WatchedRun:
         if not self._finished and not self.timed_out and self.elapsed > self.max_seconds:
             self.timed_out = True
             self.cancel.set()
+
+    def follow(self, frame_s: Callable[[], float] | float) -> Iterator[int]:
+        """The one way to watch a run go on: once a frame, how many steps it has. A frame ends early
+        when a step comes, but no sooner than `frame_s` (seconds, or a function giving them) after
+        the last, so a watcher draws at most once a frame; it ends when the run has ended (its
+        last steps are then in `steps`)."""
+        seen = 0
+        while not self._finished:
+            frame = frame_s() if callable(frame_s) else frame_s
+            frame_end = time.perf_counter() + frame
+            self.wait_for_steps(seen, frame)
+            time.sleep(max(0.0, frame_end - time.perf_counter()))
+            seen = len(self.steps)
+            yield seen
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run has ended (or `timeout` passed); whether it has."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._finished, timeout)
 
     def stop(self) -> None:
         """Cancel (unless it has ended) and wait until the run has released the engine."""

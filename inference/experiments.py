@@ -84,8 +84,7 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = 1024, chunk: int = 12
         late = server.submit(fixed_length_prompt_ids(tokenizer, long_prompt), GenerationSettings(max_new_tokens=4),
                              CancelFlag())
         for run in [*runs, late]:
-            while not run.done:
-                run.wait_for_steps(len(run.steps), 5.0)
+            run.wait()
             if run.error is not None:
                 raise run.error
         sides.append((runs[0].trace(), late.trace(), joined))

@@ -439,11 +439,12 @@ def remote_trace(client: RemoteClient, prompt: str, settings: GenerationSettings
     """One remote run to its end (the command line's, the sweep's): its trace, or RemoteError."""
     run = RemoteRun(client, prompt, settings, threading.Event())
     shown = 0
-    while not run.done or shown < len(run.steps):
-        run.wait_for_steps(shown, 1.0)
-        for step in run.steps[shown:]:
+    for have in run.follow(0.05):
+        for step in run.steps[shown:have]:
             on_text(step.text)
-        shown = len(run.steps)
+        shown = have
+    for step in run.steps[shown:]:                # what came with its end
+        on_text(step.text)
     if run.error is not None:
         raise run.error
     return run.trace()

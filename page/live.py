@@ -208,9 +208,8 @@ class LiveTab:
         try:
             yield _outputs(live.full_message(run.trace(), next(seq)), summary.remote_waiting_html(name, 0.0),
                            run.trace())
-            while not run.done:
-                run.wait_for_steps(sent, 1 / UPDATES_PER_S)
-                if len(run.steps) > sent:
+            for have in run.follow(1 / UPDATES_PER_S):
+                if have > sent:
                     partial = run.trace()
                     status = summary.decode_status_html(sum(s.tokens_out for s in partial.steps), run.elapsed)
                     # From outside, the server's share of the first token's time is one wait.
@@ -287,12 +286,10 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
     the text only, no chart (the browser draws nothing while the model runs)."""
     run, server = background.run, batch_server(engine)
     sent, waiting_shown = 0, None
-    while not background.done:
-        frame = max(1 / UPDATES_PER_S, min(1.0, len(server.active) / SERVER_UPDATES_PER_S))
-        frame_end = time.perf_counter() + frame
-        background.wait_for_steps(sent, frame)
-        time.sleep(max(0.0, frame_end - time.perf_counter()))
-        have, elapsed = len(background.steps), background.elapsed
+    # At most UPDATES_PER_S a run, and the server's updates shared out between the runs it serves.
+    frame = lambda: max(1 / UPDATES_PER_S, min(1.0, len(server.active) / SERVER_UPDATES_PER_S))
+    for have in background.follow(frame):
+        elapsed = background.elapsed
         if have == 0 and background.prefill_start is None:
             # Waiting for the engine: a new status only when the position or the second changes (a
             # class of waiting runs must not take the cores from the runs being served).

@@ -38,3 +38,12 @@ def test_stop_waits_until_the_engine_is_free() -> None:
     background.wait_for_steps(1, 5.0)
     background.stop()
     assert background.done and not engine.lock.locked() and not background.timed_out
+
+
+def test_following_a_run_gives_its_steps_at_most_once_a_frame_and_ends_with_it() -> None:
+    engine = engine_for(tiny_llama(), "tiny-llama")
+    run = BackgroundRun(engine.generate([1, 5, 9], GenerationSettings(max_new_tokens=6), stop_at_eos=False),
+                        EngineThread())
+    seen = list(run.follow(0.01))
+    assert seen == sorted(seen) and all(0 <= n <= 6 for n in seen)
+    assert run.done and run.wait(0) and len(run.steps) == 6

@@ -39,8 +39,7 @@ def alone(engine: Engine, prompt: list[int], settings: GenerationSettings) -> li
 
 def finish_all(runs: list) -> None:
     for run in runs:
-        while not run.done:
-            run.wait_for_steps(len(run.steps), 5.0)
+        run.wait()
 
 
 def test_runs_of_different_lengths_share_steps_and_write_what_they_write_alone(engine: Engine) -> None:

@@ -83,7 +83,6 @@ def test_a_batched_run_traces_its_serving_mode_and_loads_back(app_url: str) -> N
 
     engine = app.server.get_engine()
     run = batch_server(engine).submit([1, 2, 3], GenerationSettings(max_new_tokens=3), app.CancelFlag())
-    while not run.done:
-        run.wait_for_steps(len(run.steps), 5.0)
+    run.wait()
     trace = Trace.from_json(run.trace().to_json())
     assert trace.serving == "batched" and trace.steps[1].batch_rows == 1

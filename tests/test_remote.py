@@ -31,8 +31,7 @@ def standin(request: pytest.FixtureRequest):
 def run_on(url: str, chunk_timeout_s: float = 10.0, settings: GenerationSettings = SETTINGS) -> RemoteRun:
     run = RemoteRun(RemoteClient(RemoteEndpoint("standin", url), chunk_timeout_s), "What is the capital of France?",
                     settings, CancelFlag())
-    while not run.done:
-        run.wait_for_steps(len(run.steps), 1.0)
+    run.wait()
     return run
 
 
