@@ -28,10 +28,10 @@ from page.classroom import ClassTab
 from page.experiments import ExperimentsTab
 from page.live import PLOTLY_JS, LiveTab
 from page.state import Server
-from viz.dashboard import header_html, phase_colour_css
+from viz.dashboard import header_html, theme_css
 
 RUNS_AT_ONCE = MAX_ROWS             # as many runs at once as a shared step holds rows: one class's batch
-CSS = phase_colour_css() + (Path(__file__).resolve().parent / "assets" / "style.css").read_text()
+CSS = theme_css() + (Path(__file__).resolve().parent / "assets" / "style.css").read_text()
 
 gr.set_static_paths([PLOTLY_JS])    # plotly.js from the installed package: the page works offline
 

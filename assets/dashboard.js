@@ -1,4 +1,5 @@
-// PhaseScope dashboard: runs inside gr.HTML's js_on_load (element, props, watch are given).
+// PhaseScope dashboard: runs inside gr.HTML's js_on_load (element, props, watch are given), after
+// `const THEME = {...}` (assets/theme.json's palette, prepended by viz/dashboard.py).
 // Messages arrive as JSON in props.value: {kind: "full"} redraws every chart with Plotly.react,
 // {kind: "extend"} appends new steps' columns to each chart's data, so zoom survives and only the
 // new points travel. An extend that does not start where the charts end (a message lost or out of
@@ -13,7 +14,7 @@
 const P = window.Plotly;
 // The first token's time: the server sends its parts; the page measures from the click (or Enter
 // in the prompt) to the moment the first token's update has been drawn.
-const TTFT_COLOURS = ["#9aa0a6", "#fbbc04", "#e8710a", "#1a73e8", "#34a853"];
+const TTFT_COLOURS = [THEME.others, THEME.waiting, THEME.prefill, THEME.decode, THEME.done];
 let clickAt = null;
 document.addEventListener("click", (e) => { if (e.target.closest && e.target.closest("#ps-run")) clickAt = performance.now(); }, true);
 document.addEventListener("keydown", (e) => {
@@ -50,8 +51,8 @@ let revision = 0;
 function themed(layout) {
   const dark = document.body.classList.contains("dark") || document.documentElement.classList.contains("dark")
     || !!document.querySelector(".gradio-container.dark, .dark .gradio-container");
-  const ink = dark ? "#e8eaed" : "#202124";
-  const grid = dark ? "#3c4043" : "#e3e3e3";
+  const ink = dark ? THEME.ink_dark : THEME.ink;
+  const grid = dark ? THEME.grid_dark : THEME.grid;
   layout.font = Object.assign({}, layout.font, { color: ink });
   for (const axis of ["xaxis", "yaxis"]) {
     layout[axis] = Object.assign({ gridcolor: grid, zerolinecolor: grid }, layout[axis]);

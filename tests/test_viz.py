@@ -161,3 +161,13 @@ def test_the_pages_whole_redraw_is_the_figure_the_trace_gives(trace: Trace) -> N
                 assert got.get(attr) == want.get(attr), f"{chart.id}.{attr}"
         for key in ("annotations", "shapes"):
             assert fast["layout"].get(key) == slow["layout"].get(key), f"{chart.id}: {key}"
+
+
+def test_every_colour_is_named_once_in_the_theme() -> None:
+    import re
+
+    from viz.theme import PALETTE, css_variables, js_constant
+
+    for path in ("assets/dashboard.js", "assets/style.css", "viz/charts.py", "viz/classroom.py", "viz/experiments.py"):
+        assert not re.findall(r"#[0-9a-fA-F]{6}\b", (ROOT / path).read_text()), f"{path} names a colour of its own"
+    assert f"--ps-prefill: {PALETTE['prefill']};" in css_variables() and '"decode"' in js_constant()

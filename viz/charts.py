@@ -19,12 +19,11 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 
 from inference.trace import Step, Trace, percentile
+from viz.theme import PALETTE
 
-PREFILL = "#e8710a"
-DECODE = "#1a73e8"
-MEDIAN = "#188038"
-P90 = "#a142f4"
-OTHERS = "#9aa0a6"                  # other runs' prefills, on a server that batches a class
+PREFILL, DECODE = PALETTE["prefill"], PALETTE["decode"]
+MEDIAN, P90, P99 = PALETTE["median"], PALETTE["p90"], PALETTE["p99"]
+OTHERS = PALETTE["others"]          # other runs' prefills, on a server that batches a class
 Columns = dict[int, dict[str, list[Any]]]
 
 
@@ -141,7 +140,6 @@ def _latency_overlay(trace: Trace) -> dict[str, Any]:
 
 # Decode rhythm: the distribution of inter-token latencies -----------------------------------------
 
-P99 = "#d93025"
 
 
 def _rhythm_base(trace: Trace) -> go.Figure:

@@ -10,7 +10,8 @@ import html
 import json
 from pathlib import Path
 
-from viz.charts import CHARTS, DECODE, PREFILL
+from viz.charts import CHARTS
+from viz.theme import css_variables, js_constant
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -19,9 +20,9 @@ def explanations() -> dict[str, str]:
     return json.loads((ASSETS / "explanations.json").read_text())
 
 
-def phase_colour_css() -> str:
-    """The phases' colours as CSS variables, so the page's styles use the charts' colours."""
-    return f":root {{ --ps-prefill: {PREFILL}; --ps-decode: {DECODE}; }}\n"
+def theme_css() -> str:
+    """The palette as CSS variables, so the page's styles use the charts' colours."""
+    return css_variables()
 
 
 def header_html() -> str:
@@ -60,4 +61,4 @@ DASHBOARD_CSS = """
 
 
 def dashboard_js() -> str:
-    return (ASSETS / "dashboard.js").read_text()
+    return js_constant() + (ASSETS / "dashboard.js").read_text()
