@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from inference import defaults as D
 from inference.settings import DEFAULT_MODEL, DEVICES, DTYPES, KERNELS, GenerationSettings
 from inference.trace import Trace, sweep_to_json
 
@@ -38,24 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     _remote(run)
     sweep = commands.add_parser("sweep", help="one short run per prompt length (prefill grows, decode stays flat)")
     sweep.add_argument("--prompt-tokens", required=True, type=_int_list, help="comma-separated, e.g. 16,128,512,1024")
-    _common(sweep, default_new_tokens=16)
+    _common(sweep, default_new_tokens=D.SWEEP_NEW_TOKENS)
     _remote(sweep)
     race = commands.add_parser("race", help="the same prompt with and without the KV cache")
-    race.add_argument("--prompt-tokens", type=int, default=64)
-    _common(race, default_new_tokens=48)
+    race.add_argument("--prompt-tokens", type=int, default=D.RACE_PROMPT_TOKENS)
+    _common(race, default_new_tokens=D.RACE_NEW_TOKENS)
     batch = commands.add_parser("batch", help="decode step time and throughput against batch size")
-    batch.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 4, 8, 16], help="comma-separated")
-    batch.add_argument("--prompt-tokens", type=int, default=32)
-    _common(batch, default_new_tokens=12)
+    batch.add_argument("--batch-sizes", type=_int_list, default=list(D.BATCH_SIZES), help="comma-separated")
+    batch.add_argument("--prompt-tokens", type=int, default=D.BATCH_PROMPT_TOKENS)
+    _common(batch, default_new_tokens=D.BATCH_NEW_TOKENS)
     dtypes = commands.add_parser("dtype", help="the same prompt at 4, 2, 1 and about 0.6 bytes per weight")
-    dtypes.add_argument("--prompt-tokens", type=int, default=32)
+    dtypes.add_argument("--prompt-tokens", type=int, default=D.DTYPE_PROMPT_TOKENS)
     dtypes.add_argument("--dtypes", type=lambda text: [d.strip() for d in text.split(",") if d.strip()],
-                        default=["float32", "bfloat16", "int8", "q4_1"], help="comma-separated, widest first")
-    _common(dtypes, default_new_tokens=24)
+                        default=list(D.DTYPES_COMPARED), help="comma-separated, widest first")
+    _common(dtypes, default_new_tokens=D.DTYPE_NEW_TOKENS)
     chunks = commands.add_parser("chunks", help="a long prompt joins streaming runs: its prefill whole, then in chunks")
-    chunks.add_argument("--prompt-tokens", type=int, default=1024, help="the long prompt")
-    chunks.add_argument("--chunk", type=int, default=128, help="prompt tokens per prefill chunk")
-    chunks.add_argument("--streams", type=int, default=4, help="runs streaming when it joins")
+    chunks.add_argument("--prompt-tokens", type=int, default=D.CHUNK_LONG_PROMPT, help="the long prompt")
+    chunks.add_argument("--chunk", type=int, default=D.CHUNK_SIZE, help="prompt tokens per prefill chunk")
+    chunks.add_argument("--streams", type=int, default=D.CHUNK_STREAMS, help="runs streaming when it joins")
     _common(chunks, default_new_tokens=64)
     chat = commands.add_parser("chat", help="a conversation whose turns reuse the KV cache of the turns before")
     chat.add_argument("--turn", action="append", required=True, metavar="TEXT", help="one user message (repeat it)")

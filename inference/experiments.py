@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+from inference.defaults import (BATCH_NEW_TOKENS, BATCH_PROMPT_TOKENS, CHUNK_LONG_PROMPT, CHUNK_SIZE,
+                                 CHUNK_STREAMS, DTYPE_NEW_TOKENS, DTYPE_PROMPT_TOKENS, RACE_NEW_TOKENS,
+                                 RACE_PROMPT_TOKENS, SWEEP_NEW_TOKENS)
 from inference.engine import Engine
 from inference.prompts import fixed_length_prompt_ids, fixed_length_prompt_text
 from inference.remote import RemoteClient, remote_sweep
@@ -34,8 +37,8 @@ def prompt_length_sweep(engine: Engine, prompt_tokens: list[int], settings: Gene
         yield _run(engine, n, settings)
 
 
-def run_sweep(engine: Engine, prompt_tokens: list[int], new_tokens: int = 8, progress: Progress = _quiet,
-              kernel: str = "fast") -> SweepResult:
+def run_sweep(engine: Engine, prompt_tokens: list[int], new_tokens: int = SWEEP_NEW_TOKENS,
+              progress: Progress = _quiet, kernel: str = "fast") -> SweepResult:
     settings = GenerationSettings(max_new_tokens=new_tokens, kernel=kernel)
     traces = []
     for i, trace in enumerate(prompt_length_sweep(engine, sorted(prompt_tokens), settings)):
@@ -44,8 +47,8 @@ def run_sweep(engine: Engine, prompt_tokens: list[int], new_tokens: int = 8, pro
     return SweepResult(tuple(traces))
 
 
-def run_remote_sweep(client: RemoteClient, tokenizer: Any, prompt_tokens: list[int], new_tokens: int = 8,
-                     progress: Progress = _quiet) -> SweepResult:
+def run_remote_sweep(client: RemoteClient, tokenizer: Any, prompt_tokens: list[int],
+                     new_tokens: int = SWEEP_NEW_TOKENS, progress: Progress = _quiet) -> SweepResult:
     """The same sweep on a remote engine: texts of exactly T tokens in the local model's tokenizer (about
     T in the remote model's own); the x axis is the engine's own count of each prompt (its usage)."""
     settings = GenerationSettings(max_new_tokens=new_tokens)
@@ -60,8 +63,8 @@ def run_remote_sweep(client: RemoteClient, tokenizer: Any, prompt_tokens: list[i
     return SweepResult(tuple(traces))
 
 
-def run_chunked_prefill(engine: Engine, long_prompt: int = 1024, chunk: int = 128, streams: int = 4,
-                        progress: Progress = _quiet) -> ChunkResult:
+def run_chunked_prefill(engine: Engine, long_prompt: int = CHUNK_LONG_PROMPT, chunk: int = CHUNK_SIZE,
+                        streams: int = CHUNK_STREAMS, progress: Progress = _quiet) -> ChunkResult:
     """`streams` runs decode together on a batch server of their own; when they have streamed a
     few tokens, a `long_prompt`-token prompt joins. Once with its prefill whole, once in chunks of
     `chunk` tokens between the batch's decode steps. Needs the shared batch (a Llama on the CPU)."""
@@ -92,7 +95,7 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = 1024, chunk: int = 12
     return ChunkResult(chunk, sides[0][:2], sides[1][:2], (sides[0][2], sides[1][2]))
 
 
-def run_cache_race(engine: Engine, prompt_tokens: int = 64, new_tokens: int = 48,
+def run_cache_race(engine: Engine, prompt_tokens: int = RACE_PROMPT_TOKENS, new_tokens: int = RACE_NEW_TOKENS,
                    progress: Progress = _quiet, kernel: str = "fast") -> CacheRace:
     cached = _run(engine, prompt_tokens, GenerationSettings(max_new_tokens=new_tokens, kernel=kernel))
     progress(0.5, "cached run done")
@@ -102,7 +105,8 @@ def run_cache_race(engine: Engine, prompt_tokens: int = 64, new_tokens: int = 48
     return CacheRace(cached, recomputed)
 
 
-def run_batch_sweep(engine: Engine, batch_sizes: list[int], prompt_tokens: int = 32, new_tokens: int = 12,
+def run_batch_sweep(engine: Engine, batch_sizes: list[int], prompt_tokens: int = BATCH_PROMPT_TOKENS,
+                    new_tokens: int = BATCH_NEW_TOKENS,
                     progress: Progress = _quiet, kernel: str = "fast") -> BatchResult:
     traces = []
     for i, b in enumerate(sorted(batch_sizes)):
@@ -112,8 +116,9 @@ def run_batch_sweep(engine: Engine, batch_sizes: list[int], prompt_tokens: int =
     return BatchResult(tuple(traces))
 
 
-def run_dtype_comparison(model: str, device: str, dtypes: list[str], prompt_tokens: int = 32,
-                         new_tokens: int = 24, progress: Progress = _quiet, kernel: str = "fast") -> DtypeResult:
+def run_dtype_comparison(model: str, device: str, dtypes: list[str], prompt_tokens: int = DTYPE_PROMPT_TOKENS,
+                         new_tokens: int = DTYPE_NEW_TOKENS, progress: Progress = _quiet,
+                         kernel: str = "fast") -> DtypeResult:
     """The same prompt on a fresh copy of the model per dtype (loaded one at a time). The prompt is
     short so that weight bytes dominate decode; on these CPUs bfloat16 attention over a long context
     is slow, and a 256-token prompt measured only 1.03x (vs 1.7x at 32)."""

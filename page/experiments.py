@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from inference import defaults as D
 from inference import experiments
 from inference.background import ENGINE_THREAD
 from inference.remote import RemoteClient, RemoteError
@@ -54,21 +55,21 @@ class ExperimentsTab:
                                 "plots time to first token and decode time per token against prompt length. With a "
                                 "remote engine picked on the Live run tab, the sweep runs there (measured from "
                                 "outside).")
-                    lengths = gr.CheckboxGroup([16, 64, 256, 512, 1024, 2048], value=[16, 256, 1024],
+                    lengths = gr.CheckboxGroup([16, 64, 256, 512, 1024, 2048], value=list(D.SWEEP_PROMPT_TOKENS),
                                                label="prompt tokens")
-                    new_tokens = gr.Slider(2, 32, value=8, step=1, label="new tokens per run")
+                    new_tokens = gr.Slider(2, 32, value=D.SWEEP_NEW_TOKENS, step=1, label="new tokens per run")
                     button = gr.Button("Run the sweep", variant="primary")
                     measured_by(button, self.experiment_sweep, [lengths, new_tokens, engine_choice], "sweep")
                 with gr.Tab("2 · KV cache"):
                     gr.Markdown("The same prompt twice: with the KV cache, and recomputing the whole sequence every "
                                 "step.")
-                    prompt_tokens = gr.Slider(16, 512, value=64, step=16, label="prompt tokens")
-                    race_tokens = gr.Slider(8, 96, value=48, step=8, label="new tokens")
+                    prompt_tokens = gr.Slider(16, 512, value=D.RACE_PROMPT_TOKENS, step=16, label="prompt tokens")
+                    race_tokens = gr.Slider(8, 96, value=D.RACE_NEW_TOKENS, step=8, label="new tokens")
                     button = gr.Button("Race them", variant="primary")
                     measured_by(button, self.experiment_race, [prompt_tokens, race_tokens], "race")
                 with gr.Tab("3 · Batch size"):
                     gr.Markdown("B copies of a 32-token prompt decode together: step time against throughput.")
-                    sizes = gr.CheckboxGroup([1, 2, 4, 8, 16], value=[1, 2, 4, 8, 16], label="batch sizes")
+                    sizes = gr.CheckboxGroup(list(D.BATCH_SIZES), value=list(D.BATCH_SIZES), label="batch sizes")
                     button = gr.Button("Measure", variant="primary")
                     measured_by(button, self.experiment_batch, [sizes], "batch")
                 with gr.Tab("4 · Roofline"):
@@ -90,9 +91,10 @@ class ExperimentsTab:
                                 " between the batch's decode steps (the streams stall a little, many times; the long "
                                 "prompt waits longer for its first token). This sets the chunk for this experiment "
                                 "only; the server's own setting is `--prefill-chunk`.")
-                    long_prompt = gr.Slider(256, 2048, value=1024, step=128, label="long prompt (tokens)")
-                    chunk_size = gr.Slider(32, 512, value=128, step=32, label="chunk (tokens)")
-                    streams = gr.Slider(1, 8, value=4, step=1, label="streaming runs")
+                    long_prompt = gr.Slider(256, 2048, value=D.CHUNK_LONG_PROMPT, step=128,
+                                            label="long prompt (tokens)")
+                    chunk_size = gr.Slider(32, 512, value=D.CHUNK_SIZE, step=32, label="chunk (tokens)")
+                    streams = gr.Slider(1, 8, value=D.CHUNK_STREAMS, step=1, label="streaming runs")
                     button = gr.Button("Let the long prompt in", variant="primary")
                     measured_by(button, self.experiment_chunks, [long_prompt, chunk_size, streams], "chunks")
                 with gr.Tab("7 · Big models"):
@@ -159,7 +161,7 @@ class ExperimentsTab:
         its blocks), else float32 and bfloat16."""
         config, engine = self.server.config, self.server.get_engine()
         blocks = engine.fast_kernels and engine.loaded.device.type == "cpu"
-        dtypes = ["float32", "bfloat16", "int8", "q4_1"] if blocks else ["float32", "bfloat16"]
+        dtypes = list(D.DTYPES_COMPARED) if blocks else [d for d in D.DTYPES_COMPARED if d in ("float32", "bfloat16")]
         return self._experiment(
             "dtype", lambda p: experiments.run_dtype_comparison(config.model, config.device, dtypes, progress=p),
             viz_experiments.dtype_figure, claims, progress)
