@@ -26,10 +26,13 @@ import torch
 from inference.loading import cache_dir
 
 _SOURCE = Path(__file__).resolve().parent / "gemv.cpp"
+# Every file the build compiles (the bindings and the parts they include), all hashed into the key.
+_SOURCES = (_SOURCE, *sorted((_SOURCE.parent / "kernel").glob("*.h")))
 _NAME = "phasescope_gemv"
 # Rows (sequences x new tokens) one kernel call takes, read from the kernel's source so that it is
 # known where the kernel does not build too: a shared step holds this many rows on every machine.
-MAX_ROWS = int(re.search(r"constexpr int64_t kMaxRows = (\d+);", _SOURCE.read_text()).group(1))
+MAX_ROWS = int(re.search(r"constexpr int64_t kMaxRows = (\d+);",
+                         (_SOURCE.parent / "kernel" / "common.h").read_text()).group(1))
 _module: Any = None
 _build_error: str | None = None
 _build_lock = threading.Lock()
@@ -64,10 +67,12 @@ def build_error() -> str | None:
 
 
 def library_path() -> Path:
-    """One library per source text, flags, torch version and CPU (it is built for this CPU)."""
+    """One library per source text (every file of it), flags, torch version and CPU (it is built
+    for this CPU)."""
     from inference.roofs import cpu_flags, cpu_name
 
-    key = "|".join([_SOURCE.read_text(), " ".join(flags()), torch.__version__, cpu_name(), ",".join(cpu_flags()),
+    sources = [f"{path.name}:{path.read_text()}" for path in _SOURCES]
+    key = "|".join([*sources, " ".join(flags()), torch.__version__, cpu_name(), ",".join(cpu_flags()),
                     platform.machine()])
     return cache_dir() / "kernels" / f"{_NAME}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
@@ -79,8 +84,10 @@ def _build(library: Path) -> Any:
 
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        (Path(tmp) / "kernel").mkdir()
+        for path in _SOURCES:
+            shutil.copyfile(path, Path(tmp) / path.relative_to(_SOURCE.parent))
         source = Path(tmp) / _SOURCE.name
-        shutil.copyfile(_SOURCE, source)
         module = load(_NAME, sources=[str(source)], build_directory=tmp, extra_cflags=list(flags()),
                       extra_ldflags=["-fopenmp"], verbose=False)
         os.replace(Path(tmp) / f"{_NAME}.so", library)

@@ -36,3 +36,19 @@ def test_the_row_limit_read_from_the_source_is_the_built_kernels() -> None:
     if module is None:
         pytest.skip(f"the kernel did not build here: {kernel_build.build_error()}")
     assert module.MAX_ROWS == kernel_build.MAX_ROWS == 32
+
+
+def test_every_source_file_of_the_kernel_is_in_its_build_key(monkeypatch, tmp_path) -> None:
+    import shutil
+
+    copies = []
+    for path in kernel_build._SOURCES:
+        copy = tmp_path / path.name
+        shutil.copyfile(path, copy)
+        copies.append(copy)
+    assert {p.name for p in copies} >= {"gemv.cpp", "common.h", "layer.h"}
+    monkeypatch.setattr(kernel_build, "_SOURCES", tuple(copies))
+    before = kernel_build.library_path()
+    header = next(p for p in copies if p.name == "blocks.h")
+    header.write_text(header.read_text() + "\n// a change in one header\n")
+    assert kernel_build.library_path() != before
