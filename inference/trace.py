@@ -97,7 +97,7 @@ class Step:
     foreign_prefill_tokens: int = 0    # other runs' prompt tokens prefilled in this engine step, before it
     waited_ms: float = 0.0             # the time those prefills took (part of ms)
     # Tokens this step produced per sequence: 1 in the embedded engine; a remote engine's streamed
-    # chunk (inference/remote.py), one step as a client sees it, may carry several.
+    # chunk (inference/remote/), one step as a client sees it, may carry several.
     tokens_out: int = 1
     # Time the engine's threads waited for a core during the step (averaged over them), on a CPU
     # that counts it (inference/cpu_wait.py): what other programs took from it. 0 where unknown.
@@ -157,7 +157,7 @@ class Trace:
     serving_why: str = ""      # why it was served so, in one line (inference/serving.py); "" in older traces
     cpu_wait_measured: bool = False    # its steps' cpu_wait_ms were measured (else unknown, 0)
     reused_tokens: int = 0     # prompt tokens served from the last turn's KV cache (a conversation)
-    # A run on a remote serving engine (inference/remote.py): which one, what it reported about the
+    # A run on a remote serving engine (inference/remote/): which one, what it reported about the
     # run from inside (its own timings and counts, by name), and where its counts disagreed.
     engine: str = ""           # "" for the embedded engine
     reported: dict[str, float] = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 Recording (done once against a real engine; the files live in tests/data/):
     python tests/remote_standin.py record http://127.0.0.1:8931 tests/data/remote-llamacpp.json
-sends the request PhaseScope sends (inference/remote.py's `request_body`) and keeps every line of
+sends the request PhaseScope sends (inference/remote/wire.py's `request_body`) and keeps every line of
 the stream with the milliseconds since the request left, and the engine's /metrics before and after.
 
 The stand-in (`StandIn`) serves that recording on a loopback port as an OpenAI-compatible server,

@@ -1,4 +1,4 @@
-"""The remote engine client (inference/remote.py) against streams recorded from real serving engines
+"""The remote engine client (inference/remote/) against streams recorded from real serving engines
 (vLLM's CPU build and llama.cpp's server, tests/data/), replayed by a loopback stand-in, and
 against the bad servers a page must survive. The same tests run against a live engine with
 `make test-remote` (tests/test_remote_live.py)."""
