@@ -18,8 +18,6 @@ neither stack takes, a GPU) run alone through GenerationRun, as before.
 from __future__ import annotations
 
 import collections
-import contextlib
-import dataclasses
 import threading
 import time
 import weakref
@@ -32,7 +30,7 @@ from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
 from inference.cpu_quota import memory_room
 from inference.engine import Engine, RowState, make_step
-from inference.fast_path import FusedStack, fast_forwards, stack_fusable
+from inference.fast_path import FusedStack, stack_fusable
 from inference.kernel_build import MAX_ROWS
 from inference.kv_cache import cache_of, forward
 from inference.plain_batch import PlainStack, plain_stackable
@@ -188,9 +186,7 @@ class BatchServer:
         """Queue a run for the batch (ValueError if it does not fit the model's context or could
         never fit the KV budget); `why`: the front door's reason, for its trace."""
         self.engine.check_fits(len(prompt_ids), settings.max_new_tokens)
-        if self.engine.kernel is None:       # the trace says what really ran, as Engine.generate's does
-            settings = dataclasses.replace(settings, kernel="eager")
-        run = BatchRun(self, list(prompt_ids), settings, cancel, prompt, max_seconds)
+        run = BatchRun(self, list(prompt_ids), self.engine.as_run(settings), cancel, prompt, max_seconds)
         run.why = why
         refused = refusal(self.ask(run), self.limits)
         if refused:
@@ -212,8 +208,7 @@ class BatchServer:
         try:
             with engine.lock, torch.inference_mode(), \
                     LayerTimer(model, engine.loaded.info.layers, engine.loaded.device) as timer, \
-                    (fast_forwards(model, engine.kernel, timer, engine.native_bf16) if engine.kernel is not None
-                     else contextlib.nullcontext()) as fused:
+                    engine.fast_path(GenerationSettings(kernel="fast"), timer) as fused:   # every run here is "fast"
                 stack = fused if self.stack == "fused" else PlainStack(model, timer)
                 while True:
                     gone += [run for run in [*active, *filling] if self._leaves(run)]

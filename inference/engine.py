@@ -334,10 +334,18 @@ class Engine:
         return f"fast decode kernel unavailable ({build_error() or 'not built'}): runs use plain PyTorch"
 
     def fast_path(self, settings: GenerationSettings, timer: LayerTimer) -> contextlib.AbstractContextManager:
-        """The fast path for a run with settings.kernel "fast" (see fast_path.py); else nothing."""
+        """The fast path for a run with settings.kernel "fast" (see fast_path.py); else nothing.
+        It yields the model's FusedStack where its layers fuse (else None)."""
         if settings.kernel != "fast" or self.kernel is None:
             return contextlib.nullcontext()
         return fast_forwards(self.loaded.model, self.kernel, timer, self.native_bf16)
+
+    def as_run(self, settings: GenerationSettings) -> GenerationSettings:
+        """The settings as they will really run, for the trace to say: the fast kernel where it
+        built, PyTorch's eager path without it or to record attention."""
+        if settings.kernel == "fast" and (not self.fast_kernels or settings.attention_map):
+            return dataclasses.replace(settings, kernel="eager")
+        return settings
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, instrument: bool = True, prompt: str = "",
@@ -349,10 +357,8 @@ class Engine:
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
         if settings.attention_map:
             attention_modules(self.loaded.model)          # ValueError now, for a model it cannot record
-        if settings.kernel == "fast" and (not self.fast_kernels or settings.attention_map):
-            # The trace says what really ran: recording attention needs PyTorch's eager attention.
-            settings = dataclasses.replace(settings, kernel="eager")
-        return GenerationRun(self, list(prompt_ids), settings, cancel, instrument, prompt, stop_at_eos, reuse, why)
+        return GenerationRun(self, list(prompt_ids), self.as_run(settings), cancel, instrument, prompt, stop_at_eos,
+                             reuse, why)
 
     def warm_up(self) -> None:
         """One short run, discarded: a process's first forward pass pays one-off costs (allocator,

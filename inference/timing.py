@@ -143,9 +143,7 @@ class LayerTimer:
         if self.enabled and not self.clock.cuda:
             for i in range(len(stamps) // 6):
                 start, attn_start, attn_end, mlp_start, mlp_end, end = stamps[6 * i:6 * i + 6]
-                self._stamps["layer"][i][:] = start, end
-                self._stamps["attn"][i][:] = attn_start, attn_end
-                self._stamps["mlp"][i][:] = mlp_start, mlp_end
+                self.record_layer(i, (start, end), (attn_start, attn_end), (mlp_start, mlp_end))
         self.layers_done = len(stamps) // 6
 
     def record_layer(self, i: int, layer: tuple[Any, Any], attn: tuple[Any, Any], mlp: tuple[Any, Any]) -> None:

@@ -246,9 +246,10 @@ def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) ->
     return message, status, summary.headline_html(trace), trace.text, state
 
 
-def _only(message: Any = gr.skip(), status: Any = gr.skip()) -> tuple:
-    """An update of the dashboard message and/or the status line, the other outputs left as they are."""
-    return message, status, gr.skip(), gr.skip(), gr.skip()
+def _only(message: Any = gr.skip(), status: Any = gr.skip(), text: Any = gr.skip()) -> tuple:
+    """An update of the dashboard message, the status line and/or the text, the other outputs left
+    as they are."""
+    return message, status, gr.skip(), text, gr.skip()
 
 
 def _finish(background: WatchedRun, trace: Trace, seq: Iterator[int], note: str = "") -> Iterator[tuple]:
@@ -308,7 +309,7 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
             status = summary.decode_status_html(len(partial.steps), elapsed, partial.steps[-1],
                                                 partial.settings.batch_size)
             if quiet:
-                yield gr.skip(), status, gr.skip(), partial.text, gr.skip()
+                yield _only(status=status, text=partial.text)
             else:
                 parts = _ttft_parts(background, partial, tokenizing) if sent == 0 else None
                 yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial)
