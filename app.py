@@ -18,11 +18,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # a classroom pag
 
 import gradio as gr
 
-from inference.background import ENGINE_THREAD, CancelFlag
 from inference.conversation import Conversation
-from inference.kernel_build import MAX_ROWS
+from inference.kernels.build import MAX_ROWS
 from inference.remote import parse_remotes
-from inference.server_config import ServerConfig
+from inference.serving.background import ENGINE_THREAD, CancelFlag
+from inference.serving.server_config import ServerConfig
 from inference.settings import DEVICES, DTYPES
 from page.classroom import ClassTab
 from page.experiments import ExperimentsTab
@@ -105,7 +105,7 @@ def main() -> None:
         parser.exit(2, f"app.py: error: {exc}\n")
     launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
     try:
-        ENGINE_THREAD.serve_forever()      # the page's runs execute on the main thread (inference/background.py)
+        ENGINE_THREAD.serve_forever()      # the page's runs execute on the main thread (inference/serving/background.py)
     except KeyboardInterrupt:
         demo.close()
 

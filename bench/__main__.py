@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from bench import engine_bench, experiments_bench, load_bench, page_bench, peer_bench, startup_bench
-from inference.roofs import cpu_flags, cpu_name
+from inference.hardware.roofs import cpu_flags, cpu_name
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

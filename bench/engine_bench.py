@@ -11,9 +11,9 @@ import torch
 from transformers import TextStreamer
 
 from bench.common import decode_rate, interleaved_medians, row, stamps
-from inference.roofs import memory_bytes_per_s
 from inference.engine import Engine
-from inference.factory import load_engine
+from inference.hardware.roofs import memory_bytes_per_s
+from inference.model.factory import load_engine
 from inference.prompts import fixed_length_prompt_ids
 from inference.settings import GenerationSettings
 

@@ -4,9 +4,9 @@ its numbers; whether this machine shows each claim is measured here)."""
 from __future__ import annotations
 
 from bench.common import row
-from inference.factory import load_engine
-from inference.experiments import run_batch_sweep, run_cache_race, run_sweep
-from inference.loading import DEFAULT_MODEL
+from inference.lessons.experiments import run_batch_sweep, run_cache_race, run_sweep
+from inference.model.factory import load_engine
+from inference.model.loading import DEFAULT_MODEL
 
 
 def main() -> list[str]:

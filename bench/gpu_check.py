@@ -10,7 +10,7 @@ Stages: env (software and device), roof (a device-to-device copy: the bandwidth 
 gives), and one stage per model: TTFT for 128 / 1024 / 4096 prompt tokens; decode ms per token,
 instrumented (the page's per-layer view) and plain, interleaved; the bytes a decode step reads
 against the datasheet and the copy roof; and decode over a static cache, eager and captured as one
-CUDA graph, with the verdict the page would give (inference/verdicts.py: bandwidth- or launch-bound).
+CUDA graph, with the verdict the page would give (inference/lessons/verdicts.py: bandwidth- or launch-bound).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from inference.kv_cache import cache_of, forward
+from inference.lessons.verdicts import decode_bound_verdict
+from inference.model.kv_cache import cache_of, forward
 from inference.settings import GenerationSettings
-from inference.verdicts import decode_bound_verdict
 
 SHAPES = {
     "smollm2-135m": dict(num_hidden_layers=30, hidden_size=576, num_attention_heads=9, num_key_value_heads=3,
@@ -93,9 +93,9 @@ def stage_roof(args: argparse.Namespace) -> dict[str, Any]:
 def build_engine(shape: dict[str, Any], max_context: int) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from inference.device import device_info
     from inference.engine import Engine
-    from inference.loading import LoadedModel, model_info
+    from inference.hardware.device import device_info
+    from inference.model.loading import LoadedModel, model_info
 
     torch.manual_seed(0)
     config = LlamaConfig(**shape, max_position_embeddings=max_context)

@@ -19,8 +19,8 @@ import httpx
 
 import app
 from bench.common import row
-from inference.background import ENGINE_THREAD
-from inference.batching import batch_server
+from inference.serving.background import ENGINE_THREAD
+from inference.serving.batching import batch_server
 from inference.trace import percentile
 
 STUDENTS = 30
@@ -117,8 +117,8 @@ def _session(url: str, students: int, runs: list) -> dict:
 
 
 def chunk_lines(chunk: int = 128) -> list[str]:
-    """The chunked-prefill experiment (the page's, inference/experiments.py) with 8 streaming runs."""
-    from inference.experiments import run_chunked_prefill
+    """The chunked-prefill experiment (the page's, inference/lessons/experiments.py) with 8 streaming runs."""
+    from inference.lessons.experiments import run_chunked_prefill
 
     result = run_chunked_prefill(app.server.get_engine(progress=lambda _: None), 2048, chunk, streams=8)
     off, on = result.worst_step_ms(False), result.worst_step_ms(True)

@@ -15,11 +15,11 @@ import threading
 import app
 from page import live as live_page
 from bench.common import CHROMIUM, CHROMIUM_FLAGS, interleaved_medians, row
-from inference.background import ENGINE_THREAD
 from inference.engine import Engine
 from inference.prompts import chat_prompt_ids
+from inference.serving.background import ENGINE_THREAD
 from inference.settings import GenerationSettings
-from inference.trace import Trace
+from inference.trace import read_trace
 
 PROMPT = "Explain in three sentences why the sky is blue."
 NEW_TOKENS = 48
@@ -39,7 +39,7 @@ def through_page() -> float:
 
     threading.Thread(target=consume).start()
     ENGINE_THREAD.serve_forever(stop=done)
-    return Trace.from_json(finals[0][4]).summary.decode_tokens_per_s
+    return read_trace(finals[0][4]).summary.decode_tokens_per_s
 
 
 def engine_alone(engine: Engine) -> float:

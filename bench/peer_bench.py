@@ -13,8 +13,9 @@ import torch
 
 from bench.common import decode_rate, row, stamps
 from inference.engine import Engine
-from inference.factory import load_engine
-from inference.loading import bundled_gguf_path, cache_dir
+from inference.model.factory import load_engine
+from inference.disk_cache import cache_dir
+from inference.model.loading import bundled_gguf_path
 from inference.prompts import fixed_length_prompt_ids
 from inference.settings import GenerationSettings
 

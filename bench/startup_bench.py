@@ -15,19 +15,19 @@ PARTS = """
 import json, time, torch
 t = {}
 s = time.perf_counter()
-from inference.loading import default_model_folder
+from inference.model.loading import default_model_folder
 default_model_folder(torch.float32); t['dequantize the GGUF'] = time.perf_counter() - s; s = time.perf_counter()
-from inference.kernel_build import kernel_module
+from inference.kernels.build import kernel_module
 kernel_module(); t['build the kernel'] = time.perf_counter() - s; s = time.perf_counter()
-from inference.roofs import cpu_roofs
+from inference.hardware.roofs import cpu_roofs
 cpu_roofs(); t['measure the roofs'] = time.perf_counter() - s; s = time.perf_counter()
-from inference.dtype_choice import cpu_dtype_choice
+from inference.hardware.dtype_choice import cpu_dtype_choice
 choice = cpu_dtype_choice(); t['dtype trial (both dtypes, 64 tokens each)'] = time.perf_counter() - s; s = time.perf_counter()
-from inference.factory import load_engine
+from inference.model.factory import load_engine
 load_engine('SmolLM2-135M-Instruct'); t['load and warm up the chosen engine'] = time.perf_counter() - s
 print(json.dumps({'parts': t, 'dtype': choice.dtype}))
 """
-WHOLE = "import time; s = time.perf_counter(); from inference.factory import load_engine; " \
+WHOLE = "import time; s = time.perf_counter(); from inference.model.factory import load_engine; " \
         "load_engine('SmolLM2-135M-Instruct'); print(time.perf_counter() - s)"
 
 

@@ -1,4 +1,4 @@
-"""`python -m inference ...`: see inference/cli.py."""
+"""`python -m inference ...`: see inference/cli/."""
 import sys
 
 from inference.cli import main

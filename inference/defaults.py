@@ -1,5 +1,5 @@
 """Each experiment's settings unless asked otherwise: the page's controls, the command line's flags
-and the experiment functions (inference/experiments.py) all start from these. No torch here, so
+and the experiment functions (inference/lessons/experiments.py) all start from these. No torch here, so
 that parsing the command line stays light."""
 from __future__ import annotations
 

@@ -18,15 +18,15 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from inference.attention_map import AttentionRecorder, attention_modules, recording_attention
 from inference.cost_model import StepCost, step_cost
-from inference.cpu_wait import measurable
-from inference.device import device_info
-from inference.fast_path import fast_forwards
-from inference.kernel_build import build_error, kernel_module
-from inference.kv_cache import cache_of, forward, keep_first, kv_cache_bytes
-from inference.loading import LoadedModel
-from inference.roofs import bf16_native
+from inference.hardware.cpu_wait import measurable
+from inference.hardware.device import device_info
+from inference.hardware.roofs import bf16_native
+from inference.kernels.build import build_error, kernel_module
+from inference.kernels.fast_path import fast_forwards
+from inference.model.attention_map import AttentionRecorder, attention_modules, recording_attention
+from inference.model.kv_cache import cache_of, forward, keep_first, kv_cache_bytes
+from inference.model.loading import LoadedModel
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import DeviceInfo, StopReason, Step, Summary, Trace
@@ -167,7 +167,7 @@ class GenerationRun:
         self.stop_reason: StopReason | None = None
         self.timer: LayerTimer | None = None       # set while running; its layers_done shows progress
         self.reuse = reuse
-        self.why = why                             # why it runs alone (serving.prepare), for its trace
+        self.why = why                             # why it runs alone (serving/door.py), for its trace
         self.prefill_start: float | None = None   # perf_counter when the engine took the run up
         # Prompt tokens served from the reused cache (prefix caching): the prefill computes the rest.
         self.reused_tokens = 0
@@ -353,7 +353,7 @@ class Engine:
         """A run to iterate. `instrument=False` times whole steps only (the benchmark's baseline);
         `stop_at_eos=False` always generates max_new_tokens (for fair timing); `reuse`: the last
         turn's cache, whose shared prefix this prompt does not compute again; `why`: why it runs
-        alone, for its trace (inference/serving.py)."""
+        alone, for its trace (inference/serving/door.py)."""
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
         if settings.attention_map:
             attention_modules(self.loaded.model)          # ValueError now, for a model it cannot record

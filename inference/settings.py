@@ -9,12 +9,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"      # the bundled one (inference/loading.py)
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"      # the bundled one (inference/model/loading.py)
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_BATCH_SIZE = 64
 KERNELS = ("fast", "eager")
 # What --device and --dtype take (the page's server and the CLI alike). int8 and q4_1 keep the
-# matrices as llama.cpp's blocks for the CPU decode kernel (inference/quantize.py).
+# matrices as llama.cpp's blocks for the CPU decode kernel (inference/kernels/quantize.py).
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "int8", "q4_1")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from inference.batching import batch_server
+from inference.serving.batching import batch_server
 from page.state import Server
 from viz import classroom
 

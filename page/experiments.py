@@ -9,12 +9,12 @@ from typing import Any
 import gradio as gr
 
 from inference import defaults as D
-from inference import experiments
-from inference.background import ENGINE_THREAD
+from inference.lessons import experiments
+from inference.lessons.verdicts import roofline_verdict
+from inference.lessons.whatif import GPUS, PRESETS, Efficiency, device_as_gpu, estimate, measured_efficiency
 from inference.remote import RemoteClient, RemoteError
-from inference.trace import Trace
-from inference.verdicts import roofline_verdict
-from inference.whatif import GPUS, PRESETS, Efficiency, device_as_gpu, estimate, measured_efficiency
+from inference.serving.background import ENGINE_THREAD
+from inference.trace import read_trace
 from page.state import Server
 from viz import experiments as viz_experiments
 from viz.claims import claims_html
@@ -177,14 +177,14 @@ class ExperimentsTab:
         if not trace_json:
             raise gr.Error("Run a prompt on the Live run tab first: this reads its measurements.",
                            print_exception=False)
-        trace = Trace.from_json(trace_json)
+        trace = read_trace(trace_json)
         verdict = roofline_verdict(trace)
         claims = {**(claims or {}), "roofline": verdict}
         return roofline_figure(trace), verdict, claims, claims_html(claims)
 
     def what_if(self, models: list, gpus: list, prompt_tokens: float, context: float, batch: float,
                 calibrate: bool, trace_json: str | None) -> str:
-        efficiency = measured_efficiency(Trace.from_json(trace_json)) if calibrate and trace_json else Efficiency()
+        efficiency = measured_efficiency(read_trace(trace_json)) if calibrate and trace_json else Efficiency()
         chosen = [GPUS[g] for g in gpus or [] if g in GPUS]
         if THIS_MACHINE in (gpus or []):
             memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -1,7 +1,7 @@
 """The Live run tab: a prompt in, the run streamed onto the dashboard as it happens; Replay,
 Export and Load of a trace.
 
-A run is planned once (inference/serving.py: fitted to the model, into the shared batch or alone,
+A run is planned once (inference/serving/door.py: fitted to the model, into the shared batch or alone,
 and why), then followed here: this loop draws at most UPDATES_PER_S times a second while the
 engine works on its own thread, and the engine never waits for it.
 """
@@ -19,16 +19,16 @@ from typing import Any, Iterator
 import gradio as gr
 import plotly
 
-from inference.background import CancelFlag, WatchedRun
-from inference.batching import batch_server
 from inference.conversation import Conversation
 from inference.engine import Engine
-from inference.perfetto import to_chrome_trace_json
 from inference.prompts import DEFAULT_PROMPT, check_prompt_text
 from inference.remote import RemoteClient, RemoteError, RemoteRun
-from inference.serving import Plan, prepare, start
+from inference.serving.background import CancelFlag, WatchedRun
+from inference.serving.batching import batch_server
+from inference.serving.door import Plan, prepare, start
 from inference.settings import GenerationSettings
-from inference.trace import Trace, steps_csv
+from inference.trace import Trace, read_trace, steps_csv
+from inference.trace.perfetto import to_chrome_trace_json
 from page.state import Server
 from viz import live, summary
 from viz.dashboard import DASHBOARD_CSS, dashboard_js, dashboard_template
@@ -120,7 +120,7 @@ class LiveTab:
             outputs = [dashboard, status, headline, text, trace_state]
             run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel,
                           chat, forget, conversation, engine_choice, attention, quiet]
-            # Up to a full batch of runs at once (they share decode steps, inference/batching.py), or one
+            # Up to a full batch of runs at once (they share decode steps, inference/serving/batching.py), or one
             # at a time in solo mode: the limit is the queue's default, set at launch from the config.
             runs_queue = dict(concurrency_limit="default", concurrency_id="runs")
             run_button.click(self.run_generation, run_inputs, outputs, api_name="run", **runs_queue)
@@ -150,7 +150,7 @@ class LiveTab:
                 final = update[4] if isinstance(update[4], str) else final
                 yield update
         if self.server.config.zero_gpu and final is not None:
-            self.server.gpu_budget.observe(Trace.from_json(final), first_update or 0.0)
+            self.server.gpu_budget.observe(read_trace(final), first_update or 0.0)
 
     def _run_generation(self, prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                         kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
@@ -225,7 +225,7 @@ class LiveTab:
 
     def _plan(self, engine: Engine, ids: list[int], settings: GenerationSettings, prompt: str,
               conversation: Conversation | None, forget: bool) -> Plan:
-        """The run's plan (inference/serving.py): into the shared batch where it can, else alone, and why."""
+        """The run's plan (inference/serving/door.py): into the shared batch where it can, else alone, and why."""
         reuse = conversation.prefix if conversation is not None and not forget else None
         try:
             return prepare(engine, ids, settings, prompt, solo=self.server.config.solo,
@@ -335,7 +335,7 @@ def replay(trace_json: str | None, speed: float) -> Iterator[tuple]:
     """Animate a recorded trace again at `speed` x its real pace (0.1 = ten times slower)."""
     if not trace_json:
         raise gr.Error("Nothing to replay yet: run a prompt or load a trace first.", print_exception=False)
-    trace = Trace.from_json(trace_json)
+    trace = read_trace(trace_json)
     speed = min(1.0, max(0.1, float(speed)))
     seq = itertools.count()
     empty = trace.prefix(0)
@@ -357,7 +357,7 @@ def replay(trace_json: str | None, speed: float) -> Iterator[tuple]:
 def export(trace_json: str | None) -> list[str]:
     if not trace_json:
         raise gr.Error("Nothing to export yet: run a prompt first.", print_exception=False)
-    trace = Trace.from_json(trace_json)
+    trace = read_trace(trace_json)
     folder = Path(tempfile.mkdtemp(prefix="phasescope-"))
     (folder / "phasescope-trace.json").write_text(trace.to_json(indent=1))
     (folder / "phasescope-steps.csv").write_text(steps_csv(trace))
@@ -375,7 +375,7 @@ def load_trace(path: str | None) -> tuple:
             raise ValueError(f"the file is {size / 1e6:.1f} MB; traces up to {MAX_TRACE_UPLOAD_BYTES / 1e6:.0f} MB "
                              f"load")
         with open(path, encoding="utf-8") as handle:
-            trace = Trace.from_json(handle.read())
+            trace = read_trace(handle.read())
     except (ValueError, UnicodeDecodeError) as exc:
         raise gr.Error(f"Could not load that trace: {exc}", print_exception=False) from None
     return _outputs(live.full_message(trace, int(time.time() * 1000)),

@@ -8,11 +8,11 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from inference.background import ENGINE_THREAD
 from inference.engine import Engine
-from inference.factory import load_engine
-from inference.gpu_budget import GpuBudget
-from inference.server_config import ServerConfig
+from inference.model.factory import load_engine
+from inference.serving.background import ENGINE_THREAD
+from inference.serving.gpu_budget import GpuBudget
+from inference.serving.server_config import ServerConfig
 from viz import summary
 
 try:                                # a Hugging Face Space's image carries `spaces`
@@ -48,7 +48,7 @@ class Server:
 
     def run_seconds(self, prompt: str, max_new_tokens: float, *args: Any, **kwargs: Any) -> int:
         """A run's ZeroGPU duration: its worker's start, its prefill and its decode at the costs
-        measured so far (inference/gpu_budget.py), so that a visitor's daily quota holds several runs."""
+        measured so far (inference/serving/gpu_budget.py), so that a visitor's daily quota holds several runs."""
         from inference.prompts import chat_prompt_ids
 
         try:

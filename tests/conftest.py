@@ -22,8 +22,8 @@ settings.register_profile("phasescope", deadline=None)
 settings.load_profile("phasescope")
 
 from inference.engine import Engine
-from inference.loading import LoadedModel, model_info
-from inference.trace import DeviceInfo, Trace
+from inference.model.loading import LoadedModel, model_info
+from inference.trace import DeviceInfo, Trace, read_trace
 
 # The recorded trace the figures, exports and verdicts are tested on (also the page's example).
 EXAMPLE_TRACE = Path(__file__).resolve().parent.parent / "assets" / "example-trace.json"
@@ -85,7 +85,7 @@ def engine_for(model: torch.nn.Module, name: str, fast_kernels: bool = True) -> 
 
 @pytest.fixture
 def example_trace() -> Trace:
-    return Trace.from_json(EXAMPLE_TRACE.read_text())
+    return read_trace(EXAMPLE_TRACE.read_text())
 
 
 @pytest.fixture(scope="session", params=["llama", "gpt2"])
@@ -97,7 +97,7 @@ def tiny_engine(request: pytest.FixtureRequest) -> Engine:
 @pytest.fixture(scope="session")
 def real_engine() -> Engine:
     """The bundled SmolLM2-135M-Instruct in float32 on CPU (dequantized and cached on first use)."""
-    from inference.loading import load_model
+    from inference.model.loading import load_model
 
     return Engine(load_model(dtype=torch.float32), TEST_DEVICE)
 

@@ -1,4 +1,4 @@
-"""The attention-map switch (inference/attention_map.py): each step's attention over the sequence,
+"""The attention-map switch (inference/model/attention_map.py): each step's attention over the sequence,
 recorded on the eager path, drawn as steps x positions, and the model left as it was."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from inference.settings import GenerationSettings
-from inference.trace import Trace
+from inference.trace import read_trace
 from tests.conftest import engine_for, tiny_gpt2, tiny_llama
 from viz import live
 from viz.charts import mass_positions
@@ -30,7 +30,7 @@ def test_each_step_records_where_its_newest_token_looks(engine) -> None:
     model = engine.loaded.model
     assert model.config._attn_implementation != "eager", "the attention implementation is put back"
     assert not any(layer.self_attn._forward_hooks for layer in model.model.layers), "hooks removed after the run"
-    assert Trace.from_json(trace.to_json()) == trace
+    assert read_trace(trace.to_json()) == trace
 
 
 def test_the_chart_draws_steps_by_positions_and_says_how_few_hold_the_mass(engine) -> None:

@@ -1,7 +1,7 @@
 """Runs off the caller's thread: polled at the caller's pace, stopped, and cut at the time limit."""
 from __future__ import annotations
 
-from inference.background import BackgroundRun, EngineThread
+from inference.serving.background import BackgroundRun, EngineThread
 from inference.settings import GenerationSettings
 from tests.conftest import engine_for, tiny_llama
 

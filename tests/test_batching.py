@@ -6,9 +6,9 @@ import threading
 import pytest
 import torch
 
-from inference.background import CancelFlag, EngineThread
-from inference.batching import BatchServer
 from inference.engine import Engine
+from inference.serving.background import CancelFlag, EngineThread
+from inference.serving.batching import BatchServer
 from inference.settings import GenerationSettings
 from tests.conftest import engine_for, tiny_llama
 

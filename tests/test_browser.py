@@ -261,7 +261,7 @@ def test_a_run_beside_a_cpu_hog_records_its_wait_and_the_page_says_whose_figures
     import sys
 
     import app
-    from inference.batching import batch_server
+    from inference.serving.batching import batch_server
 
     if not app.server.get_engine().measures_cpu_wait:
         pytest.skip("this machine does not count the time a thread waits for a core")

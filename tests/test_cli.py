@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.trace import Trace, sweep_from_json
+from inference.trace import read_trace, sweep_from_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def test_run_answers_with_the_real_model_and_writes_a_trace(tmp_path: Path) -> N
     assert "Paris" in result.stdout
     for label in ("TTFT", "ms/token", "tokens/s", "KV cache", "GB/s"):
         assert label in result.stdout, f"summary lacks {label!r}:\n{result.stdout}"
-    trace = Trace.from_json(out.read_text())
+    trace = read_trace(out.read_text())
     assert "The capital of France is Paris." in trace.text
     assert trace.model.layers == 30 and all(len(s.layer_ms) == 30 for s in trace.steps)
     assert json.loads(out.read_text())["schema"] == "phasescope.trace/1"

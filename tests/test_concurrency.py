@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from gradio_client import Client
 
 import app
-from inference.batching import batch_server
+from inference.serving.batching import batch_server
 from inference.settings import GenerationSettings
+from inference.trace import read_trace
 
 QUESTIONS = {"What is the capital of France?": "Paris", "What is the capital of Japan?": "Tokyo"}
 
@@ -84,5 +85,5 @@ def test_a_batched_run_traces_its_serving_mode_and_loads_back(app_url: str) -> N
     engine = app.server.get_engine()
     run = batch_server(engine).submit([1, 2, 3], GenerationSettings(max_new_tokens=3), app.CancelFlag())
     run.wait()
-    trace = Trace.from_json(run.trace().to_json())
+    trace = read_trace(run.trace().to_json())
     assert trace.serving == "batched" and trace.steps[1].batch_rows == 1

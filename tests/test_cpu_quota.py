@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from inference import cpu_quota
-from inference.cpu_quota import quota_cpus
+from inference.hardware import cpu_quota
+from inference.hardware.cpu_quota import quota_cpus
 
 
 def write(path: Path, text: str) -> None:
@@ -60,7 +60,7 @@ def _cgroup_tree(tmp_path: Path, files: dict[str, str], line: str) -> tuple[Path
 
 
 def test_the_kv_budget_is_half_of_what_the_cgroup_leaves_not_the_hosts_free_memory(tmp_path: Path) -> None:
-    from inference.batching import kv_budget_bytes
+    from inference.serving.batching import kv_budget_bytes
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 67108864 kB\nMemAvailable: 62914560 kB\n")      # a 64 GiB host, 60 free

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.cpu_wait import CpuWait, measurable
+from inference.hardware.cpu_wait import CpuWait, measurable
 from inference.settings import GenerationSettings
 from tests.conftest import engine_for, tiny_llama
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from inference.engine import Engine
-from inference.loading import LoadedModel, model_info
+from inference.model.loading import LoadedModel, model_info
 from inference.settings import GenerationSettings
 from tests.conftest import TEST_DEVICE, DigitTokenizer, tiny_llama
 
@@ -38,8 +38,8 @@ def test_cuda_kv_bytes_follow_the_formula() -> None:
 
 
 def test_device_auto_picks_cuda_and_bfloat16() -> None:
-    from inference.device import resolve_device
-    from inference.dtype_choice import choose_dtype
+    from inference.hardware.device import resolve_device
+    from inference.hardware.dtype_choice import choose_dtype
 
     device = resolve_device("auto")
     assert device.type == "cuda" and choose_dtype("auto", device)[0] == torch.bfloat16

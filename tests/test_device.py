@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.device import device_info, dtype_named, resolve_device
+from inference.hardware.device import device_info, dtype_named, resolve_device
 from inference.trace import DeviceInfo
 
 
@@ -30,8 +30,8 @@ def test_dtype_names_map_to_torch_dtypes_and_the_message_lists_only_those_accept
 
 
 def test_cpu_device_info_reads_the_roofs_it_is_given(monkeypatch) -> None:
-    from inference import device
-    from inference.roofs import CpuRoofs
+    from inference.hardware import device
+    from inference.hardware.roofs import CpuRoofs
 
     roofs = CpuRoofs(key="k", name="test cpu (2 threads)", threads=2, fp32_flops=100e9, bf16_flops=50e9,
                      bytes_per_s=20e9, bf16_native=False, bf16_torch_flops=1e9, seconds=0.1)

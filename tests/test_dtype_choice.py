@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference import dtype_choice
+from inference.hardware import dtype_choice
 
 
 def test_the_faster_dtype_wins_and_the_reason_gives_both_times(monkeypatch, tmp_path) -> None:
@@ -25,7 +25,7 @@ def test_without_a_model_to_try_the_cpu_flags_decide(monkeypatch, tmp_path) -> N
         raise ValueError("the bundled model is not installed")
 
     monkeypatch.setattr(dtype_choice, "_timed_run", no_model)
-    monkeypatch.setattr("inference.roofs.bf16_native", lambda: False)
+    monkeypatch.setattr("inference.hardware.roofs.bf16_native", lambda: False)
     dtype, why = dtype_choice.choose_dtype("auto", torch.device("cpu"))
     assert dtype == torch.float32 and "lacks bfloat16 arithmetic" in why and "not installed" in why
 
@@ -44,5 +44,5 @@ def test_a_changed_decode_kernel_is_tried_again(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(dtype_choice, "_timed_run", lambda dtype, progress: times[dtype])
     assert dtype_choice.choose_dtype("auto", torch.device("cpu"))[0] == torch.bfloat16
     times[torch.float32] = (1.0, 100.0, 10.0)
-    monkeypatch.setattr("inference.kernel_build.library_path", lambda: Path("phasescope_gemv-new.so"))
+    monkeypatch.setattr("inference.kernels.build.library_path", lambda: Path("phasescope_gemv-new.so"))
     assert dtype_choice.choose_dtype("auto", torch.device("cpu"))[0] == torch.float32

@@ -8,7 +8,7 @@ import torch
 
 from inference.engine import Engine, TextStream, eos_ids, reference_generate
 from inference.settings import GenerationSettings
-from inference.trace import Trace, dtype_itemsize
+from inference.trace import dtype_itemsize, read_trace
 
 PROMPT = [1, 17, 42, 99, 5, 23, 64, 7]
 
@@ -141,7 +141,7 @@ def test_text_stream_holds_back_half_a_character() -> None:
 
 def test_trace_json_round_trip_is_exact(tiny_engine: Engine) -> None:
     trace = tiny_engine.generate(PROMPT, GenerationSettings(max_new_tokens=6, batch_size=2)).run_to_end()
-    again = Trace.from_json(trace.to_json())
+    again = read_trace(trace.to_json())
     assert again == trace
     assert again.to_json() == trace.to_json()
 

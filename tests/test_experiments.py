@@ -7,10 +7,10 @@ from __future__ import annotations
 from gradio_client import Client
 
 from inference.engine import Engine
-from inference.experiments import run_batch_sweep, run_cache_race, run_sweep
-from inference.verdicts import SweepResult, roofline_verdict
-from inference.trace import Trace
-from inference.whatif import GPUS, PRESETS, estimate
+from inference.lessons.experiments import run_batch_sweep, run_cache_race, run_sweep
+from inference.lessons.verdicts import SweepResult, roofline_verdict
+from inference.lessons.whatif import GPUS, PRESETS, estimate
+from inference.trace import read_trace
 from viz.experiments import batch_figure, race_figure, sweep_figure
 from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
@@ -69,7 +69,7 @@ def test_the_smallest_preset_matches_the_real_model(real_engine: Engine) -> None
 
 
 def test_roofline_verdict_reads_the_run() -> None:
-    verdict = roofline_verdict(Trace.from_json(EXAMPLE.read_text()))
+    verdict = roofline_verdict(read_trace(EXAMPLE.read_text()))
     assert "bandwidth-bound" in verdict and verdict.startswith("✔")
 
 
@@ -80,9 +80,9 @@ def test_whatif_through_the_page_api_is_labelled_an_estimate(app_url: str) -> No
 
 
 def test_calibrated_estimates_scale_by_what_this_run_reached_of_its_roofs() -> None:
-    from inference.whatif import measured_efficiency
+    from inference.lessons.whatif import measured_efficiency
 
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     efficiency = measured_efficiency(trace)
     assert efficiency.prefill == min(1.0, trace.steps[0].achieved_flops / trace.device.peak_flops)
     assert efficiency.decode == min(1.0, trace.decode_bytes_per_s / trace.device.peak_bytes_per_s)
@@ -103,7 +103,7 @@ def test_the_batch_where_decode_turns_compute_bound_is_one_computation() -> None
 
 
 def test_chunked_prefill_shrinks_the_others_worst_step_at_the_long_prompts_cost(real_engine) -> None:
-    from inference.experiments import run_chunked_prefill
+    from inference.lessons.experiments import run_chunked_prefill
     from viz.experiments import chunk_figure
 
     result = run_chunked_prefill(real_engine, long_prompt=768, chunk=64, streams=2)

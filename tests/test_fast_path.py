@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from inference.engine import Engine
-from inference.fast_path import fast_forwards
-from inference.kernel_build import build_error, kernel_module
-from inference.kv_cache import cache_of, forward
-from inference.loading import LoadedModel, model_info
+from inference.hardware.roofs import bf16_native
+from inference.kernels.build import build_error, kernel_module
+from inference.kernels.fast_path import fast_forwards
+from inference.model.kv_cache import cache_of, forward
+from inference.model.loading import LoadedModel, model_info
 from inference.prompts import chat_prompt_ids
-from inference.roofs import bf16_native
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer
 from tests.conftest import TEST_DEVICE, DigitTokenizer, tiny_llama
@@ -110,7 +110,7 @@ def test_a_run_without_the_kernel_says_so_in_its_trace() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 3, 12])
 def test_fused_decode_steps_match_the_eager_model_and_write_the_cache_in_place(kernel, monkeypatch, dtype, batch) -> None:
-    import inference.fast_path as fast_path
+    import inference.kernels.fast_path as fast_path
 
     model = tiny_llama().to(dtype)
     slots = []

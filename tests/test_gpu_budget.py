@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from inference.gpu_budget import MARGIN, Costs, GpuBudget
-from inference.trace import Trace
+from inference.serving.gpu_budget import MARGIN, Costs, GpuBudget
+from inference.trace import read_trace
 from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
 
@@ -16,7 +16,7 @@ def test_a_longer_run_asks_for_more_and_none_for_more_than_the_limit() -> None:
 
 
 def test_the_slowest_recent_run_sets_the_costs() -> None:
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     budget = GpuBudget(Costs(start_s=0.0, prefill_s_per_token=0.0, decode_s_per_token=0.0))
     budget.observe(trace, start_s=3.0)
     slow = dataclasses.replace(trace, summary=dataclasses.replace(trace.summary,

@@ -6,9 +6,9 @@ import logging
 import pytest
 import torch
 
-from inference import kernel_build
 from inference.engine import Engine
-from inference.loading import LoadedModel, model_info
+from inference.kernels import build as kernel_build
+from inference.model.loading import LoadedModel, model_info
 from inference.settings import GenerationSettings
 from tests.conftest import TEST_DEVICE, DigitTokenizer, tiny_llama
 
@@ -31,11 +31,15 @@ def test_a_failed_build_falls_back_to_pytorch_with_one_clear_line(monkeypatch, t
     assert trace.settings.kernel == "eager" and len(trace.steps) == 4
 
 
-def test_the_row_limit_read_from_the_source_is_the_built_kernels() -> None:
+def test_the_facts_read_from_the_source_are_the_built_kernels() -> None:
     module = kernel_build.kernel_module()
     if module is None:
         pytest.skip(f"the kernel did not build here: {kernel_build.build_error()}")
     assert module.MAX_ROWS == kernel_build.MAX_ROWS == 32
+    assert module.BLOCK == kernel_build.BLOCK == 32
+    assert module.FORMAT_CODES == kernel_build.FORMAT_CODES
+    assert module.BLOCK_BYTES == kernel_build.BLOCK_BYTES == {kernel_build.FORMAT_CODES["Q8_0"]: 34,
+                                                              kernel_build.FORMAT_CODES["Q4_1"]: 20}
 
 
 def test_every_source_file_of_the_kernel_is_in_its_build_key(monkeypatch, tmp_path) -> None:

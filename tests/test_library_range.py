@@ -1,6 +1,6 @@
 """The engine on the GPU machine's software, mirrored on this CPU: Python 3.12, torch 2.11, transformers
 5.17 and no gradio (.venv-gpu-mirror, which `make test` builds; see the Makefile). transformers 5.17
-names the KV cache `past_key_values` where 5.24 says `cache`: inference/kv_cache.py handles both, and
+names the KV cache `past_key_values` where 5.24 says `cache`: inference/model/kv_cache.py handles both, and
 these are the engine's own tests, the GPU script's dry run among them, passing there."""
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.perfetto import to_chrome_trace, to_chrome_trace_json
-from inference.trace import Trace
+from inference.trace import read_trace
+from inference.trace.perfetto import to_chrome_trace, to_chrome_trace_json
 from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
 
@@ -17,7 +17,7 @@ def events_on(chrome: dict, tid: int) -> list[dict]:
 
 
 def test_steps_follow_each_other_with_their_measured_times() -> None:
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     steps = events_on(to_chrome_trace(trace), 1)
     assert [e["name"] for e in steps[:2]] == ["prefill 0", "decode 1"] and len(steps) == len(trace.steps)
     assert [e["dur"] for e in steps] == pytest.approx([s.ms * 1e3 for s in trace.steps])
@@ -25,7 +25,7 @@ def test_steps_follow_each_other_with_their_measured_times() -> None:
 
 
 def test_layers_sit_inside_their_step_and_attention_and_mlp_inside_their_layer() -> None:
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     chrome = to_chrome_trace(trace)
     steps, layers, blocks = events_on(chrome, 1), events_on(chrome, 2), events_on(chrome, 3)
     assert len(layers) == len(trace.steps) * trace.model.layers and len(blocks) == 2 * len(layers)
@@ -38,7 +38,7 @@ def test_layers_sit_inside_their_step_and_attention_and_mlp_inside_their_layer()
 
 
 def test_on_a_shared_server_the_other_runs_prefill_comes_before_the_layers() -> None:
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     steps = list(trace.steps)
     steps[3] = dataclasses.replace(steps[3], waited_ms=5.0, ms=steps[3].ms + 5.0)
     chrome = to_chrome_trace(dataclasses.replace(trace, steps=tuple(steps)))
@@ -51,11 +51,11 @@ def test_the_page_exports_the_perfetto_file_beside_the_json_and_csv() -> None:
 
     files = [Path(f) for f in export(EXAMPLE.read_text())]
     assert [f.name for f in files] == ["phasescope-trace.json", "phasescope-steps.csv", "phasescope-perfetto.json"]
-    assert json.loads(files[2].read_text())["otherData"]["model"] == Trace.from_json(EXAMPLE.read_text()).model.name
+    assert json.loads(files[2].read_text())["otherData"]["model"] == read_trace(EXAMPLE.read_text()).model.name
 
 
 def test_the_kv_cache_and_the_wait_for_a_core_are_counter_tracks() -> None:
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     counters = [e for e in to_chrome_trace(trace)["traceEvents"] if e["ph"] == "C"]
     assert [e["args"]["bytes"] for e in counters if e["name"] == "KV cache bytes"] == [s.kv_bytes for s in trace.steps]
     assert not [e for e in counters if e["name"] == "waiting for a core (ms)"], "the example trace measured no wait"

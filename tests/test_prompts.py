@@ -8,7 +8,7 @@ from inference.prompts import MAX_PROMPT_CHARS, chat_prompt_ids, check_prompt_te
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from inference.loading import load_model
+    from inference.model.loading import load_model
 
     import torch
     return load_model(dtype=torch.float32).tokenizer

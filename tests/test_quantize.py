@@ -1,4 +1,4 @@
-"""Weights as llama.cpp blocks (inference/quantize.py): the blocks hold what llama.cpp's reference
+"""Weights as llama.cpp blocks (inference/kernels/quantize.py): the blocks hold what llama.cpp's reference
 rounding gives, the bundled model's Q4_1 blocks come back exactly, the decode kernel reads them
 right, and a run in int8 or q4_1 computes with the same weights in both phases."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 
 from inference.cost_model import step_cost
 from inference.engine import Engine
-from inference.factory import with_blocks
-from inference.kv_cache import cache_of, forward
-from inference.loading import LoadedModel, model_info
-from inference.quantize import PROJECTIONS, Q4_1, Q8_0, blocks_of, dequantize, quantize, quantize_model
+from inference.kernels.quantize import PROJECTIONS, Q4_1, Q8_0, blocks_of, dequantize, quantize, quantize_model
+from inference.model.factory import with_blocks
+from inference.model.kv_cache import cache_of, forward
+from inference.model.loading import LoadedModel, model_info
 from inference.settings import GenerationSettings
 from tests.conftest import TEST_DEVICE, DigitTokenizer, tiny_llama
 from tests.test_fast_path import fast, kernel  # noqa: F401 (the fixture)
@@ -103,7 +103,7 @@ def test_a_block_run_says_what_decode_reads(kernel) -> None:  # noqa: F811
 
 
 def test_the_bytes_per_weight_experiment_puts_each_format_on_the_roofline() -> None:
-    from inference.experiments import run_dtype_comparison
+    from inference.lessons.experiments import run_dtype_comparison
     from viz.experiments import dtype_figure
 
     result = run_dtype_comparison("SmolLM2-135M-Instruct", "cpu", ["float32", "q4_1"], prompt_tokens=8, new_tokens=4)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import app
 from page import live as live_page
 from inference.engine import Engine
-from inference.trace import Trace
+from inference.trace import read_trace
 from viz import live
 from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
@@ -41,12 +41,12 @@ def _mutate(data: dict, path: list, value: object) -> dict:
                         ["steps", 1, "text"], ["schema"], ["steps", 5, "kv_bytes"]]), ANY_JSON)
 def test_a_mangled_trace_loads_valid_or_is_refused_with_a_value_error(example: dict, path: list, value: object) -> None:
     try:
-        trace = Trace.from_json(json.dumps(_mutate(example, path, value)))
+        trace = read_trace(json.dumps(_mutate(example, path, value)))
     except ValueError as exc:
         assert str(exc) and "\n" not in str(exc)
         return
     # Accepted: then it must be a whole trace that draws and survives its own round trip.
-    assert Trace.from_json(trace.to_json()) == trace
+    assert read_trace(trace.to_json()) == trace
     assert json.loads(live.full_message(trace, 0))["kind"] == "full"
 
 
@@ -58,14 +58,14 @@ def test_a_mangled_trace_loads_valid_or_is_refused_with_a_value_error(example: d
 ])
 def test_malformed_traces_are_refused(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Trace.from_json(text)
+        read_trace(text)
 
 
 def test_nan_and_negative_times_are_refused(example: dict) -> None:
     with pytest.raises(ValueError, match="finite numbers only"):
-        Trace.from_json(EXAMPLE.read_text().replace('"ms": ', '"ms": NaN, "x": ', 1))
+        read_trace(EXAMPLE.read_text().replace('"ms": ', '"ms": NaN, "x": ', 1))
     with pytest.raises(ValueError, match="ms must be a finite number of at least 0"):
-        Trace.from_json(json.dumps(_mutate(example, ["steps", 4, "ms"], -3.0)))
+        read_trace(json.dumps(_mutate(example, ["steps", 4, "ms"], -3.0)))
 
 
 def test_loading_a_huge_file_is_refused_before_reading_it(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_loading_a_good_trace_draws_it(example: dict, tmp_path: Path) -> None:
     good.write_text(json.dumps(example))
     message, status, headline, text, state = live_page.load_trace(str(good))
     assert json.loads(message)["kind"] == "full" and "loaded from good.json" in status
-    assert text == Trace.from_json(state).text
+    assert text == read_trace(state).text
 
 
 def _drain(prompt: str, max_new_tokens: int = 8) -> tuple:
@@ -100,7 +100,7 @@ def test_odd_text_runs_and_comes_back_as_text(real_engine: Engine) -> None:
     app.server.engine = real_engine
     for prompt in ("\x00\x07 control", "emoji 🙂🚀 and مرحبا بالعالم", "a" * 3000):
         dashboard, status, headline, text, state = _drain(prompt, 4)
-        trace = Trace.from_json(state)
+        trace = read_trace(state)
         assert "Done" in status and trace.steps and text == trace.text, prompt
         ids = [s.token_id for s in trace.steps]
         # The stream holds back a character whose bytes have not all arrived; otherwise it is the one-shot decode.
@@ -196,4 +196,4 @@ def test_switching_to_another_local_model_runs_it(real_engine: Engine, monkeypat
     status = app.server.switch_model(str(tmp_path))
     assert "float32" in status and app.server.get_engine().loaded.info.layers == 2
     *_, final = app.live.run_generation("Hi", 4, 0, 1, 0, True, 1, app.CancelFlag())
-    assert Trace.from_json(final[4]).model.layers == 2
+    assert read_trace(final[4]).model.layers == 2

@@ -8,12 +8,12 @@ import socket
 
 import pytest
 
-from inference.background import CancelFlag
+from inference.serving.background import CancelFlag
 from inference.remote import (RemoteClient, RemoteEndpoint, RemoteError, RemoteRun, inside_figures, parse_prometheus,
                               parse_remotes)
-from inference.server_config import ServerConfig
+from inference.serving.server_config import ServerConfig
 from inference.settings import GenerationSettings
-from inference.trace import Trace
+from inference.trace import check_trace, read_trace
 from tests.remote_standin import StandIn, load_recording
 from viz import live, summary
 
@@ -61,8 +61,8 @@ def test_a_vllm_stream_becomes_a_trace_measured_outside_and_reported_inside(stan
     run = run_on(standin.url)
     assert run.error is None
     trace = run.trace()
-    trace.validate()
-    assert Trace.from_json(trace.to_json()) == trace
+    check_trace(trace)
+    assert read_trace(trace.to_json()) == trace
     assert trace.text == "The capital of France is Paris."
     # vLLM sends each token's logprob, so every chunk's token count is the server's; its EOS token
     # arrives as a chunk without text.
@@ -83,7 +83,7 @@ def test_a_vllm_stream_becomes_a_trace_measured_outside_and_reported_inside(stan
 @pytest.mark.parametrize("standin", [("remote-llamacpp.json", "replay")], indirect=True)
 def test_a_server_that_reports_nothing_is_measured_from_outside_only(standin: StandIn) -> None:
     trace = run_on(standin.url).trace()
-    trace.validate()
+    check_trace(trace)
     assert "Paris" in trace.text
     assert trace.reported == {} and trace.prompt_tokens == 0
     headline = summary.headline_html(trace)
@@ -213,7 +213,7 @@ def test_the_page_streams_a_remote_run_and_survives_a_bad_server(app_url: str) -
 
 @pytest.mark.parametrize("standin", [("remote-llamacpp.json", "replay")], indirect=True)
 def test_the_sweep_needs_an_engine_that_counts_its_prompts(standin: StandIn, real_engine) -> None:
-    from inference.experiments import run_remote_sweep
+    from inference.lessons.experiments import run_remote_sweep
 
     client = RemoteClient(RemoteEndpoint("standin", standin.url))
     with pytest.raises(ValueError, match="does not report how long a prompt was"):

@@ -15,11 +15,12 @@ from typing import Iterator
 import httpx
 import pytest
 
-from inference.background import CancelFlag
 from inference.engine import Engine
 from inference.prompts import chat_prompt_ids
 from inference.remote import RemoteClient, RemoteEndpoint, RemoteRun, remote_trace
+from inference.serving.background import CancelFlag
 from inference.settings import GenerationSettings
+from inference.trace import check_trace
 
 pytestmark = pytest.mark.remote
 
@@ -30,7 +31,7 @@ QUESTION = "What is the capital of France?"
 
 @pytest.fixture(scope="module")
 def vllm_url() -> Iterator[str]:
-    from inference.loading import default_model_folder
+    from inference.model.loading import default_model_folder
 
     python = VENV / "bin" / "python"
     if not python.exists():
@@ -75,7 +76,7 @@ def client(url: str) -> RemoteClient:
 def test_a_real_engine_answers_like_the_embedded_one_and_reports_from_inside(vllm_url: str, real_engine: Engine) -> None:
     settings = GenerationSettings(max_new_tokens=48)
     trace = remote_trace(client(vllm_url), QUESTION, settings)
-    trace.validate()
+    check_trace(trace)
     ids = chat_prompt_ids(real_engine.loaded.tokenizer, QUESTION)
     embedded = real_engine.generate(ids, settings).run_to_end()
     assert trace.text == embedded.text == "The capital of France is Paris."

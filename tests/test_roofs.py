@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from inference import roofs
+from inference.hardware import roofs
 
 
 def test_the_microbenchmark_measures_every_roof(monkeypatch) -> None:

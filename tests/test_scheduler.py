@@ -1,7 +1,7 @@
-"""The shared server's decisions (inference/scheduler.py), checked without a model."""
+"""The shared server's decisions (inference/serving/scheduler.py), checked without a model."""
 from __future__ import annotations
 
-from inference.scheduler import Ask, Limits, admissible, piece_end, refusal
+from inference.serving.scheduler import Ask, Limits, admissible, piece_end, refusal
 
 LIMITS = Limits(max_rows=8, kv_budget=1000)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.loading import DEFAULT_MODEL
-from inference.server_config import ServerConfig
+from inference.model.loading import DEFAULT_MODEL
+from inference.serving.server_config import ServerConfig
 
 
 def test_the_environment_sets_the_model_the_list_and_the_limits() -> None:
@@ -47,7 +47,7 @@ def test_chunked_prefill_is_off_by_default_and_never_negative() -> None:
 
 
 def test_reading_the_configuration_loads_no_model_library() -> None:
-    probe = ("import sys; from inference.server_config import ServerConfig; "
+    probe = ("import sys; from inference.serving.server_config import ServerConfig; "
              "ServerConfig.from_env({'PHASESCOPE_REMOTE': 'gpu=http://10.0.0.5:8000'}); "
              "print(sorted({'torch', 'transformers', 'gradio'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,

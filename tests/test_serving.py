@@ -6,10 +6,10 @@ import html
 
 import pytest
 
-from inference.background import CancelFlag
-from inference.batching import batch_server
 from inference.engine import Engine
-from inference.serving import prepare, start
+from inference.serving.background import CancelFlag
+from inference.serving.batching import batch_server
+from inference.serving.door import prepare, start
 from inference.settings import GenerationSettings
 from tests.conftest import engine_for, tiny_gpt2, tiny_llama
 from viz.summary import done_status_html

@@ -42,7 +42,7 @@ def front_matter_python() -> str:
 
 def seed_hub_cache(hf_home: Path) -> None:
     """The default model in the hub cache's layout (refs/main -> snapshots/<commit>/files)."""
-    from inference.loading import default_model_folder
+    from inference.model.loading import default_model_folder
 
     folder = default_model_folder(torch.float32)
     repo = hf_home / "hub" / f"models--{HUB_ID.replace('/', '--')}"
@@ -94,7 +94,7 @@ def running_space(home: Path, name: str, command: list[str], extra_env: dict[str
     """`command` started as a Space starts app.py; yields its URL, its log and whether a CPU quota
     was applied. Each start gets an empty PhaseScope cache except for the built kernel (about 30 s
     to build: the one part of a first start not repeated here)."""
-    from inference.loading import cache_dir
+    from inference.disk_cache import cache_dir
 
     cache = home / f"{name}-cache"
     (cache / "kernels").mkdir(parents=True)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 
-from inference.trace import Trace
+from inference.trace import read_trace
 from tests.conftest import EXAMPLE_TRACE as EXAMPLE
 
 
 def test_the_replay_clock_counts_the_steps_finished_by_each_moment() -> None:
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     ends, total = [], 0.0
     for step in trace.steps:
         total += step.ms
@@ -20,7 +20,7 @@ def test_the_replay_clock_counts_the_steps_finished_by_each_moment() -> None:
 
 
 def test_a_prefix_is_the_run_as_it_stood_after_n_steps() -> None:
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     partial = trace.prefix(3)
     assert partial.steps == trace.steps[:3] and partial.text == "".join(s.text for s in trace.steps[:3])
     assert json.loads(partial.to_json())["prompt_tokens"] == trace.prompt_tokens

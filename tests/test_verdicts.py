@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from inference.lessons.verdicts import BatchResult, CacheRace, SweepResult, roofline_verdict
 from inference.trace import Summary, Trace
-from inference.verdicts import BatchResult, CacheRace, SweepResult, roofline_verdict
 
 
 def timed(trace: Trace, prefill_ms: float, decode_ms: list[float], prompt_tokens: int | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.trace import Trace
+from inference.trace import Trace, read_trace
 from viz.charts import CHARTS
 from viz.figures import (all_figures, kv_cache_figure, latency_figure, layer_heatmap_figure, roofline_figure,
                          timeline_figure)
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def trace() -> Trace:
-    return Trace.from_json(EXAMPLE.read_text())
+    return read_trace(EXAMPLE.read_text())
 
 
 def test_example_is_a_real_run_of_the_bundled_model(trace: Trace) -> None:
@@ -123,7 +123,7 @@ def test_the_rhythm_chart_reads_tpot_and_itl_as_serving_engines_define_them() ->
     from inference.trace import percentile
     from viz.charts import CHARTS, time_per_output_token_ms
 
-    trace = Trace.from_json(EXAMPLE.read_text())
+    trace = read_trace(EXAMPLE.read_text())
     steps = trace.steps
     assert time_per_output_token_ms(trace) == pytest.approx((sum(s.ms for s in steps) - steps[0].ms) / (len(steps) - 1))
     rhythm = next(chart for chart in CHARTS if chart.id == "rhythm")
@@ -142,7 +142,7 @@ def test_while_prefill_runs_the_timeline_block_grows_and_the_first_step_replaces
     assert (message["kind"], message["start"], message["steps"]) == ("extend", 0, 0), "it must apply before step 0"
     layout = message["charts"]["timeline"]["layout"]
     assert layout["shapes"][0]["x1"] == 1234.0 and "layer 11/30" in layout["annotations"][0]["text"]
-    trace = Trace.from_json(EXAMPLE.read_text()).prefix(1)
+    trace = read_trace(EXAMPLE.read_text()).prefix(1)
     timeline = next(chart for chart in CHARTS if chart.id == "timeline")
     shapes = timeline.overlay(trace)["layout"]["shapes"]
     assert all(shape["type"] == "line" for shape in shapes), "the step's overlay must replace the growing block"

@@ -65,7 +65,7 @@ def _timeline_base(trace: Trace) -> go.Figure:
         go.Scatter(name="decode steps", x=[], y=[], mode="markers", marker=dict(color=DECODE, symbol="line-ns-open",
                    size=26, line=dict(width=2, color=DECODE)), text=[],
                    hovertemplate="token %{text} done at %{x:.0f} ms<extra></extra>"),
-        # Filled only on a server where runs share decode steps (see inference/batching.py).
+        # Filled only on a server where runs share decode steps (see inference/serving/batching.py).
         go.Scatter(name="other runs' prefills (you wait)", x=[], y=[], mode="lines", line=dict(color=OTHERS, width=28),
                    hovertemplate="another run's prefill until %{x:.0f} ms<extra></extra>", showlegend=False),
     ])

@@ -1,6 +1,6 @@
 """The class view: every run on the server as a bar on one time axis, and the batch size over time.
 
-A pure function of a ClassSnapshot (inference/batching.py records it): the same snapshot gives the
+A pure function of a ClassSnapshot (inference/serving/batching.py records it): the same snapshot gives the
 same figure. Runs are anonymous, numbered in the order they were asked for.
 """
 from __future__ import annotations

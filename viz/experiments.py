@@ -1,4 +1,4 @@
-"""Figures for the experiments (inference/experiments.py): each from its typed result, pure."""
+"""Figures for the experiments (inference/lessons/experiments.py): each from its typed result, pure."""
 from __future__ import annotations
 
 import html
@@ -7,9 +7,9 @@ import itertools
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SweepResult
+from inference.lessons.whatif import Estimate
 from inference.trace import Trace
-from inference.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SweepResult
-from inference.whatif import Estimate
 from viz.charts import DECODE, OTHERS, PREFILL
 
 _LAYOUT = dict(height=340, margin=dict(l=60, r=60, t=40, b=50), paper_bgcolor="rgba(0,0,0,0)",

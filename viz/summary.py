@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 
+from inference.lessons.verdicts import WAIT_WORTH_SAYING
 from inference.trace import DeviceInfo, ModelInfo, Step, Trace
-from inference.verdicts import WAIT_WORTH_SAYING
 
 
 def _card(label: str, value: str, note: str) -> str:

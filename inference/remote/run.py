@@ -8,11 +8,11 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from inference.background import WatchedRun
 from inference.remote.client import RemoteClient
 from inference.remote.endpoints import RemoteEndpoint
 from inference.remote.metrics import inside_figures
 from inference.remote.wire import Chunk, StreamEnd
+from inference.serving.background import WatchedRun
 from inference.settings import GenerationSettings
 from inference.trace import DeviceInfo, ModelInfo, Step, Summary, Trace
 

@@ -8,9 +8,9 @@
 // accumulating in float32 in 32 independent lanes (so the compiler vectorizes the loop without
 // reordering any lane's sum).
 //
-// The parts, by job, are in inference/kernel/: common.h, dense.h, blocks.h, products.h, layer.h;
+// The parts, by job, are in inference/kernels/cpp/: common.h, dense.h, blocks.h, products.h, layer.h;
 // this file holds the argument checks and the Python bindings. The build hashes every one of them.
-#include "kernel/layer.h"
+#include "layer.h"
 
 namespace {
 
@@ -163,6 +163,15 @@ torch::Tensor gemv_blocks(torch::Tensor x, torch::Tensor blocks, int64_t format)
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("MAX_ROWS") = kMaxRows;
+  // The block formats as compiled (tests hold inference/kernels/build.py's reading of the source to them).
+  m.attr("BLOCK") = kBlock;
+  pybind11::dict formats, sizes;
+  formats["Q8_0"] = int64_t(kQ8_0);
+  formats["Q4_1"] = int64_t(kQ4_1);
+  sizes[pybind11::int_(int64_t(kQ8_0))] = sizeof(BlockQ8_0);
+  sizes[pybind11::int_(int64_t(kQ4_1))] = sizeof(BlockQ4_1);
+  m.attr("FORMAT_CODES") = formats;
+  m.attr("BLOCK_BYTES") = sizes;
   pybind11::class_<LayerWeights>(m, "LayerWeights")
       .def(pybind11::init<>())
       .def_readwrite("norm1", &LayerWeights::norm1)

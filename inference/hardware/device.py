@@ -1,7 +1,7 @@
 """Which device to run on, and its roofs: peak FLOP/s and memory bytes/s for the roofline.
 
-On CPU the roofs are measured (inference/roofs.py). On CUDA they come from the datasheet table in
-inference/gpus.py, or are measured for a GPU the table lacks.
+On CPU the roofs are measured (inference/hardware/roofs.py). On CUDA they come from the datasheet table in
+inference/hardware/gpus.py, or are measured for a GPU the table lacks.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Callable
 
 import torch
 
-from inference.gpus import GPUS
-from inference.roofs import best_seconds, cpu_roofs
+from inference.hardware.gpus import GPUS
+from inference.hardware.roofs import best_seconds, cpu_roofs
 from inference.trace import DeviceInfo
 
 
@@ -28,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-# Weights kept as llama.cpp blocks for decode (inference/quantize.py), computed in float32.
+# Weights kept as llama.cpp blocks for decode (inference/kernels/quantize.py), computed in float32.
 BLOCK_DTYPES = ("int8", "q4_1")
 
 

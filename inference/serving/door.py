@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from inference.background import BackgroundRun, WatchedRun
-from inference.batching import batch_server
 from inference.engine import CachedPrefix, Engine
+from inference.serving.background import BackgroundRun, WatchedRun
+from inference.serving.batching import batch_server
 from inference.settings import GenerationSettings
 
 

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from inference.kv_cache import CACHE_FIELD, decodable_in_place, next_slot, rows_of
-from inference.quantize import blocks_of
-from inference.roofs import prefill_linear
+from inference.hardware.roofs import prefill_linear
+from inference.kernels.quantize import blocks_of
+from inference.model.kv_cache import CACHE_FIELD, decodable_in_place, next_slot, rows_of
 from inference.timing import LayerTimer
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from inference import defaults as D
+from inference.cli.report import format_remote_summary, format_summary
 from inference.settings import DEFAULT_MODEL, DEVICES, DTYPES, KERNELS, GenerationSettings
 from inference.trace import Trace, sweep_to_json
 
@@ -118,7 +119,7 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from inference.factory import load_engine
+    from inference.model.factory import load_engine
     from inference.prompts import chat_prompt_ids, check_prompt_text, fixed_length_prompt_ids
 
     if (args.prompt is None) == (args.prompt_tokens is None):
@@ -151,7 +152,7 @@ def _write_run(args: argparse.Namespace, trace: Trace) -> int:
     if args.json:
         _write(args.json, trace.to_json(indent=1))
     if args.perfetto:
-        from inference.perfetto import to_chrome_trace_json
+        from inference.trace.perfetto import to_chrome_trace_json
 
         _write(args.perfetto, to_chrome_trace_json(trace))
     return 0
@@ -170,7 +171,7 @@ def _fixed_text(lengths: list[int]) -> list[str]:
     """Texts of exactly T tokens in the bundled model's tokenizer (about T in a remote model's own)."""
     from transformers import AutoTokenizer
 
-    from inference.loading import default_model_folder
+    from inference.model.loading import default_model_folder
     from inference.prompts import fixed_length_prompt_text
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_folder(progress=_progress))
@@ -194,7 +195,7 @@ def _run_remote(args: argparse.Namespace, settings: GenerationSettings) -> int:
 def _chat(args: argparse.Namespace) -> int:
     """Each turn's prompt is the whole conversation so far; with reuse (the default) its prefill
     computes only what the last turn's cache does not hold."""
-    from inference.factory import load_engine
+    from inference.model.factory import load_engine
     from inference.prompts import check_prompt_text, conversation_ids
 
     settings = _settings(args)
@@ -225,8 +226,8 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from inference.factory import load_engine
-    from inference.experiments import prompt_length_sweep
+    from inference.lessons.experiments import prompt_length_sweep
+    from inference.model.factory import load_engine
     from inference.remote import RemoteError, remote_sweep
 
     settings = _settings(args)
@@ -257,8 +258,8 @@ def _sweep_row(trace: Trace) -> Trace:
 
 
 def _race(args: argparse.Namespace) -> int:
-    from inference.factory import load_engine
-    from inference.experiments import run_cache_race
+    from inference.lessons.experiments import run_cache_race
+    from inference.model.factory import load_engine
 
     _check_prompt_tokens([args.prompt_tokens])
     engine = load_engine(args.model, args.device, args.dtype, _progress)
@@ -270,8 +271,8 @@ def _race(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from inference.factory import load_engine
-    from inference.experiments import run_batch_sweep
+    from inference.lessons.experiments import run_batch_sweep
+    from inference.model.factory import load_engine
     from inference.settings import MAX_BATCH_SIZE
 
     _check_prompt_tokens([args.prompt_tokens])
@@ -290,8 +291,8 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _chunks(args: argparse.Namespace) -> int:
-    from inference.factory import load_engine
-    from inference.experiments import run_chunked_prefill
+    from inference.lessons.experiments import run_chunked_prefill
+    from inference.model.factory import load_engine
 
     _check_prompt_tokens([args.prompt_tokens])
     engine = load_engine(args.model, args.device, args.dtype, _progress)
@@ -303,7 +304,7 @@ def _chunks(args: argparse.Namespace) -> int:
 
 
 def _dtype(args: argparse.Namespace) -> int:
-    from inference.experiments import run_dtype_comparison
+    from inference.lessons.experiments import run_dtype_comparison
 
     _check_prompt_tokens([args.prompt_tokens])
     result = run_dtype_comparison(args.model, args.device, args.dtypes, args.prompt_tokens,
@@ -318,7 +319,7 @@ def _whatif(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from inference.whatif import GPUS, PRESETS, estimate
+    from inference.lessons.whatif import GPUS, PRESETS, estimate
 
     _check_prompt_tokens([args.prompt_tokens, args.context])
     rows = [estimate(p, g, args.prompt_tokens, args.context) for p in PRESETS.values() for g in GPUS.values()]
@@ -351,46 +352,3 @@ def _write(path: Path, text: str) -> None:
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def format_remote_summary(trace: Trace) -> str:
-    """A remote run: what was measured here, then what the engine said of itself."""
-    s = trace.summary
-    tokens = sum(step.tokens_out for step in trace.steps)
-    lines = [f"engine    {trace.engine}, model {trace.model.name}",
-             f"prompt    {trace.prompt_tokens or 'not counted by the engine'} tokens -> {tokens} new tokens in "
-             f"{len(trace.steps)} chunks (stopped: {s.stop_reason})",
-             f"outside   TTFT {s.ttft_ms:.1f} ms (network, queue and prefill); inter-token {s.decode_ms_median:.1f} ms "
-             f"median, {s.decode_ms_p90:.1f} p90; {s.decode_tokens_per_s:.1f} tokens/s"]
-    lines += [f"inside    {name}: {value:,.1f}" for name, value in trace.reported.items()] or \
-        ["inside    the engine reported nothing of its own"]
-    lines += [f"note      {note}" for note in trace.notes]
-    return "\n".join(lines)
-
-
-def format_summary(trace: Trace) -> str:
-    """What happened in each phase, in a few lines a student can read."""
-    m, d, s = trace.model, trace.device, trace.summary
-    if not trace.steps:
-        return f"no token was generated (stopped: {s.stop_reason} during prefill)"
-    prefill = trace.steps[0]
-    decode_gbs = trace.decode_bytes_per_s
-    lines = [
-        f"model     {m.name}: {m.params / 1e6:.1f}M params, {m.precision}, {m.weight_bytes / 1e6:.1f} MB of weights"
-        + (f" as decode reads them (computed in {m.dtype})" if m.weights else ""),
-        f"device    {d.type}: {d.name}; roofs {d.peak_flops / 1e9:,.0f} GFLOP/s, {d.peak_bytes_per_s / 1e9:,.1f} GB/s ({d.source})",
-        *[f"          {line}" for line in (d.dtype_choice, d.arithmetic) if line],
-        f"prompt    {trace.prompt_tokens} tokens x batch {trace.settings.batch_size} -> {len(trace.steps)} new tokens "
-        f"(stopped: {s.stop_reason}; KV cache {'on' if trace.settings.kv_cache else 'off'})",
-        f"prefill   TTFT {s.ttft_ms:.1f} ms: {prefill.achieved_flops / 1e9:,.1f} GFLOP/s achieved, "
-        f"{100 * prefill.achieved_flops / d.peak_flops:.0f}% of the compute roof",
-    ]
-    if trace.decode_steps:
-        lines += [
-            f"decode    {s.decode_ms_median:.1f} ms/token median, {s.decode_ms_p90:.1f} p90, "
-            f"{s.decode_tokens_per_s:.1f} tokens/s",
-            f"          {decode_gbs / 1e9:.1f} GB/s achieved (cost model), "
-            f"{100 * decode_gbs / d.peak_bytes_per_s:.0f}% of the bandwidth roof",
-        ]
-    lines.append(f"KV cache  {s.kv_bytes_final:,} bytes at the end ({m.kv_bytes_per_token * trace.settings.batch_size:,} per token)")
-    return "\n".join(lines)

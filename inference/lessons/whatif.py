@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inference.cost_model import compute_bound_batch, step_cost
-from inference.gpus import GPUS_BY_NAME, Gpu
+from inference.hardware.gpus import GPUS_BY_NAME, Gpu
 from inference.trace import DeviceInfo, ModelInfo, Trace
 
 

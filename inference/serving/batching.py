@@ -9,7 +9,7 @@ shared it (`batch_rows`, its own when alone), and the other runs' prompt tokens 
 in the same engine step (`foreign_prefill_tokens`) with the time they took (`waited_ms`, part of
 its time). A run alone on the server is recorded as it would be alone.
 
-`inference/scheduler.py` decides (whom to admit, how a prompt is cut into pieces), `BatchServer`
+`inference/serving/scheduler.py` decides (whom to admit, how a prompt is cut into pieces), `BatchServer`
 carries it out on the engine thread, and `FusedStack.decode` executes a shared step; where the
 kernel did not build (no compiler, not x86), `PlainStack.decode` does in PyTorch (plain_batch.py).
 Runs that cannot share a step (no KV cache, the eager kernel chosen, recording attention, a model
@@ -26,15 +26,15 @@ from typing import Any
 
 import torch
 
-from inference.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.cost_model import shared_decode_cost, step_cost
-from inference.cpu_quota import memory_room
 from inference.engine import Engine, RowState, make_step
-from inference.fast_path import FusedStack, stack_fusable
-from inference.kernel_build import MAX_ROWS
-from inference.kv_cache import cache_of, forward
-from inference.plain_batch import PlainStack, plain_stackable
-from inference.scheduler import Ask, Limits, admissible, piece_end, refusal
+from inference.hardware.cpu_quota import memory_room
+from inference.kernels.build import MAX_ROWS
+from inference.kernels.fast_path import FusedStack, stack_fusable
+from inference.model.kv_cache import cache_of, forward
+from inference.serving.background import ENGINE_THREAD, EngineThread, WatchedRun
+from inference.serving.plain_batch import PlainStack, plain_stackable
+from inference.serving.scheduler import Ask, Limits, admissible, piece_end, refusal
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import ClassSnapshot, RunSpan, StopReason, Step, Trace
@@ -50,7 +50,7 @@ class BatchRun(WatchedRun):
         self.server, self.prompt_ids, self.settings, self.cancel, self.prompt = server, prompt_ids, settings, cancel, prompt
         self.steps: list[Step] = []
         self.stop_reason: StopReason | None = None
-        self.why = ""                             # why it runs in the shared batch (serving.prepare)
+        self.why = ""                             # why it runs in the shared batch (serving/door.py)
         self.prefill_start: float | None = None
         self.prefill_end: float | None = None
         self.ended: float | None = None

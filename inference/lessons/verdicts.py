@@ -1,7 +1,7 @@
 """The claims' verdicts: typed results of the experiments, and the sentences drawn from them.
 
 Pure functions of traces (no torch, no engine), so the figures in viz/ can import them; the
-experiments that produce the traces live in inference/experiments.py. Each verdict is a sentence
+experiments that produce the traces live in inference/lessons/experiments.py. Each verdict is a sentence
 computed from the numbers, never written in advance: when a claim does not hold, it says so.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ WAIT_WORTH_SAYING = 0.2
 
 def interference_note(traces: tuple[Trace, ...] | list[Trace]) -> str:
     """A sentence, where the runs' decode steps waited for a core long enough to bend their times
-    (inference/cpu_wait.py), saying by how much; "" otherwise or where it was not measured."""
+    (inference/hardware/cpu_wait.py), saying by how much; "" otherwise or where it was not measured."""
     shares = [share for t in traces if (share := t.decode_cpu_wait_share) is not None]
     if not shares or max(shares) < WAIT_WORTH_SAYING:
         return ""

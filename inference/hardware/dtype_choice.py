@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from inference.device import DTYPES, dtype_named
-from inference.loading import cached_per_key
+from inference.hardware.device import DTYPES, dtype_named
+from inference.disk_cache import cached_per_key
 
 TRIAL_NEW_TOKENS = 64
 Progress = Callable[[str], None]
@@ -40,8 +40,8 @@ def choose_dtype(name: str, device: torch.device, progress: Progress = lambda _:
 def cpu_dtype_choice(progress: Progress = lambda _: None) -> DtypeChoice:
     """The trial's result for this CPU and this decode kernel (the trial runs it: a changed kernel
     is measured again), run once and then read from disk."""
-    from inference.kernel_build import library_path
-    from inference.roofs import cpu_key
+    from inference.hardware.roofs import cpu_key
+    from inference.kernels.build import library_path
 
     key = f"{cpu_key()}|kernel {library_path().name}"
     return cached_per_key("dtype-choice", key, DtypeChoice, lambda: _trial(key, progress))
@@ -49,7 +49,7 @@ def cpu_dtype_choice(progress: Progress = lambda _: None) -> DtypeChoice:
 
 def _trial(key: str, progress: Progress) -> DtypeChoice:
     """Both dtypes on the default model; the faster wins. Without the model, the CPU's flags decide."""
-    from inference.roofs import bf16_native
+    from inference.hardware.roofs import bf16_native
 
     progress("First start on this CPU: timing float32 against bfloat16 on the default prompt (once)")
     try:
@@ -70,7 +70,7 @@ def _trial(key: str, progress: Progress) -> DtypeChoice:
 def _timed_run(dtype: torch.dtype, progress: Progress) -> tuple[float, float, float]:
     """(seconds for the whole run, TTFT ms, median decode ms) of the default prompt in `dtype`."""
     from inference.engine import Engine
-    from inference.loading import DEFAULT_MODEL, load_model
+    from inference.model.loading import DEFAULT_MODEL, load_model
     from inference.prompts import DEFAULT_PROMPT, chat_prompt_ids
     from inference.settings import GenerationSettings
 

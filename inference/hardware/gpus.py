@@ -1,5 +1,5 @@
 """Datasheet figures of known GPUs (dense, no sparsity): the only home of these numbers. The CUDA
-roofs (inference/device.py) and the what-if estimates (inference/whatif.py) both read them."""
+roofs (inference/hardware/device.py) and the what-if estimates (inference/lessons/whatif.py) both read them."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -2,7 +2,7 @@
 the dtype (asked for, or measured on this CPU), the model, its llama.cpp blocks where asked, the
 device's roofs, and a warm-up.
 
-Apart from inference/engine.py so that the dtype trial (inference/dtype_choice.py), which runs an
+Apart from inference/engine.py so that the dtype trial (inference/hardware/dtype_choice.py), which runs an
 Engine, and the factory that asks it which dtype to use do not import each other.
 """
 from __future__ import annotations
@@ -11,17 +11,17 @@ import dataclasses
 import threading
 from typing import Any
 
-from inference.cpu_quota import fit_threads_to_quota
-from inference.device import device_info
 from inference.engine import Engine
-from inference.kernel_build import kernel_module
-from inference.loading import LoadedModel
+from inference.hardware.cpu_quota import fit_threads_to_quota
+from inference.hardware.device import device_info
+from inference.kernels.build import kernel_module
+from inference.model.loading import LoadedModel
 
 
 def with_blocks(loaded: LoadedModel, name: str, progress: Any = lambda _: None) -> tuple[LoadedModel, str]:
-    """The model with its matrices also kept as int8 or q4_1 blocks for decode (inference/quantize.py):
+    """The model with its matrices also kept as int8 or q4_1 blocks for decode (inference/kernels/quantize.py):
     its ModelInfo says so and counts the bytes decode reads; and a line saying what was done."""
-    from inference.quantize import quantize_model
+    from inference.kernels.quantize import quantize_model
 
     progress(f"Keeping the weights as {name} blocks for decode")
     matmul_bytes, note = quantize_model(loaded.model, name)
@@ -39,9 +39,9 @@ def load_engine(model: str, device: str = "auto", dtype: str = "auto",
                 progress: Any = lambda _: None, warm_up: bool = True) -> Engine:
     """Resolve device and dtype names, load the model and measure (or look up) the device's roofs;
     then warm it up, unless `warm_up` is False (a process that must not run the model yet)."""
-    from inference.device import BLOCK_DTYPES, resolve_device
-    from inference.dtype_choice import choose_dtype
-    from inference.loading import load_model
+    from inference.hardware.device import BLOCK_DTYPES, resolve_device
+    from inference.hardware.dtype_choice import choose_dtype
+    from inference.model.loading import load_model
 
     torch_device = resolve_device(device)
     if torch_device.type == "cpu":      # the compiler runs beside the model's first load (once)

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-BLOCK = 32
-Q8_0, Q4_1 = 1, 2                               # the kernel's format codes
-BLOCK_BYTES = {Q8_0: 34, Q4_1: 20}
-FORMAT_NAMES = {Q8_0: "Q8_0", Q4_1: "Q4_1"}
+from inference.kernels.build import BLOCK, BLOCK_BYTES, FORMAT_CODES
+
+Q8_0, Q4_1 = FORMAT_CODES["Q8_0"], FORMAT_CODES["Q4_1"]       # the kernel's format codes
+FORMAT_NAMES = {code: name for name, code in FORMAT_CODES.items()}
 # --dtype name -> the decoder layers' format (the LM head is Q8_0 in both, as in the GGUF)
 LAYER_FORMAT = {"int8": Q8_0, "q4_1": Q4_1}
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -1,6 +1,6 @@
 """Experiments made of several runs, each proving one claim about the two phases with measurements.
 
-Each function returns a typed result (inference/verdicts.py) holding the traces it ran; the
+Each function returns a typed result (inference/lessons/verdicts.py) holding the traces it ran; the
 verdict is a sentence computed from those numbers, never written in advance.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ from inference.defaults import (BATCH_NEW_TOKENS, BATCH_PROMPT_TOKENS, CHUNK_LON
                                  CHUNK_STREAMS, DTYPE_NEW_TOKENS, DTYPE_PROMPT_TOKENS, RACE_NEW_TOKENS,
                                  RACE_PROMPT_TOKENS, SWEEP_NEW_TOKENS)
 from inference.engine import Engine
+from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SweepResult
 from inference.prompts import fixed_length_prompt_ids, fixed_length_prompt_text
 from inference.remote import RemoteClient, remote_sweep
 from inference.settings import GenerationSettings
 from inference.trace import Trace
-from inference.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SweepResult
 
 Progress = Callable[[float, str], None]
 
@@ -68,8 +68,8 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = CHUNK_LONG_PROMPT, ch
     """`streams` runs decode together on a batch server of their own; when they have streamed a
     few tokens, a `long_prompt`-token prompt joins. Once with its prefill whole, once in chunks of
     `chunk` tokens between the batch's decode steps. Needs the shared batch (a Llama on the CPU)."""
-    from inference.background import CancelFlag, EngineThread
-    from inference.batching import BatchServer
+    from inference.serving.background import CancelFlag, EngineThread
+    from inference.serving.batching import BatchServer
 
     engine.check_fits(long_prompt, 4)
     if chunk < 1 or streams < 1:
@@ -122,7 +122,7 @@ def run_dtype_comparison(model: str, device: str, dtypes: list[str], prompt_toke
     """The same prompt on a fresh copy of the model per dtype (loaded one at a time). The prompt is
     short so that weight bytes dominate decode; on these CPUs bfloat16 attention over a long context
     is slow, and a 256-token prompt measured only 1.03x (vs 1.7x at 32)."""
-    from inference.factory import load_engine
+    from inference.model.factory import load_engine
 
     traces = []
     for i, dtype in enumerate(dtypes):

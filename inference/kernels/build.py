@@ -1,4 +1,4 @@
-"""Building, caching and importing the C++ decode kernel (inference/gemv.cpp).
+"""Building, caching and importing the C++ decode kernel (inference/kernels/cpp/gemv.cpp).
 
 The kernel is compiled on first use (27 s to a minute, once, on the machines seen) into a private
 folder and moved into the cache in one step; later starts import the cached library directly. It is built for this CPU
@@ -23,16 +23,28 @@ from typing import Any
 
 import torch
 
-from inference.loading import cache_dir
+from inference.disk_cache import cache_dir
 
-_SOURCE = Path(__file__).resolve().parent / "gemv.cpp"
+_CPP = Path(__file__).resolve().parent / "cpp"
+_SOURCE = _CPP / "gemv.cpp"
 # Every file the build compiles (the bindings and the parts they include), all hashed into the key.
-_SOURCES = (_SOURCE, *sorted((_SOURCE.parent / "kernel").glob("*.h")))
+_SOURCES = (_SOURCE, *sorted(_CPP.glob("*.h")))
 _NAME = "phasescope_gemv"
-# Rows (sequences x new tokens) one kernel call takes, read from the kernel's source so that it is
-# known where the kernel does not build too: a shared step holds this many rows on every machine.
-MAX_ROWS = int(re.search(r"constexpr int64_t kMaxRows = (\d+);",
-                         (_SOURCE.parent / "kernel" / "common.h").read_text()).group(1))
+
+
+def _constant(header: str, pattern: str) -> str:
+    """A fact the kernel's source states, read from it: Python knows it where the kernel does not build too."""
+    return re.search(pattern, (_CPP / header).read_text()).group(1)
+
+
+# Rows (sequences x new tokens) one kernel call takes: a shared step holds this many on every machine.
+MAX_ROWS = int(_constant("common.h", r"constexpr int64_t kMaxRows = (\d+);"))
+# llama.cpp's block formats as the kernel reads them: weights per block, each format's code and bytes.
+BLOCK = int(_constant("blocks.h", r"constexpr int64_t kBlock = (\d+);"))
+FORMAT_CODES = {name: int(code) for name, code in
+                re.findall(r"k(Q\w+) = (\d+)", _constant("blocks.h", r"enum Format : int64_t \{([^}]*)\}"))}
+_BYTES = [int(n) for n in re.findall(r"\d+", _constant("blocks.h", r"constexpr int64_t kBlockBytes\[\] = \{([^}]*)\}"))]
+BLOCK_BYTES = {code: _BYTES[code] for code in FORMAT_CODES.values()}
 _module: Any = None
 _build_error: str | None = None
 _build_lock = threading.Lock()
@@ -69,7 +81,7 @@ def build_error() -> str | None:
 def library_path() -> Path:
     """One library per source text (every file of it), flags, torch version and CPU (it is built
     for this CPU)."""
-    from inference.roofs import cpu_flags, cpu_name
+    from inference.hardware.roofs import cpu_flags, cpu_name
 
     sources = [f"{path.name}:{path.read_text()}" for path in _SOURCES]
     key = "|".join([*sources, " ".join(flags()), torch.__version__, cpu_name(), ",".join(cpu_flags()),
@@ -84,13 +96,13 @@ def _build(library: Path) -> Any:
 
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        (Path(tmp) / "kernel").mkdir()
         for path in _SOURCES:
-            shutil.copyfile(path, Path(tmp) / path.relative_to(_SOURCE.parent))
+            shutil.copyfile(path, Path(tmp) / path.name)
         source = Path(tmp) / _SOURCE.name
         module = load(_NAME, sources=[str(source)], build_directory=tmp, extra_cflags=list(flags()),
                       extra_ldflags=["-fopenmp"], verbose=False)
-        os.replace(Path(tmp) / f"{_NAME}.so", library)
+        # Its file, as torch named it (a second build of the name in one process gets a suffix, _v1).
+        os.replace(module.__file__, library)
     return module
 
 

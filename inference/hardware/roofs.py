@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from inference.loading import cached_per_key
+from inference.disk_cache import cached_per_key
 
 PROBE_SECONDS = 0.15          # one call of a grown probe takes about this long
 _ROOFS_VERSION = 2            # bump when what a probe measures changes

@@ -9,8 +9,10 @@ namespace {
 // float16 scale and 32 int8) or 20 bytes (Q4_1: a float16 scale d and minimum m, 32 4-bit q) per
 // 32 weights, instead of 128 (float32). Weight j of a block is d * q[j] (Q8_0) or d * q[j] + m
 // (Q4_1, q[j] in the low nibble of byte j for j < 16, the high nibble of byte j - 16 after).
+// Python reads these three lines (inference/kernels/build.py: BLOCK, FORMAT_CODES, BLOCK_BYTES).
 enum Format : int64_t { kPlain = 0, kQ8_0 = 1, kQ4_1 = 2 };
 constexpr int64_t kBlock = 32;
+constexpr int64_t kBlockBytes[] = {0, 34, 20};  // by format: the bytes of one block
 
 struct BlockQ8_0 {
   uint16_t d;
@@ -20,9 +22,10 @@ struct BlockQ4_1 {
   uint16_t d, m;
   uint8_t q[kBlock / 2];
 };
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_1) == 20, "llama.cpp's block layouts");
+static_assert(sizeof(BlockQ8_0) == kBlockBytes[kQ8_0] && sizeof(BlockQ4_1) == kBlockBytes[kQ4_1],
+              "llama.cpp's block layouts");
 
-inline int64_t block_bytes(int64_t format) { return format == kQ8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_1); }
+inline int64_t block_bytes(int64_t format) { return kBlockBytes[format]; }
 
 inline float half_to_float(uint16_t h) {  // IEEE binary16 -> float32, exactly
 #if defined(__F16C__)

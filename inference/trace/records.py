@@ -1,14 +1,13 @@
 """The records a run produces: one Step per forward pass, and the Trace that holds them.
 
-Every record is a frozen dataclass with `to_json`/`from_json`; a Trace survives a JSON round trip
-exactly (floats are written with Python's shortest round-tripping repr).
+Every record is a frozen dataclass; `Trace.to_json` writes one, and `files.read_trace` reads it back
+checked. A Trace survives the round trip exactly (floats are written with Python's shortest
+round-tripping repr).
 """
 from __future__ import annotations
 
 import bisect
-import csv
 import dataclasses
-import io
 import itertools
 import json
 import math
@@ -19,7 +18,6 @@ from typing import Any, Literal
 from inference.settings import GenerationSettings
 
 TRACE_SCHEMA = "phasescope.trace/1"
-SWEEP_SCHEMA = "phasescope.sweep/1"
 
 Phase = Literal["prefill", "decode"]
 StopReason = Literal["eos", "length", "cancelled"]
@@ -40,7 +38,7 @@ class ModelInfo:
     vocab: int = 0
     max_context: int = 0
     matmul_params: int = 0     # weights used in matrix products per token (LM head included)
-    # Where decode reads the matrices as llama.cpp blocks (inference/quantize.py): "int8" or "q4_1",
+    # Where decode reads the matrices as llama.cpp blocks (inference/kernels/quantize.py): "int8" or "q4_1",
     # and their bytes; "" and 0 when they are in `dtype` like everything else.
     weights: str = ""
     matmul_bytes: int = 0
@@ -91,7 +89,7 @@ class Step:
     bytes: float               # cost model: bytes this step moved to or from memory
     token_id: int              # the token this step produced (row 0 of the batch)
     text: str                  # the new suffix of the decoded text that token added
-    # What this step shared with other runs on a server that batches them (inference/batching.py);
+    # What this step shared with other runs on a server that batches them (inference/serving/batching.py);
     # traces recorded before these fields existed read 0.
     batch_rows: int = 0                # sequences decoded in this engine step, this run's included
     foreign_prefill_tokens: int = 0    # other runs' prompt tokens prefilled in this engine step, before it
@@ -100,7 +98,7 @@ class Step:
     # chunk (inference/remote/), one step as a client sees it, may carry several.
     tokens_out: int = 1
     # Time the engine's threads waited for a core during the step (averaged over them), on a CPU
-    # that counts it (inference/cpu_wait.py): what other programs took from it. 0 where unknown.
+    # that counts it (inference/hardware/cpu_wait.py): what other programs took from it. 0 where unknown.
     cpu_wait_ms: float = 0.0
     # With the attention-map switch: the weights this step's newest token put on each position of
     # the sequence (mean over heads and layers; they sum to 1). Empty otherwise.
@@ -154,7 +152,7 @@ class Trace:
     prompt: str = ""
     schema: str = field(default=TRACE_SCHEMA)
     serving: str = "solo"      # "solo": one run at a time; "batched": decode steps shared with other runs
-    serving_why: str = ""      # why it was served so, in one line (inference/serving.py); "" in older traces
+    serving_why: str = ""      # why it was served so, in one line (inference/serving/door.py); "" in older traces
     cpu_wait_measured: bool = False    # its steps' cpu_wait_ms were measured (else unknown, 0)
     reused_tokens: int = 0     # prompt tokens served from the last turn's KV cache (a conversation)
     # A run on a remote serving engine (inference/remote/): which one, what it reported about the
@@ -207,80 +205,6 @@ class Trace:
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> Trace:
-        if not isinstance(data, dict) or data.get("schema") != TRACE_SCHEMA:
-            got = data.get("schema") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"not a PhaseScope trace: expected schema {TRACE_SCHEMA!r}, got {got!r}")
-        try:
-            trace = Trace(
-                model=_build(ModelInfo, data["model"]),
-                device=_build(DeviceInfo, data["device"]),
-                settings=_build(GenerationSettings, data["settings"]),
-                prompt_tokens=data["prompt_tokens"],
-                steps=tuple(_build(Step, s) for s in data["steps"]),
-                summary=_build(Summary, data["summary"]),
-                prompt=data.get("prompt", ""),
-                serving=data.get("serving", "solo"),
-                serving_why=data.get("serving_why", ""),
-                cpu_wait_measured=data.get("cpu_wait_measured", False),
-                reused_tokens=data.get("reused_tokens", 0),
-                engine=data.get("engine", ""),
-                reported=data.get("reported", {}),
-                notes=tuple(data.get("notes", ())),
-            )
-        except KeyError as exc:
-            raise ValueError(f"trace is missing the field {exc.args[0]!r}") from None
-        except TypeError as exc:
-            raise ValueError(f"trace has a malformed record: {exc}") from None
-        trace.validate()
-        return trace
-
-    def validate(self) -> None:
-        """Raise ValueError unless every number is finite and in range and the steps hang together."""
-        _check_numbers("model", self.model)
-        _check_numbers("device", self.device)
-        _check_numbers("summary", self.summary)
-        if not isinstance(self.engine, str) or not isinstance(self.reported, dict) or \
-                not all(isinstance(k, str) and _finite(v) for k, v in self.reported.items()) or \
-                not all(isinstance(n, str) for n in self.notes):
-            raise ValueError("engine must be text, reported a table of finite numbers, notes text")
-        # A remote engine may not say how long the prompt was, nor publish its device's peaks.
-        least_prompt = 0 if self.remote else 1
-        if not isinstance(self.prompt_tokens, int) or self.prompt_tokens < least_prompt:
-            raise ValueError(f"prompt_tokens must be a positive whole number, got {self.prompt_tokens!r}")
-        if not isinstance(self.prompt, str) or not isinstance(self.serving_why, str):
-            raise ValueError("prompt and serving_why must be text")
-        if not isinstance(self.cpu_wait_measured, bool):
-            raise ValueError("cpu_wait_measured must be true or false")
-        if isinstance(self.reused_tokens, bool) or not isinstance(self.reused_tokens, int) or \
-                not 0 <= self.reused_tokens < max(1, self.prompt_tokens):
-            raise ValueError(f"reused_tokens must be a whole number below prompt_tokens, got {self.reused_tokens!r}")
-        if self.serving not in ("solo", "batched"):
-            raise ValueError(f"serving must be solo or batched, got {self.serving!r}")
-        if not self.steps or self.steps[0].phase != "prefill":
-            raise ValueError("a trace starts with its prefill step")
-        if not self.remote and (self.device.peak_flops <= 0 or self.device.peak_bytes_per_s <= 0):
-            raise ValueError("device peaks must be positive")
-        for i, step in enumerate(self.steps):
-            _check_numbers(f"step {i}", step)
-            if step.phase != ("prefill" if i == 0 else "decode") or step.index != i:
-                raise ValueError(f"step {i}: expected {'prefill' if i == 0 else 'decode'} step {i}, "
-                                 f"got {step.phase!r} {step.index!r}")
-            if not len(step.layer_ms) in (0, self.model.layers) or len(step.attn_ms) != len(step.layer_ms) \
-                    or len(step.mlp_ms) != len(step.layer_ms):
-                raise ValueError(f"step {i}: expected {self.model.layers} layer times")
-
-    @staticmethod
-    def from_json(text: str) -> Trace:
-        try:
-            data = json.loads(text, parse_constant=_reject_constant)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-        except RecursionError:
-            raise ValueError("not a PhaseScope trace: its JSON is nested too deeply") from None
-        return Trace.from_dict(data)
-
 
 @dataclass(frozen=True)
 class RunSpan:
@@ -301,74 +225,6 @@ class ClassSnapshot:
     window_s: float
     runs: tuple[RunSpan, ...]
     steps: tuple[tuple[float, int], ...]
-
-
-_TEXT_FIELDS = ("str", "Phase", "StopReason")
-
-
-def _check_numbers(where: str, record: Any) -> None:
-    """Text fields hold text; every other field holds finite numbers of at least 0."""
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if f.type in _TEXT_FIELDS:
-            if not isinstance(value, str):
-                raise ValueError(f"{where}: {f.name} must be text, got {value!r}")
-            continue
-        values = value if isinstance(value, tuple) else (value,)
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{where}: {f.name} must be a finite number of at least 0, got {v!r}")
-
-
-def steps_csv(trace: Trace) -> str:
-    """One row per step; per-layer times as layer_<i>_ms, attn_<i>_ms, mlp_<i>_ms columns."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    n = trace.model.layers
-    scalar = ["phase", "index", "tokens_in", "context_len", "ms", "other_ms", "kv_bytes", "flops", "bytes",
-              "token_id", "text", "batch_rows", "tokens_out", "waited_ms", "cpu_wait_ms"]
-    writer.writerow(scalar + [f"{part}_{i}_ms" for part in ("layer", "attn", "mlp") for i in range(n)])
-    for step in trace.steps:
-        writer.writerow([getattr(step, name) for name in scalar] + list(step.layer_ms + step.attn_ms + step.mlp_ms))
-    return out.getvalue()
-
-
-def sweep_to_json(traces: list[Trace], indent: int | None = None) -> str:
-    return json.dumps({"schema": SWEEP_SCHEMA, "runs": [t.to_dict() for t in traces]},
-                      indent=indent, allow_nan=False)
-
-
-def sweep_from_json(text: str) -> list[Trace]:
-    data = json.loads(text)
-    if not isinstance(data, dict) or data.get("schema") != SWEEP_SCHEMA:
-        raise ValueError(f"not a PhaseScope sweep: expected schema {SWEEP_SCHEMA!r}")
-    return [Trace.from_dict(run) for run in data["runs"]]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"traces hold finite numbers only, found {name}")
-
-
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    """Build a dataclass from its dict, turning JSON lists back into the tuples the class holds."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
-    values = {}
-    for name, value in data.items():
-        is_list_field = str(fields[name].type).startswith("tuple")
-        if is_list_field != isinstance(value, list):
-            raise ValueError(f"{cls.__name__}.{name}: expected {'a list' if is_list_field else 'a single value'}, "
-                             f"got {value!r:.40}")
-        values[name] = tuple(value) if is_list_field else value
-    return cls(**values)
 
 
 def percentile(values: list[float], q: float) -> float:

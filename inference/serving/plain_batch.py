@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from inference.kv_cache import decodable_in_place, layer_kv, next_slot, rows_of
+from inference.model.kv_cache import decodable_in_place, layer_kv, next_slot, rows_of
 from inference.timing import LayerTimer
 
 

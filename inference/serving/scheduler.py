@@ -1,6 +1,6 @@
 """The shared server's decisions, as pure functions of numbers (no model, no tensors, no threads):
 whom to admit into the decode batch and how a prompt is cut into prefill pieces (between two
-decode steps the server runs one piece of an unfinished prefill, else admits whom it can). `inference/batching.py` executes what these decide; tests/test_scheduler.py checks
+decode steps the server runs one piece of an unfinished prefill, else admits whom it can). `inference/serving/batching.py` executes what these decide; tests/test_scheduler.py checks
 them without a model.
 
 Admission is first come, first served: the head of the queue goes in when its rows fit the batch

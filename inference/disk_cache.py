@@ -1,0 +1,40 @@
+"""The one folder PhaseScope keeps between starts: the default model as safetensors, the built kernel,
+the measured roofs and dtype trials (PHASESCOPE_CACHE, else ~/.cache/phasescope)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, TypeVar
+
+Record = TypeVar("Record")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PHASESCOPE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "phasescope")
+    return Path(root)
+
+
+def cached_per_key(kind: str, key: str, record: type[Record], compute: Callable[[], Record]) -> Record:
+    """A frozen dataclass whose first field is `key`, computed once per key and kept as JSON in the
+    cache folder (written beside and moved into place, so a reader never sees half a file). A
+    read-only home still works: it computes again next time."""
+    path = cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    try:
+        cached = record(**json.loads(path.read_text()))
+        if cached.key == key:
+            return cached
+    except (OSError, ValueError, TypeError):
+        pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(value), indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return value
