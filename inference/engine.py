@@ -18,89 +18,19 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from inference.cost_model import StepCost, step_cost
+from inference.cost_model import step_cost
 from inference.hardware.cpu_wait import measurable
 from inference.hardware.device import device_info
 from inference.hardware.roofs import bf16_native
 from inference.kernels.build import build_error, kernel_module
 from inference.kernels.fast_path import fast_forwards
 from inference.model.attention_map import AttentionRecorder, attention_modules, recording_attention
-from inference.model.kv_cache import cache_of, forward, keep_first, kv_cache_bytes
+from inference.model.kv_cache import cache_of, forward, keep_first
 from inference.model.loading import LoadedModel
+from inference.rows import RowState
 from inference.settings import GenerationSettings
 from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import DeviceInfo, StopReason, Step, Summary, Trace
-
-
-class TextStream:
-    """Emits only the new suffix of the decoded text, holding back a half-decoded character."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = 0
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait for the rest
-            return ""
-        new, self.emitted = text[self.emitted:], len(text)
-        return new
-
-
-def logits_to_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """(B, V) logits -> (B, V) probabilities, tempered and cut to the top-p nucleus."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # Drop a token when the tokens ranked above it already hold top_p of the mass.
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
-
-
-def sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> torch.Tensor:
-    """(B, V) logits -> (B,) next token ids."""
-    if settings.greedy:
-        return logits.argmax(dim=-1)
-    probs = logits_to_probs(logits, settings.temperature, settings.top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-class RowState:
-    """A run's rows as they decode, alone or in the shared batch alike: the seeded sampler, the
-    text of row 0 as it streams, and which rows have ended (they emit EOS as padding while the
-    others go on)."""
-
-    def __init__(self, model: nn.Module, tokenizer: Any, settings: GenerationSettings, device: torch.device,
-                 stop_at_eos: bool = True):
-        self.settings = settings
-        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
-        self.stream = TextStream(tokenizer)
-        eos = sorted(eos_ids(model, tokenizer)) if stop_at_eos else []
-        self.eos = torch.tensor(eos, dtype=torch.long, device=device)
-        self.pad = eos[0] if eos else 0
-        self.finished = torch.zeros(settings.batch_size, dtype=torch.bool, device=device)
-        self.tokens: torch.Tensor | None = None       # (B,) each row's newest token
-
-    def sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, V) logits -> (B,) next tokens, by the run's own settings and seed."""
-        return sample(logits, self.settings, self.generator)
-
-    def accept(self, tokens: torch.Tensor) -> str:
-        """Take the step's (B,) tokens (ended rows padded); returns row 0's new text."""
-        self.tokens = torch.where(self.finished, self.pad, tokens)
-        text = self.stream.push(int(self.tokens[0]))
-        self.finished |= torch.isin(self.tokens, self.eos)
-        return text
-
-    @property
-    def ended(self) -> bool:
-        """Every row has written its end of text."""
-        return bool(self.finished.all())
 
 
 def prefill(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -119,15 +49,6 @@ def recompute_step(model: nn.Module, sequence: torch.Tensor) -> torch.Tensor:
     """No cache: (B, S) the whole sequence again -> (B, V) logits of the last position."""
     out = model(input_ids=sequence, use_cache=False, logits_to_keep=1)
     return out.logits[:, -1, :]
-
-
-def eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if configured is None:
-        configured = getattr(tokenizer, "eos_token_id", None)
-    if configured is None:
-        return set()
-    return set(configured) if isinstance(configured, (list, tuple)) else {int(configured)}
 
 
 @dataclass(frozen=True)
@@ -229,17 +150,15 @@ class GenerationRun:
                     return
                 tokens = rows.sample(logits)                                     # (B,)
                 times = timer.finish_step()
-                text = rows.accept(tokens)
+                step = self._take(rows, index, tokens, times, sequence.shape[1], cache)
                 sequence = torch.cat([sequence, rows.tokens[:, None]], dim=1)
                 self.batch_tokens.append(rows.tokens.tolist())
-                step = self._record(index, times, sequence.shape[1] - 1, cache, int(rows.tokens[0]), text)
                 self.steps.append(step)
                 self._held = (sequence, cache) if cache is not None else None
                 yield step
-                if rows.ended:
-                    self.stop_reason = "eos"
+                if rows.stop:
+                    self.stop_reason = rows.stop
                     return
-            self.stop_reason = "length"
 
     def _reused_cache(self) -> Any:
         """The previous turn's cache, cut to the prefix this prompt shares with it (at least one
@@ -267,31 +186,17 @@ class GenerationRun:
             return decode_step(model, sequence[:, -1:], cache), cache
         return recompute_step(model, sequence), None
 
-    def _record(self, index: int, times: StepTimes, context_len: int, cache: Any, token: int, text: str) -> Step:
-        info = self.engine.loaded.info
+    def _take(self, rows: RowState, index: int, tokens: torch.Tensor, times: StepTimes, context_len: int,
+              cache: Any) -> Step:
+        """Step `index`, which produced `tokens` (B,) and leaves `context_len` tokens in the sequence,
+        as its rows record it, with the cost model's figures for what it fed the model."""
         prompt_len = len(self.prompt_ids)
         tokens_in = prompt_len - self.reused_tokens if index == 0 else (1 if self.settings.kv_cache else context_len)
-        past = context_len - tokens_in
         blocks = self.settings.kernel == "fast" and self.engine.reads_blocks(tokens_in * self.settings.batch_size)
-        cost = step_cost(info, self.settings.batch_size, tokens_in, past, blocks)
+        cost = step_cost(self.engine.loaded.info, self.settings.batch_size, tokens_in, context_len - tokens_in, blocks)
         attention = self._attention.take() if self._attention is not None else ()
-        return make_step(index, tokens_in, context_len, times, cache, cost, token, text, self.settings.batch_size,
+        return rows.take(tokens, times, cost, cache, tokens_in, context_len, self.settings.batch_size,
                          attention=attention)
-
-
-def make_step(index: int, tokens_in: int, context_len: int, times: StepTimes, cache: Any, cost: StepCost, token: int,
-              text: str, batch_rows: int, foreign_prefill_tokens: int = 0, waited_ms: float = 0.0,
-              attention: tuple[float, ...] = ()) -> Step:
-    """The Step record of a forward pass: its times, the cache it left, its cost-model figures;
-    `waited_ms` (other runs' prefills before it, on a shared server) is part of its time;
-    `attention`, where the run records it."""
-    return Step(
-        phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
-        context_len=context_len, ms=times.ms + waited_ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
-        mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
-        cpu_wait_ms=times.cpu_wait_ms or 0.0, kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes,
-        token_id=token, text=text, batch_rows=batch_rows, foreign_prefill_tokens=foreign_prefill_tokens,
-        waited_ms=waited_ms, attention=attention)
 
 
 class Engine:

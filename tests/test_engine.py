@@ -6,7 +6,8 @@ import threading
 import pytest
 import torch
 
-from inference.engine import Engine, TextStream, eos_ids, reference_generate
+from inference.engine import Engine, reference_generate
+from inference.rows import TextStream, eos_ids
 from inference.settings import GenerationSettings
 from inference.trace import dtype_itemsize, read_trace
 

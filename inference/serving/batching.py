@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from inference.cost_model import shared_decode_cost, step_cost
-from inference.engine import Engine, RowState, make_step
+from inference.engine import Engine
 from inference.hardware.cpu_quota import memory_room
 from inference.kernels.build import MAX_ROWS
 from inference.kernels.fast_path import FusedStack, stack_fusable
 from inference.model.kv_cache import cache_of, forward
+from inference.rows import RowState
 from inference.serving.background import ENGINE_THREAD, EngineThread, WatchedRun
 from inference.serving.plain_batch import PlainStack, plain_stackable
 from inference.serving.scheduler import Ask, Limits, admissible, piece_end, refusal
@@ -60,10 +61,6 @@ class BatchRun(WatchedRun):
         self.prefilled = 0                        # prompt tokens prefilled so far
         self.piece_times: list[StepTimes] = []    # one per prefill piece
         self.row_state: RowState | None = None    # its rows as they decode (set when its prefill starts)
-
-    @property
-    def run(self) -> BatchRun:                    # BackgroundRun's callers read .run.prompt_ids and .run.cancel
-        return self
 
     @property
     def queue_position(self) -> int:
@@ -319,7 +316,7 @@ class BatchServer:
                               cpu_wait_ms=sum(t.cpu_wait_ms or 0.0 for t in pieces))
             cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0,
                              blocks=engine.reads_blocks(run.rows * len(run.prompt_ids)))
-            self._accept(run, 0, tokens, total, cost, run.rows)
+            self._accept(run, tokens, total, cost, run.rows)
 
     def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | PlainStack,
                 waited: dict[int, tuple[int, float]]) -> None:
@@ -338,25 +335,21 @@ class BatchServer:
             start = end
         times = timer.finish_step()
         self._step_log.append((time.perf_counter(), start))
-        index_of = {id(run): len(run.steps) for run in active}
         cost = shared_decode_cost(self.engine.loaded.info,
-                                  [(run.rows, len(run.prompt_ids) + index_of[id(run)] - 1) for run in active])
+                                  [(run.rows, len(run.prompt_ids) + run.row_state.steps_taken - 1) for run in active])
         for run, run_tokens in zip(active, chosen):
-            self._accept(run, index_of[id(run)], run_tokens, times, cost, start, *waited.get(id(run), (0, 0.0)))
+            self._accept(run, run_tokens, times, cost, start, *waited.get(id(run), (0, 0.0)))
 
-    def _accept(self, run: BatchRun, index: int, tokens: torch.Tensor, times: StepTimes, cost: Any,
-                batch_rows: int, foreign_tokens: int = 0, waited_ms: float = 0.0) -> None:
-        """Record the run's step `index` that produced `tokens` (B,); end the run if it is done."""
+    def _accept(self, run: BatchRun, tokens: torch.Tensor, times: StepTimes, cost: Any, batch_rows: int,
+                foreign_tokens: int = 0, waited_ms: float = 0.0) -> None:
+        """Record the run's next step, which produced `tokens` (B,); end the run if it is done."""
         rows = run.row_state
-        text = rows.accept(tokens)
+        index = rows.steps_taken
         tokens_in = len(run.prompt_ids) if index == 0 else 1
-        step = make_step(index, tokens_in, len(run.prompt_ids) + index, times, run.cache, cost, int(rows.tokens[0]),
-                         text, batch_rows, foreign_tokens, waited_ms)
-        run._add(step)
-        if rows.ended:
-            run._finish("eos")
-        elif len(run.steps) == run.settings.max_new_tokens:
-            run._finish("length")
+        run._add(rows.take(tokens, times, cost, run.cache, tokens_in, len(run.prompt_ids) + index, batch_rows,
+                           foreign_tokens, waited_ms))
+        if rows.stop:
+            run._finish(rows.stop)
 
     def snapshot(self, window_s: float = 60.0) -> ClassSnapshot:
         """The class view's data: runs that were alive in the last `window_s` seconds."""
