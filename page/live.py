@@ -23,7 +23,7 @@ from inference.conversation import Conversation
 from inference.engine import Engine
 from inference.prompts import DEFAULT_PROMPT, check_prompt_text
 from inference.remote import RemoteClient, RemoteError, RemoteRun
-from inference.serving.background import CancelFlag, WatchedRun
+from inference.serving.background import CancelFlag, ReplayRun, WatchedRun
 from inference.serving.batching import batch_server
 from inference.serving.door import Plan, prepare, start
 from inference.settings import GenerationSettings
@@ -228,7 +228,8 @@ class LiveTab:
         """The run's plan (inference/serving/door.py): into the shared batch where it can, else alone, and why."""
         reuse = conversation.prefix if conversation is not None and not forget else None
         try:
-            return prepare(engine, ids, settings, prompt, solo=self.server.config.solo,
+            solo = "this server runs one run at a time (solo mode)" if self.server.config.solo else ""
+            return prepare(engine, ids, settings, prompt, alone=solo,
                            turn=conversation is not None, reuse=reuse)
         except ValueError as exc:
             hint = "; press New conversation" if conversation is not None and conversation.messages else ""
@@ -285,7 +286,7 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
     """Live updates while the run goes on; `tokenizing` = (ms the chat template and tokenizer took,
     perf_counter when they were done), for the first token's time breakdown. `quiet`: the status and
     the text only, no chart (the browser draws nothing while the model runs)."""
-    run, server = background.run, batch_server(engine)
+    server = batch_server(engine)
     sent, waiting_shown = 0, None
     # At most UPDATES_PER_S a run, and the server's updates shared out between the runs it serves.
     frame = lambda: max(1 / UPDATES_PER_S, min(1.0, len(server.active) / SERVER_UPDATES_PER_S))
@@ -302,10 +303,10 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
         if have == 0:                          # prefill running: its block grows on the timeline
             done, layers = background.layers_done, engine.loaded.info.layers
             yield _only(gr.skip() if quiet else live.prefill_message(elapsed * 1e3, done, layers, next(seq)),
-                        summary.prefill_status_html(len(run.prompt_ids), done, layers, elapsed))
+                        summary.prefill_status_html(len(background.prompt_ids), done, layers, elapsed))
             continue
         if have > sent:
-            partial = run.trace()              # every step so far (the engine may have added one since)
+            partial = background.trace()              # every step so far (the engine may have added one since)
             status = summary.decode_status_html(len(partial.steps), elapsed, partial.steps[-1],
                                                 partial.settings.batch_size)
             if quiet:
@@ -338,18 +339,19 @@ def replay(trace_json: str | None, speed: float) -> Iterator[tuple]:
     trace = read_trace(trace_json)
     speed = min(1.0, max(0.1, float(speed)))
     seq = itertools.count()
-    empty = trace.prefix(0)
-    yield _outputs(live.full_message(empty, next(seq)), summary.decode_status_html(0, 0.0), empty)
-    start, sent = time.perf_counter(), 0
-    while sent < len(trace.steps):
-        time.sleep(1 / UPDATES_PER_S)
-        now_ms = (time.perf_counter() - start) * 1e3 * speed
-        have = trace.steps_done_by(now_ms)
-        if have > sent:
-            partial = trace.prefix(have)
-            yield _outputs(live.extend_message(partial, sent, next(seq)),
-                           summary.decode_status_html(have, now_ms / 1e3), partial)
-            sent = have
+    run = ReplayRun(trace, speed)
+    sent = 0
+    try:
+        yield _outputs(live.full_message(trace.prefix(0), next(seq)), summary.decode_status_html(0, 0.0),
+                       trace.prefix(0))
+        for have in run.follow(1 / UPDATES_PER_S):
+            if have > sent:
+                partial = run.trace()
+                yield _outputs(live.extend_message(partial, sent, next(seq)),
+                               summary.decode_status_html(have, run.elapsed * speed), partial)
+                sent = have
+    finally:
+        run.stop()
     yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace, f" (replayed at {speed:g}x)"),
                    trace)
 

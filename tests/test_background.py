@@ -1,8 +1,11 @@
 """Runs off the caller's thread: polled at the caller's pace, stopped, and cut at the time limit."""
 from __future__ import annotations
 
-from inference.serving.background import BackgroundRun, EngineThread
+import dataclasses
+
+from inference.serving.background import BackgroundRun, EngineThread, ReplayRun
 from inference.settings import GenerationSettings
+from inference.trace import Trace
 from tests.conftest import engine_for, tiny_llama
 
 PROMPT = [1, 5, 9, 14, 3]
@@ -47,3 +50,21 @@ def test_following_a_run_gives_its_steps_at_most_once_a_frame_and_ends_with_it()
     seen = list(run.follow(0.01))
     assert seen == sorted(seen) and all(0 <= n <= 6 for n in seen)
     assert run.done and run.wait(0) and len(run.steps) == 6
+
+
+def test_a_replay_is_followed_as_a_run_is_and_brings_every_step_in_order(example_trace: Trace) -> None:
+    recorded = example_trace
+    quick = dataclasses.replace(recorded, steps=tuple(dataclasses.replace(s, ms=0.5) for s in recorded.steps))
+    replay = ReplayRun(quick, speed=1.0)
+    counts = list(replay.follow(0.01))
+    assert counts == sorted(counts) and counts[-1] == len(quick.steps)
+    whole = replay.trace()
+    assert whole.steps == quick.steps and whole.summary.stop_reason == quick.summary.stop_reason
+
+
+def test_stopping_a_replay_ends_it_before_its_steps_are_due(example_trace: Trace) -> None:
+    recorded = example_trace
+    slow = dataclasses.replace(recorded, steps=tuple(dataclasses.replace(s, ms=1e7) for s in recorded.steps))
+    replay = ReplayRun(slow, speed=1.0)
+    replay.stop()
+    assert replay.done and replay.steps == [] and replay.trace().steps == ()

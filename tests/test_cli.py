@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from inference.cli.commands import ALONE
 from inference.trace import read_trace, sweep_from_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,7 @@ def test_run_answers_with_the_real_model_and_writes_a_trace(tmp_path: Path) -> N
     trace = read_trace(out.read_text())
     assert "The capital of France is Paris." in trace.text
     assert trace.model.layers == 30 and all(len(s.layer_ms) == 30 for s in trace.steps)
+    assert trace.serving == "solo" and trace.serving_why == ALONE, "through the front door, alone, and why"
     assert json.loads(out.read_text())["schema"] == "phasescope.trace/1"
     events = json.loads(perfetto.read_text())["traceEvents"]
     assert sum(1 for e in events if e.get("tid") == 1 and e["ph"] == "X") == len(trace.steps)

@@ -25,7 +25,7 @@ def engine() -> Engine:
     (GenerationSettings(kernel="eager"), {}, "eager kernel"),
     (GenerationSettings(attention_map=True), {}, "recording attention"),
     (GenerationSettings(batch_size=40), {}, "40 rows are more than the 32"),
-    (GenerationSettings(), {"solo": True}, "solo mode"),
+    (GenerationSettings(), {"alone": "this server runs one run at a time (solo mode)"}, "solo mode"),
     (GenerationSettings(), {"turn": True}, "conversation's turn"),
 ])
 def test_a_run_that_cannot_share_the_batch_runs_alone_and_its_trace_says_why(engine: Engine, settings, kwargs,

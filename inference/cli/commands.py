@@ -15,6 +15,10 @@ from inference.settings import DEFAULT_MODEL, DEVICES, DTYPES, KERNELS, Generati
 from inference.trace import Trace, sweep_to_json
 
 
+# Why a command's run goes alone, for its trace: the command line is one process, one run.
+ALONE = "the command line runs one prompt at a time"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -121,6 +125,7 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
 def _run(args: argparse.Namespace) -> int:
     from inference.model.factory import load_engine
     from inference.prompts import chat_prompt_ids, check_prompt_text, fixed_length_prompt_ids
+    from inference.serving.door import here, prepare
 
     if (args.prompt is None) == (args.prompt_tokens is None):
         raise ValueError("give either a PROMPT or --prompt-tokens T (exactly one)")
@@ -135,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     tokenizer = engine.loaded.tokenizer
     ids = (fixed_length_prompt_ids(tokenizer, args.prompt_tokens) if args.prompt_tokens is not None
            else chat_prompt_ids(tokenizer, args.prompt))
-    run = engine.generate(ids, settings, prompt=args.prompt or "")
+    run = here(engine, prepare(engine, ids, settings, args.prompt or "", alone=ALONE))
     try:
         for step in run:
             print(step.text, end="", flush=True)
@@ -197,6 +202,7 @@ def _chat(args: argparse.Namespace) -> int:
     computes only what the last turn's cache does not hold."""
     from inference.model.factory import load_engine
     from inference.prompts import check_prompt_text, conversation_ids
+    from inference.serving.door import here, prepare
 
     settings = _settings(args)
     for turn in args.turn:
@@ -208,11 +214,11 @@ def _chat(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": turn})
         ids = conversation_ids(engine.loaded.tokenizer, messages)
         try:
-            engine.check_fits(len(ids), settings.max_new_tokens)
+            plan = prepare(engine, ids, settings, turn, turn=True, reuse=None if args.no_reuse else previous)
         except ValueError as exc:
             raise ValueError(f"turn {number}: the conversation no longer fits the model's context ({exc}); "
                              f"start a new conversation") from None
-        run = engine.generate(ids, settings, prompt=turn, reuse=None if args.no_reuse else previous)
+        run = here(engine, plan)
         trace = run.run_to_end()
         previous = run.cached_prefix
         messages.append({"role": "assistant", "content": trace.text})

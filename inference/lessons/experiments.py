@@ -68,7 +68,7 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = CHUNK_LONG_PROMPT, ch
     """`streams` runs decode together on a batch server of their own; when they have streamed a
     few tokens, a `long_prompt`-token prompt joins. Once with its prefill whole, once in chunks of
     `chunk` tokens between the batch's decode steps. Needs the shared batch (a Llama on the CPU)."""
-    from inference.serving.background import CancelFlag, EngineThread
+    from inference.serving.background import CancelFlag
     from inference.serving.batching import BatchServer
 
     engine.check_fits(long_prompt, 4)
@@ -76,7 +76,7 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = CHUNK_LONG_PROMPT, ch
         raise ValueError("the chunk and the number of streaming runs must be at least 1")
     sides = []
     for i, size in enumerate((0, chunk)):
-        server = BatchServer(engine, EngineThread(), prefill_chunk=size)
+        server = BatchServer(engine, prefill_chunk=size)     # on the engine thread, as the page's runs
         if not server.can_batch(GenerationSettings()):
             raise ValueError("chunked prefill needs the shared batch, which this model or device does not run")
         tokenizer = engine.loaded.tokenizer

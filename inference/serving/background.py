@@ -17,6 +17,7 @@ notebooks) a run gets a thread of its own.
 """
 from __future__ import annotations
 
+import abc
 import math
 import os
 import queue
@@ -110,15 +111,16 @@ class EngineThread:
 ENGINE_THREAD = EngineThread()
 
 
-class WatchedRun:
+class WatchedRun(abc.ABC):
     """What a page watches of a run that goes on elsewhere: its steps as they come, its end, its
-    time limit, Stop. A subclass provides `steps`, `cancel` and `trace()`, and calls `_notify()` on
+    time limit, Stop. A subclass provides `steps`, `cancel`, `prompt_ids` and `trace()`, and calls `_notify()` on
     each new step, `_end()` when the run has ended (its trace is whole) and `_release()` once
     whatever ran it holds nothing of it any more (the engine's lock included, where it was the last
     run): `stop()` returns only then, so a closed tab frees the engine by construction."""
 
     steps: list[Step]
     cancel: Any
+    prompt_ids: list[int]
 
     def __init__(self, max_seconds: float = math.inf):
         self.error: BaseException | None = None
@@ -177,8 +179,9 @@ class WatchedRun:
         with self._changed:
             self._changed.wait_for(lambda: self._released)
 
+    @abc.abstractmethod
     def trace(self) -> Trace:
-        raise NotImplementedError
+        """The run's trace so far (whole once it has ended)."""
 
     def _notify(self) -> None:
         with self._changed:
@@ -223,6 +226,10 @@ class BackgroundRun(WatchedRun):
         return self.run.cancel
 
     @property
+    def prompt_ids(self) -> list[int]:
+        return self.run.prompt_ids
+
+    @property
     def prefill_start(self) -> float | None:
         return self.run.prefill_start
 
@@ -233,3 +240,33 @@ class BackgroundRun(WatchedRun):
 
     def trace(self) -> Trace:
         return self.run.trace()
+
+
+class ReplayRun(WatchedRun):
+    """A recorded trace played again as if it ran now, at `speed` x its recorded pace: each step
+    arrives when its recorded time (over `speed`) has passed, so a replay is watched exactly as a
+    live run is (`follow`)."""
+
+    def __init__(self, trace: Trace, speed: float = 1.0):
+        super().__init__()
+        self.recorded, self.speed = trace, speed
+        self.steps: list[Step] = []
+        self.cancel = threading.Event()
+        self.prompt_ids = []                 # a trace keeps the prompt's length, not its ids
+        threading.Thread(target=self._play, name="phasescope-replay", daemon=True).start()
+
+    def _play(self) -> None:
+        try:
+            due = 0.0
+            for step in self.recorded.steps:
+                due += step.ms / 1e3 / self.speed
+                if self.cancel.wait(max(0.0, self.started + due - time.perf_counter())):
+                    return
+                self.steps.append(step)
+                self._notify()
+        finally:
+            self._release()
+
+    def trace(self) -> Trace:
+        return self.recorded.prefix(len(self.steps))
+

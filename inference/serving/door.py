@@ -3,7 +3,8 @@
 `prepare` fits the prompt to the model (ValueError with both lengths otherwise) and routes the run:
 into the server's shared batch, or alone, with the reason in one line, which its trace keeps as
 `serving_why`. `start` hands the plan to the batch server or to a background run; either is then
-followed the same way (a WatchedRun: steps as they come, Stop, the time limit).
+followed the same way (a WatchedRun: steps as they come, Stop, the time limit). `here` gives a plan
+that goes alone to the caller to iterate on its own thread (the command line).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from inference.engine import CachedPrefix, Engine
+from inference.engine import CachedPrefix, Engine, GenerationRun
 from inference.serving.background import BackgroundRun, WatchedRun
 from inference.serving.batching import batch_server
 from inference.settings import GenerationSettings
@@ -29,13 +30,14 @@ class Plan:
 
 
 def prepare(engine: Engine, prompt_ids: list[int], settings: GenerationSettings, prompt: str = "", *,
-            solo: bool = False, turn: bool = False, reuse: CachedPrefix | None = None) -> Plan:
-    """The plan for a run (ValueError if it cannot run here). `solo`: the server takes one run at a
-    time; `turn`: a conversation's turn, which runs alone on its own cache (`reuse`, if any)."""
+            alone: str = "", turn: bool = False, reuse: CachedPrefix | None = None) -> Plan:
+    """The plan for a run (ValueError if it cannot run here). `alone`: the caller's reason for the run
+    to go alone (a server in solo mode, the command line), in one line; `turn`: a conversation's
+    turn, which runs alone on its own cache (`reuse`, if any)."""
     engine.check_fits(len(prompt_ids), settings.max_new_tokens)
     server = batch_server(engine)
-    why_alone = ("this server runs one run at a time (solo mode)" if solo else
-                 "a conversation's turn runs alone, on its own KV cache" if turn else server.why_alone(settings))
+    why_alone = alone or ("a conversation's turn runs alone, on its own KV cache" if turn else
+                          server.why_alone(settings))
     if why_alone:
         return Plan(tuple(prompt_ids), settings, "solo", why_alone, prompt, reuse)
     step = "the fused kernel's step" if server.stack == "fused" else "a plain PyTorch step"
@@ -50,5 +52,13 @@ def start(engine: Engine, plan: Plan, cancel: Any, max_seconds: float = math.inf
         server = batch_server(engine)
         server.prefill_chunk = prefill_chunk
         return server.submit(ids, plan.settings, cancel, plan.prompt, max_seconds, why=plan.why)
-    run = engine.generate(ids, plan.settings, cancel=cancel, prompt=plan.prompt, reuse=plan.reuse, why=plan.why)
-    return BackgroundRun(run, max_seconds=max_seconds)
+    return BackgroundRun(here(engine, plan, cancel), max_seconds=max_seconds)
+
+
+def here(engine: Engine, plan: Plan, cancel: Any = None) -> GenerationRun:
+    """A plan that runs alone, as a run to iterate on the caller's own thread (the command line's
+    main thread, where the products run fastest)."""
+    if plan.route != "solo":
+        raise ValueError("only a run that goes alone runs on the caller's thread")
+    return engine.generate(list(plan.prompt_ids), plan.settings, cancel=cancel, prompt=plan.prompt, reuse=plan.reuse,
+                           why=plan.why)

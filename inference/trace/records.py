@@ -6,9 +6,7 @@ round-tripping repr).
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import itertools
 import json
 import math
 import statistics
@@ -188,10 +186,6 @@ class Trace:
         decode = self.decode_steps
         seconds = sum(s.ms for s in decode) / 1e3
         return sum(s.bytes for s in decode) / seconds if seconds else 0.0
-
-    def steps_done_by(self, elapsed_ms: float) -> int:
-        """How many steps had finished `elapsed_ms` after the run began (the replay's clock)."""
-        return bisect.bisect_right(list(itertools.accumulate(s.ms for s in self.steps)), elapsed_ms)
 
     def prefix(self, n: int) -> Trace:
         """The trace as it stood after its first n steps (for replays and live views)."""
