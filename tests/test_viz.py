@@ -169,5 +169,5 @@ def test_every_colour_is_named_once_in_the_theme() -> None:
     from viz.theme import PALETTE, css_variables, js_constant
 
     for path in ("assets/dashboard.js", "assets/style.css", "viz/charts.py", "viz/classroom.py", "viz/experiments.py"):
-        assert not re.findall(r"#[0-9a-fA-F]{6}\b", (ROOT / path).read_text()), f"{path} names a colour of its own"
+        assert not re.findall(r"#(?:[0-9a-fA-F]{3}){1,2}\b", (ROOT / path).read_text()), f"{path} names a colour of its own"
     assert f"--ps-prefill: {PALETTE['prefill']};" in css_variables() and '"decode"' in js_constant()

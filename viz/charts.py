@@ -19,7 +19,7 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 
 from inference.trace import Step, Trace, percentile
-from viz.theme import PALETTE
+from viz.theme import PALETTE, layout
 
 PREFILL, DECODE = PALETTE["prefill"], PALETTE["decode"]
 MEDIAN, P90, P99 = PALETTE["median"], PALETTE["p90"], PALETTE["p99"]
@@ -48,11 +48,7 @@ def unavailable_figure(reason: str) -> go.Figure:
 
 
 def _layout(fig: go.Figure, x: str, y: str, **extra: Any) -> go.Figure:
-    settings = dict(margin=dict(l=60, r=16, t=28, b=44), height=260, showlegend=True,
-                    legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
-                    paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
-                    font=dict(size=13), xaxis_title=x, yaxis_title=y, uirevision="keep")
-    fig.update_layout(**{**settings, **extra})
+    fig.update_layout(**layout(xaxis_title=x, yaxis_title=y, uirevision="keep", **extra))
     return fig
 
 
@@ -256,7 +252,7 @@ def _roofline_base(trace: Trace) -> go.Figure:
                    hovertemplate="prefill: %{x:.1f} FLOP/B, %{y:.1f} GFLOP/s<extra></extra>"),
         go.Scatter(name="decode steps", x=[], y=[], mode="markers", marker=dict(color=DECODE, size=6, opacity=0.6),
                    hovertemplate="decode: %{x:.2f} FLOP/B, %{y:.2f} GFLOP/s<extra></extra>"),
-        go.Scatter(name=f"roof ({d.source})", x=xs, y=roof, mode="lines", line=dict(color="#888", width=2),
+        go.Scatter(name=f"roof ({d.source})", x=xs, y=roof, mode="lines", line=dict(color=PALETTE["roof"], width=2),
                    hovertemplate="roof: %{y:.0f} GFLOP/s<extra></extra>"),
     ])
     _layout(fig, "FLOPs per byte moved (cost model)", "achieved GFLOP/s")

@@ -10,6 +10,7 @@ from plotly.subplots import make_subplots
 
 from inference.trace import ClassSnapshot
 from viz.charts import DECODE, OTHERS, PREFILL
+from viz.theme import layout
 
 RATE_WINDOW_S = 5.0
 
@@ -51,9 +52,8 @@ def class_figure(snapshot: ClassSnapshot) -> go.Figure:
     fig.add_trace(go.Scatter(name="sequences per decode step", x=[end - now for end, _ in snapshot.steps],
                              y=[rows for _, rows in snapshot.steps], mode="lines", line=dict(color=DECODE, shape="hv"),
                              hovertemplate="%{y} sequences<extra></extra>"), row=2, col=1)
-    fig.update_layout(barmode="overlay", height=420, margin=dict(l=60, r=16, t=28, b=44), uirevision="class",
-                      legend=dict(orientation="h", y=1.06, x=1, xanchor="right"),
-                      paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
+    fig.update_layout(**layout(barmode="overlay", height=420, uirevision="class",
+                               legend=dict(orientation="h", y=1.06, x=1, xanchor="right")))
     fig.update_yaxes(autorange="reversed", row=1, col=1)
     fig.update_yaxes(title_text="batch", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(title_text="seconds (0 = now)", range=[-snapshot.window_s, 0], row=2, col=1)

@@ -11,6 +11,7 @@ from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, Dtyp
 from inference.lessons.whatif import Estimate
 from inference.trace import Trace
 from viz.charts import DECODE, OTHERS, PREFILL
+from viz.theme import PALETTE
 
 _LAYOUT = dict(height=340, margin=dict(l=60, r=60, t=40, b=50), paper_bgcolor="rgba(0,0,0,0)",
                plot_bgcolor="rgba(0,0,0,0)", font=dict(size=13), legend=dict(orientation="h", y=1.12, x=0))
@@ -75,7 +76,7 @@ def dtype_figure(result: DtypeResult) -> go.Figure:
     device = traces[0].device
     xs = [0.1, device.ridge_intensity, 1000.0]
     fig.add_trace(go.Scatter(x=xs, y=[min(device.peak_flops, x * device.peak_bytes_per_s) / 1e9 for x in xs],
-                             mode="lines", line=dict(color="#888"), name=f"float32 roof ({device.source})"), row=1, col=3)
+                             mode="lines", line=dict(color=PALETTE["roof"]), name=f"float32 roof ({device.source})"), row=1, col=3)
     for t, label in zip(traces, dtypes):
         decode = t.decode_steps
         intensity = sum(s.flops for s in decode) / sum(s.bytes for s in decode)
