@@ -92,8 +92,8 @@ def space_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def running_space(home: Path, name: str, command: list[str], extra_env: dict[str, str],
                   cpu_quota: int = 0) -> Iterator[tuple[str, Path, bool]]:
     """`command` started as a Space starts app.py; yields its URL, its log and whether a CPU quota
-    was applied. Each start gets an empty PhaseScope cache except for the built kernel (about 30 s
-    to build: the one part of a first start not repeated here)."""
+    was applied. Each start gets an empty PhaseScope cache except for the built kernel (close to a
+    minute to build: the one part of a first start not repeated here)."""
     from inference.disk_cache import cache_dir
 
     cache = home / f"{name}-cache"

@@ -1,7 +1,8 @@
 """Building, caching and importing the C++ decode kernel (inference/kernels/cpp/gemv.cpp).
 
-The kernel is compiled on first use (27 s to a minute, once, on the machines seen) into a private
-folder and moved into the cache in one step; later starts import the cached library directly. It is built for this CPU
+The kernel is compiled on first use (48 to 61 s, once, on the 2-core machines measured) into a
+private folder and moved into the cache in one step; later starts import the cached library
+directly. It is built for this CPU
 (`-march=native`), or for the target named in PHASESCOPE_KERNEL_ARCH (`x86-64-v3` builds the AVX2
 kernel an AVX2-only CPU would get). Where it cannot build (no compiler, no OpenMP, another
 architecture), `kernel_module()` is None, `build_error()` says why in one line, and the engine

