@@ -11,6 +11,8 @@
 // one took. On a busy machine (the model and the browser on the same cores) the page then spends at
 // most about a quarter of a core on drawing, never queues redraws behind each other, and stays
 // responsive (Stop must answer at once), while the data shown is never more than a pass behind.
+// Only the charts on screen are redrawn: one scrolled away (or in a closed tab) takes its data
+// as it comes and is drawn once when it comes into view.
 const P = window.Plotly;
 // The first token's time: the server sends its parts; the page measures from the click (or Enter
 // in the prompt) to the moment the first token's update has been drawn.
@@ -44,6 +46,8 @@ const COST_FACTOR = 3;        // wait 3x the last pass's drawing time before the
 let lastSeq = -1;
 let have = 0;                 // steps the charts hold (after the last applied message)
 let dirty = new Set();
+const stale = new Set();      // charts with data not drawn yet because they were off screen
+const visible = new Set();
 let timer = null;
 let earliest = 0;             // performance.now() before which the next pass may not start
 let revision = 0;
@@ -73,6 +77,7 @@ function append(trace, attr, values) {
 function merge(gd, chart) {
   for (const group of chart.extend) {
     group.indices.forEach((index, k) => {
+      if (!gd.data[index]) return;      // a series this chart was not drawn with: the final redraw has it
       for (const [attr, cols] of Object.entries(group.update)) append(gd.data[index], attr, cols[k]);
     });
   }
@@ -82,6 +87,26 @@ function merge(gd, chart) {
   Object.assign(gd.layout, chart.layout || {});
 }
 
+if ("IntersectionObserver" in window) {
+  const observer = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const id = entry.target.dataset.chart;
+      if (!entry.isIntersecting) {
+        visible.delete(id);
+        continue;
+      }
+      visible.add(id);
+      if (stale.has(id)) {
+        dirty.add(id);
+        schedule();
+      }
+    }
+  }, { rootMargin: "200px" });
+  Object.values(divs).forEach((div) => observer.observe(div));
+} else {
+  Object.keys(divs).forEach((id) => visible.add(id));
+}
+
 function draw() {
   timer = null;
   const started = performance.now();
@@ -89,6 +114,11 @@ function draw() {
   dirty = new Set();
   revision += 1;
   for (const id of charts) {
+    if (!visible.has(id)) {
+      stale.add(id);
+      continue;
+    }
+    stale.delete(id);
     const gd = divs[id];
     gd.layout.datarevision = revision;
     P.react(gd, gd.data, gd.layout, config);
@@ -108,6 +138,7 @@ function apply(msg) {
     if (timer !== null) clearTimeout(timer);
     timer = null;
     dirty = new Set();
+    stale.clear();
     for (const [id, fig] of Object.entries(msg.figures)) {
       if (divs[id]) P.react(divs[id], fig.data, themed(fig.layout), config);
     }

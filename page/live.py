@@ -21,13 +21,14 @@ import plotly
 
 from inference.conversation import Conversation
 from inference.engine import Engine
+from inference.lessons.verdicts import WAIT_WORTH_SAYING
 from inference.prompts import DEFAULT_PROMPT, check_prompt_text
 from inference.remote import RemoteClient, RemoteError, RemoteRun
 from inference.serving.background import CancelFlag, ReplayRun, WatchedRun
 from inference.serving.batching import batch_server
 from inference.serving.door import Plan, prepare, start
 from inference.settings import GenerationSettings
-from inference.trace import Trace, read_trace, steps_csv
+from inference.trace import Step, Trace, read_trace, steps_csv
 from inference.trace.perfetto import to_chrome_trace_json
 from page.state import Server
 from viz import live, summary
@@ -38,6 +39,10 @@ UPDATES_PER_S = 15                 # live redraws per second: smooth, and cheap 
 # deltas): with a whole class streaming at once that would take the cores the shared batch needs,
 # so the server's updates are shared out, each run getting at least one a second.
 SERVER_UPDATES_PER_S = 20
+# While the run's recent steps wait for a core (WAIT_WORTH_SAYING of their time or more: the browser
+# drawing, or another program), updates come this often instead: the text still streams live, the
+# charts cost the engine less.
+CROWDED_UPDATES_PER_S = 4
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
@@ -174,7 +179,7 @@ class LiveTab:
         cancel.clear()
         seq = itertools.count()
         # Draw the empty charts before the engine starts, so that work never competes with prefill.
-        empty = engine.trace_of(ids, settings, [], None, prompt)
+        empty = engine.trace_of(ids, settings, [], None, prompt, cpu_wait_measured=engine.measures_cpu_wait)
         yield _outputs(live.full_message(empty, next(seq)),
                        summary.prefill_status_html(len(ids), 0, engine.loaded.info.layers, 0.0), empty)
         background = self._start(engine, plan, cancel)
@@ -288,8 +293,10 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
     the text only, no chart (the browser draws nothing while the model runs)."""
     server = batch_server(engine)
     sent, waiting_shown = 0, None
-    # At most UPDATES_PER_S a run, and the server's updates shared out between the runs it serves.
-    frame = lambda: max(1 / UPDATES_PER_S, min(1.0, len(server.active) / SERVER_UPDATES_PER_S))
+    # At most UPDATES_PER_S a run (CROWDED_UPDATES_PER_S while it waits for a core), and the
+    # server's updates shared out between the runs it serves.
+    frame = lambda: max(1 / (CROWDED_UPDATES_PER_S if crowded(background.steps) else UPDATES_PER_S),
+                        min(1.0, len(server.active) / SERVER_UPDATES_PER_S))
     for have in background.follow(frame):
         elapsed = background.elapsed
         if have == 0 and background.prefill_start is None:
@@ -315,6 +322,13 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
                 parts = _ttft_parts(background, partial, tokenizing) if sent == 0 else None
                 yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial)
             sent = len(partial.steps)
+
+
+def crowded(steps: list[Step], recent: int = 8) -> bool:
+    """Whether the newest decode steps waited for a core for WAIT_WORTH_SAYING of their time or more."""
+    last = [s for s in steps[-recent:] if s.phase == "decode"]
+    total = sum(s.ms for s in last)
+    return bool(total) and sum(s.cpu_wait_ms for s in last) / total >= WAIT_WORTH_SAYING
 
 
 def _ttft_parts(background: WatchedRun, trace: Trace, tokenizing: tuple[float, float]) -> dict:

@@ -51,3 +51,16 @@ def test_an_instrumented_run_records_its_wait_and_says_it_measured_it() -> None:
     assert trace.decode_cpu_wait_share is not None and 0 <= trace.decode_cpu_wait_share <= 1
     plain = engine.generate([1, 5, 9], GenerationSettings(max_new_tokens=4), instrument=False).run_to_end()
     assert not plain.cpu_wait_measured and all(s.cpu_wait_ms == 0 for s in plain.steps)
+
+
+def test_the_page_updates_less_often_while_the_run_waits_for_a_core(example_trace) -> None:
+    import dataclasses
+
+    from page.live import crowded
+
+    steps = list(example_trace.steps)
+    assert not crowded(steps), "the example run did not wait"
+    waiting = [dataclasses.replace(s, cpu_wait_ms=s.ms * 0.5) for s in steps]
+    assert crowded(waiting)
+    # A wait long past (before the newest steps) no longer counts.
+    assert not crowded(waiting[:-8] + steps[-8:])

@@ -72,6 +72,24 @@ def test_roofline_points_sit_where_the_trace_puts_them(trace: Trace) -> None:
     assert all(y <= trace.device.peak_flops / 1e9 for y in decode.y), "a point above the compute roof"
 
 
+def test_the_roofline_places_a_step_that_waited_for_a_core_by_its_time_on_one_too(trace: Trace) -> None:
+    import dataclasses
+
+    assert len(roofline_figure(trace).data) == 3, "a trace without the wait measured: no on-core points"
+    # Every other decode step waited half its time for a core; the rest did not wait.
+    steps = tuple(dataclasses.replace(s, cpu_wait_ms=s.ms / 2 if s.index % 2 else 0.0) for s in trace.steps)
+    waited = dataclasses.replace(trace, steps=steps, cpu_wait_measured=True)
+    on_core = roofline_figure(waited).data[3]
+    odd = [s for s in waited.decode_steps if s.index % 2]
+    assert list(on_core.x) == pytest.approx([s.intensity for s in odd])
+    assert list(on_core.y) == pytest.approx([2 * s.achieved_flops / 1e9 for s in odd]), "half the time, twice the rate"
+    # The page's whole redraw of each, one after the other (their empty figures differ).
+    from viz.live import whole_figure
+
+    roofline = next(chart for chart in CHARTS if chart.id == "roofline")
+    assert [len(whole_figure(roofline, t)["data"]) for t in (trace, waited)] == [3, 4]
+
+
 def test_figures_are_pure(trace: Trace) -> None:
     first = {k: f.to_json() for k, f in all_figures(trace).items()}
     assert first == {k: f.to_json() for k, f in all_figures(trace).items()}

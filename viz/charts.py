@@ -23,6 +23,8 @@ from viz.theme import PALETTE, layout
 
 PREFILL, DECODE = PALETTE["prefill"], PALETTE["decode"]
 MEDIAN, P90, P99 = PALETTE["median"], PALETTE["p90"], PALETTE["p99"]
+# A decode step's point by its time on a core is drawn where it waited at least this share of its time.
+ON_CORE_SHOWN = 0.05
 OTHERS = PALETTE["others"]          # other runs' prefills, on a server that batches a class
 Columns = dict[int, dict[str, list[Any]]]
 
@@ -255,6 +257,12 @@ def _roofline_base(trace: Trace) -> go.Figure:
         go.Scatter(name=f"roof ({d.source})", x=xs, y=roof, mode="lines", line=dict(color=PALETTE["roof"], width=2),
                    hovertemplate="roof: %{y:.0f} GFLOP/s<extra></extra>"),
     ])
+    if trace.cpu_wait_measured:
+        # The same decode steps timed on a core only (the wait for one taken out): where the
+        # model's own work sits when other programs took the processor.
+        fig.add_trace(go.Scatter(name="decode, time on a core", x=[], y=[], mode="markers",
+                                 marker=dict(color=DECODE, size=7, symbol="circle-open"),
+                                 hovertemplate="decode on a core: %{x:.2f} FLOP/B, %{y:.2f} GFLOP/s<extra></extra>"))
     _layout(fig, "FLOPs per byte moved (cost model)", "achieved GFLOP/s")
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
@@ -273,7 +281,11 @@ def _roofline_columns(trace: Trace, start: int) -> Columns:
     steps = trace.steps[start:]
     point = lambda phase: {"x": [s.intensity for s in steps if s.phase == phase],
                            "y": [s.achieved_flops / 1e9 for s in steps if s.phase == phase]}
-    return {0: point("prefill"), 1: point("decode")}
+    columns = {0: point("prefill"), 1: point("decode")}
+    if trace.cpu_wait_measured:       # a step that waited for a core at all, by its time on one
+        waited = [s for s in steps if s.phase == "decode" and s.cpu_wait_ms >= ON_CORE_SHOWN * s.ms and s.ms > s.cpu_wait_ms]
+        columns[3] = {"x": [s.intensity for s in waited], "y": [s.flops / (s.ms - s.cpu_wait_ms) / 1e6 for s in waited]}
+    return columns
 
 
 def _no_overlay(trace: Trace) -> dict[str, Any]:

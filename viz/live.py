@@ -19,16 +19,16 @@ from inference.trace import DeviceInfo, ModelInfo, Trace
 from viz.charts import CHARTS, PREFILL, Chart, unavailable_figure
 
 
-# Each chart's empty figure as JSON, by (chart, model, device, reason it stays empty): a base
-# depends on the model and the device alone. A few models and devices per server: no eviction.
-_EMPTY_FIGURES: dict[tuple[str, ModelInfo, DeviceInfo, str], str] = {}
+# Each chart's empty figure as JSON, by (chart, model, device, whether the run measures its wait for
+# a core, reason it stays empty): a base depends on these alone. A few per server: no eviction.
+_EMPTY_FIGURES: dict[tuple[str, ModelInfo, DeviceInfo, bool, str], str] = {}
 
 
 def whole_figure(chart: Chart, trace: Trace) -> dict[str, Any]:
     """What viz/figures.build_figure draws, as the JSON dict the page gets (the overlay's layout
     keys replace the base's, as the page's deltas do)."""
     reason = chart.unavailable(trace)
-    key = (chart.id, trace.model, trace.device, reason)
+    key = (chart.id, trace.model, trace.device, trace.cpu_wait_measured, reason)
     if key not in _EMPTY_FIGURES:
         _EMPTY_FIGURES[key] = (unavailable_figure(reason) if reason else chart.base(trace)).to_json()
     figure = json.loads(_EMPTY_FIGURES[key])
