@@ -1,6 +1,8 @@
 // PhaseScope dashboard: runs inside gr.HTML's js_on_load (element, props, watch are given), after
 // `const THEME = {...}` (assets/theme.json's palette, prepended by viz/dashboard.py).
-// Messages arrive as JSON in props.value: {kind: "full"} redraws every chart with Plotly.react,
+// Messages arrive as JSON in props.value: {kind: "full"} redraws every chart with Plotly.react
+// (with lazy: true, a run's first message, drawn while its prefill runs, only the timeline; the
+// others with the first step),
 // {kind: "extend"} appends new steps' columns to each chart's data, so zoom survives and only the
 // new points travel. An extend that does not start where the charts end (a message lost or out of
 // order) is not applied: the charts wait for the run's final full redraw rather than draw a gap.
@@ -120,6 +122,7 @@ function draw() {
     }
     stale.delete(id);
     const gd = divs[id];
+    gd.classList.remove("ps-stale");
     gd.layout.datarevision = revision;
     P.react(gd, gd.data, gd.layout, config);
   }
@@ -140,7 +143,19 @@ function apply(msg) {
     dirty = new Set();
     stale.clear();
     for (const [id, fig] of Object.entries(msg.figures)) {
-      if (divs[id]) P.react(divs[id], fig.data, themed(fig.layout), config);
+      const gd = divs[id];
+      if (!gd) continue;
+      if (msg.lazy && id !== "timeline") {
+        // A run's first message, while its prefill runs: only the timeline (where the pause grows)
+        // is drawn now; the others, dimmed meanwhile, with the first step or when they come into view.
+        gd.data = fig.data;
+        gd.layout = themed(fig.layout);
+        stale.add(id);
+        gd.classList.add("ps-stale");
+      } else {
+        P.react(gd, fig.data, themed(fig.layout), config);
+        gd.classList.remove("ps-stale");
+      }
     }
   } else if (msg.kind === "extend") {
     if (msg.start !== have) return;

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 
 def decode_rate(token_times: list[float]) -> float:
@@ -16,15 +16,17 @@ def stamps(tokens: Iterable[object]) -> list[float]:
     return [time.perf_counter() for _ in tokens]
 
 
-def interleaved_medians(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Median of each variant's figure, the variants taking turns so machine noise hits all alike."""
-    results: dict[str, list[float]] = {name: [] for name in variants}
+def interleaved_medians(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Any]:
+    """Median of each variant's figure (of each of its figures, where it gives a tuple), the variants
+    taking turns so machine noise hits all alike."""
+    results: dict[str, list[Any]] = {name: [] for name in variants}
     for name, fn in variants.items():       # warm-up
         fn()
     for _ in range(repeats):
         for name, fn in variants.items():
             results[name].append(fn())
-    return {name: statistics.median(values) for name, values in results.items()}
+    return {name: tuple(map(statistics.median, zip(*values))) if isinstance(values[0], tuple)
+            else statistics.median(values) for name, values in results.items()}
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -43,6 +43,9 @@ SERVER_UPDATES_PER_S = 20
 # drawing, or another program), updates come this often instead: the text still streams live, the
 # charts cost the engine less.
 CROWDED_UPDATES_PER_S = 4
+# While a prefill runs, its block grows on the timeline this often: each update is browser work on
+# the cores the prefill needs (measured: a 160 ms prefill took 4.7x as long with the page drawing at 15 a second).
+PREFILL_UPDATES_PER_S = 4
 MAX_TRACE_UPLOAD_BYTES = 20 * 1024 * 1024
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
@@ -127,14 +130,16 @@ class LiveTab:
                           chat, forget, conversation, engine_choice, attention, quiet]
             # Up to a full batch of runs at once (they share decode steps, inference/serving/batching.py), or one
             # at a time in solo mode: the limit is the queue's default, set at launch from the config.
-            runs_queue = dict(concurrency_limit="default", concurrency_id="runs")
+            # The page's own status line says what a run is doing: Gradio's progress overlays and
+            # their animations would take the cores the model runs on.
+            runs_queue = dict(concurrency_limit="default", concurrency_id="runs", show_progress="hidden")
             run_button.click(self.run_generation, run_inputs, outputs, api_name="run", **runs_queue)
             prompt.submit(self.run_generation, run_inputs, outputs, api_name=False, **runs_queue)
             stop_button.click(stop_generation, [cancel], None, queue=False, api_name="stop")
             new_chat.click(lambda c: c.reset(), [conversation], None, queue=False, api_name="new_conversation")
             load_button.click(self.server.switch_model, [model], model_status, api_name="model",
                               concurrency_limit=1, concurrency_id="engine")
-            replay_button.click(replay, [trace_state, speed], outputs, api_name="replay")
+            replay_button.click(replay, [trace_state, speed], outputs, api_name="replay", show_progress="hidden")
             export_button.click(export, [trace_state], files, api_name="export")
             upload.upload(load_trace, [upload], outputs, api_name="load")
         return LiveTabParts(live_tab, engine_choice, model, model_status)
@@ -180,7 +185,7 @@ class LiveTab:
         seq = itertools.count()
         # Draw the empty charts before the engine starts, so that work never competes with prefill.
         empty = engine.trace_of(ids, settings, [], None, prompt, cpu_wait_measured=engine.measures_cpu_wait)
-        yield _outputs(live.full_message(empty, next(seq)),
+        yield _outputs(live.full_message(empty, next(seq), lazy=True),
                        summary.prefill_status_html(len(ids), 0, engine.loaded.info.layers, 0.0), empty)
         background = self._start(engine, plan, cancel)
         try:
@@ -211,7 +216,7 @@ class LiveTab:
         run = RemoteRun(RemoteClient(endpoint), prompt, settings, cancel, max_seconds=config.max_run_seconds)
         sent, waiting_shown = 0, 0
         try:
-            yield _outputs(live.full_message(run.trace(), next(seq)), summary.remote_waiting_html(name, 0.0),
+            yield _outputs(live.full_message(run.trace(), next(seq), lazy=True), summary.remote_waiting_html(name, 0.0),
                            run.trace())
             for have in run.follow(1 / UPDATES_PER_S):
                 if have > sent:
@@ -292,7 +297,7 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
     perf_counter when they were done), for the first token's time breakdown. `quiet`: the status and
     the text only, no chart (the browser draws nothing while the model runs)."""
     server = batch_server(engine)
-    sent, waiting_shown = 0, None
+    sent, waiting_shown, prefill_shown = 0, None, 0.0
     # At most UPDATES_PER_S a run (CROWDED_UPDATES_PER_S while it waits for a core), and the
     # server's updates shared out between the runs it serves.
     frame = lambda: max(1 / (CROWDED_UPDATES_PER_S if crowded(background.steps) else UPDATES_PER_S),
@@ -308,6 +313,9 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
                 yield _only(status=summary.waiting_status_html(shown[0], elapsed))
             continue
         if have == 0:                          # prefill running: its block grows on the timeline
+            if time.perf_counter() - prefill_shown < 1 / PREFILL_UPDATES_PER_S:
+                continue
+            prefill_shown = time.perf_counter()
             done, layers = background.layers_done, engine.loaded.info.layers
             yield _only(gr.skip() if quiet else live.prefill_message(elapsed * 1e3, done, layers, next(seq)),
                         summary.prefill_status_html(len(background.prompt_ids), done, layers, elapsed))
@@ -356,7 +364,7 @@ def replay(trace_json: str | None, speed: float) -> Iterator[tuple]:
     run = ReplayRun(trace, speed)
     sent = 0
     try:
-        yield _outputs(live.full_message(trace.prefix(0), next(seq)), summary.decode_status_html(0, 0.0),
+        yield _outputs(live.full_message(trace.prefix(0), next(seq), lazy=True), summary.decode_status_html(0, 0.0),
                        trace.prefix(0))
         for have in run.follow(1 / UPDATES_PER_S):
             if have > sent:

@@ -55,6 +55,7 @@ DASHBOARD_CSS = """
 .ps-ttft-legend { font-size: 0.85rem; line-height: 1.4; }
 .ps-ttft-legend span { display: inline-block; width: 0.8em; height: 0.8em; margin: 0 4px 0 10px; border-radius: 2px; }
 .ps-chart h3 { margin: 0 0 2px; font-size: 1.05rem; }
+.ps-stale { opacity: 0.35; }
 .ps-explain { margin: 0 0 4px; font-size: 0.85rem; opacity: 0.8; line-height: 1.3; }
 @media (max-width: 900px) { .ps-dashboard { grid-template-columns: 1fr; } }
 """

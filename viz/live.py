@@ -44,9 +44,11 @@ def whole_figure(chart: Chart, trace: Trace) -> dict[str, Any]:
     return figure
 
 
-def full_message(trace: Trace, seq: int) -> str:
+def full_message(trace: Trace, seq: int, lazy: bool = False) -> str:
+    """Every chart redrawn whole. `lazy` (a run's first message, drawn while its prefill runs): the
+    page draws only the timeline now (the pause grows there), the others, dimmed, with the first step."""
     figures = {chart.id: whole_figure(chart, trace) for chart in CHARTS}
-    return json.dumps({"kind": "full", "seq": seq, "steps": len(trace.steps), "figures": figures})
+    return json.dumps({"kind": "full", "seq": seq, "steps": len(trace.steps), "figures": figures, "lazy": lazy})
 
 
 def prefill_message(elapsed_ms: float, layers_done: int, layers: int, seq: int) -> str:
