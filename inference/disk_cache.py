@@ -18,10 +18,12 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def cached_per_key(kind: str, key: str, record: type[Record], compute: Callable[[], Record]) -> Record:
+def cached_per_key(kind: str, key: str, record: type[Record], compute: Callable[[], Record],
+                   keep: Callable[[Record], bool] = lambda value: True) -> Record:
     """A frozen dataclass whose first field is `key`, computed once per key and kept as JSON in the
-    cache folder (written beside and moved into place, so a reader never sees half a file). A
-    read-only home still works: it computes again next time."""
+    cache folder (written beside and moved into place, so a reader never sees half a file), unless
+    `keep` says the value is not one to keep (it is computed again next time). A read-only home
+    still works: it computes again next time."""
     path = cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     try:
         cached = record(**json.loads(path.read_text()))
@@ -30,6 +32,8 @@ def cached_per_key(kind: str, key: str, record: type[Record], compute: Callable[
     except (OSError, ValueError, TypeError):
         pass
     value = compute()
+    if not keep(value):
+        return value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
