@@ -1,8 +1,9 @@
 """PhaseScope's page: the layout and its wiring; the tabs' Gradio code is in page/, the engine in
 inference/, the figures in viz/.
 
-`python app.py` loads the model (with progress in the terminal) and serves the page. Nothing
-heavy happens at import: the engine loads at launch, or on the first run when imported. What the
+`python app.py` serves the page at once, then loads the model (with progress in the terminal and
+on the page; runs wait for it). Nothing heavy happens at import: the engine loads at launch, or on
+the first run when imported. What the
 server offers (model, device, dtype, the models a visitor may load) is one ServerConfig, read from
 the environment and overridden by the flags, held with the engine in one `Server` (page/state.py).
 """
@@ -52,7 +53,11 @@ def build_demo() -> gr.Blocks:
             parts = live.build(cancel, conversation, trace_state)
             experiments_tab = experiments.build(trace_state, claims, parts.engine_choice)
             classroom.build([parts.tab, experiments_tab])
-        demo.load(server.page_opened, None, [parts.model, parts.model_status, parts.engine_choice], api_name=False)
+        loading = gr.Timer(1.0, active=False)              # the model box follows a load under way
+        loading.tick(server.loading_tick, None, [parts.model_status, parts.status, loading], api_name=False,
+                     show_progress="hidden")
+        demo.load(server.page_opened, None, [parts.model, parts.model_status, parts.engine_choice, parts.status,
+                                             loading], api_name=False, show_progress="hidden")
     return demo
 
 
@@ -99,11 +104,12 @@ def main() -> None:
     server.config = config.replace(remotes=remotes, model=args.model, device=args.device, dtype=args.dtype,
                                    allow_any_model=config.allow_any_model or args.allow_any_model,
                                    solo=config.solo or args.solo, prefill_chunk=max(0, args.prefill_chunk))
-    try:
+    launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
+    try:                                   # the page is up: it shows the load's progress, runs wait for it
         server.get_engine(progress=lambda message: print(message, flush=True))
     except ValueError as exc:
+        demo.close()
         parser.exit(2, f"app.py: error: {exc}\n")
-    launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
     try:
         ENGINE_THREAD.serve_forever()      # the page's runs execute on the main thread (inference/serving/background.py)
     except KeyboardInterrupt:

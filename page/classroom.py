@@ -17,7 +17,9 @@ class ClassTab:
 
     def class_view(self) -> tuple:
         """The class view's figure and summary, now."""
-        snapshot = batch_server(self.server.get_engine()).snapshot()
+        if not self.server.ready:                # the page is up before the model: nothing to show yet
+            return gr.skip(), gr.skip()
+        snapshot = batch_server(self.server.engine).snapshot()
         return classroom.class_figure(snapshot), classroom.class_summary(snapshot)
 
     def build(self, other_tabs: list[Any]) -> None:

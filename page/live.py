@@ -57,6 +57,7 @@ class LiveTabParts:
     engine_choice: Any
     model: Any
     model_status: Any
+    status: Any
 
 
 class LiveTab:
@@ -142,7 +143,7 @@ class LiveTab:
             replay_button.click(replay, [trace_state, speed], outputs, api_name="replay", show_progress="hidden")
             export_button.click(export, [trace_state], files, api_name="export")
             upload.upload(load_trace, [upload], outputs, api_name="load")
-        return LiveTabParts(live_tab, engine_choice, model, model_status)
+        return LiveTabParts(live_tab, engine_choice, model, model_status, status)
 
     def run_generation(self, prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                        kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
@@ -173,7 +174,11 @@ class LiveTab:
         if remote:
             yield from self._run_remote(remote, prompt, cancel, max_new_tokens, temperature, top_p, seed)
             return
-        engine = self.server.get_engine()
+        waited = time.perf_counter()
+        while self.server.load_under_way:       # the page came up first: the model is still loading
+            yield _only(status=summary.loading_run_status_html(self.server.loading, time.perf_counter() - waited))
+            self.server.wait_for_load(1.0)
+        engine = self._engine()
         engine.ensure_warm()
         conversation = conversation if chat else None
         received = time.perf_counter()
@@ -199,6 +204,12 @@ class LiveTab:
         if quiet:
             note += " (a quiet run: the charts were drawn once it had ended, the text live)"
         yield from _finish(background, trace, seq, note)
+
+    def _engine(self) -> Engine:
+        try:
+            return self.server.get_engine()
+        except ValueError as exc:
+            raise gr.Error(f"The model could not be loaded: {exc}", print_exception=False) from None
 
     def _run_remote(self, name: str, prompt: str, cancel: CancelFlag, *form: Any) -> Iterator[tuple]:
         """A run on one of the operator's remote engines: its stream drawn as it arrives, measured here;

@@ -1,6 +1,7 @@
 """What one PhaseScope server holds, in one object handed to every tab: its configuration (a
 frozen ServerConfig, replaced whole by the flags or a model switch), the shared engine (loaded on
-first use), and what a ZeroGPU run asks for (learnt from the runs seen)."""
+first use, or at launch after the page is up: meanwhile the page says what the load is doing),
+and what a ZeroGPU run asks for (learnt from the runs seen)."""
 from __future__ import annotations
 
 import threading
@@ -26,6 +27,10 @@ class Server:
         self.config = config
         self.engine = engine                    # None until the first run (or launch) loads it
         self.gpu_budget = GpuBudget()
+        self.loading = ""                       # what the engine's load is doing now (its progress line)
+        self.load_error: str | None = None      # why the last load failed, where it did
+        self.load_under_way = False
+        self._load_ended = threading.Condition()
         self._engine_lock = threading.Lock()
 
     def get_engine(self, progress: Any = print) -> Engine:
@@ -34,9 +39,34 @@ class Server:
             if self.engine is None:
                 # On ZeroGPU the main process must not run the model: each worker warms its own copy.
                 config = self.config
-                self.engine = load_engine(config.model, config.device, config.dtype, progress,
-                                          warm_up=not config.zero_gpu)
+
+                def report(message: str) -> None:
+                    self.loading = message
+                    progress(message)
+
+                self.load_under_way, self.load_error = True, None
+                report(f"loading {config.model}")
+                try:
+                    self.engine = load_engine(config.model, config.device, config.dtype, report,
+                                              warm_up=not config.zero_gpu)
+                except Exception as exc:
+                    self.load_error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                    raise
+                finally:
+                    with self._load_ended:
+                        self.load_under_way = False
+                        self._load_ended.notify_all()
             return self.engine
+
+    @property
+    def ready(self) -> bool:
+        """The engine is loaded (runs need not wait)."""
+        return self.engine is not None
+
+    def wait_for_load(self, timeout: float) -> None:
+        """Return when no load is under way any more, or after `timeout` seconds."""
+        with self._load_ended:
+            self._load_ended.wait_for(lambda: not self.load_under_way, timeout)
 
     def gpu(self, fn: Callable[..., Any], duration: Callable[..., Any] | None = None) -> Callable[..., Any]:
         """On a ZeroGPU Space, `fn` runs in a forked worker that holds a GPU for `duration(*args)`
@@ -86,8 +116,26 @@ class Server:
         return self.engine_status()
 
     def engine_status(self) -> str:
-        engine = self.get_engine()
+        """The model box: what runs and why, or, while the engine loads, what the load is doing."""
+        if not self.ready:
+            return summary.loading_status_html(self.config.model, self.loading, self.load_error, self.load_under_way)
+        engine = self.engine
         return summary.model_status_html(engine.loaded.info, engine.device_info, engine.kernel_note)
+
+    def loading_tick(self) -> tuple:
+        """While the engine loads: the model box says what the load is doing; once it has ended, the
+        run's status line says whether runs may start, and the timer stops (a run already waiting
+        keeps its own status line meanwhile)."""
+        return self.engine_status(), gr.skip() if self.load_under_way else self.run_status(), \
+            gr.Timer(active=self.load_under_way)
+
+    def run_status(self) -> Any:
+        """The run's status line as the page opens, or as a load under way ends."""
+        if self.load_under_way:
+            return summary.loading_run_status_html()
+        if self.load_error is not None:
+            return summary.loading_status_html(self.config.model, "", self.load_error)
+        return summary.ready_status_html() if self.ready else gr.skip()
 
     def engine_choices(self) -> list[tuple[str, str]]:
         """Where a run may go: the embedded engine, or one of the operator's remote engines by name."""
@@ -100,4 +148,5 @@ class Server:
         config = self.config
         return (gr.Dropdown(choices=config.allowed_models, value=config.model, allow_custom_value=config.allow_any_model),
                 self.engine_status(),
-                gr.Dropdown(choices=self.engine_choices(), value="", visible=bool(config.remotes)))
+                gr.Dropdown(choices=self.engine_choices(), value="", visible=bool(config.remotes)),
+                self.run_status(), gr.Timer(active=self.load_under_way))

@@ -129,6 +129,32 @@ def model_status_html(model: ModelInfo, device: DeviceInfo, kernel_note: str = "
     return f'<div class="ps-status ps-done ps-engine">{html.escape(text)}{f"<ul>{items}</ul>" if items else ""}</div>'
 
 
+def loading_status_html(model: str, doing: str, error: str | None = None, under_way: bool = True) -> str:
+    """The model box before the engine is there: what its load is doing now, why it failed, or that
+    the first run will load it."""
+    if error:
+        return f'<div class="ps-status ps-error ps-engine">{html.escape(model)} could not be loaded: {html.escape(error)}</div>'
+    if not under_way:
+        return f'<div class="ps-status ps-engine">{html.escape(model)}: loaded by the first run</div>'
+    return (f'<div class="ps-status ps-prefill ps-engine">{html.escape(model)}: {html.escape(doing)}. Runs wait until '
+            "it is ready (a first start converts the weights and builds the kernel, once).</div>")
+
+
+def loading_run_status_html(doing: str = "", elapsed_s: float | None = None) -> str:
+    """The run's status line while the model loads: before a run (the page came up first), or while
+    a run waits for it (`doing`: what the load is doing; `elapsed_s`: how long the run has waited)."""
+    if elapsed_s is None:
+        return ('<div class="ps-status ps-prefill"><b>The model is loading</b> (a first start converts the weights '
+                "and builds the kernel, about a minute, once); you can press Run now: it starts when the model is "
+                "ready</div>")
+    return (f'<div class="ps-status ps-prefill">Waiting for the model to load ({html.escape(doing)}), '
+            f"{elapsed_s:.0f} s so far</div>")
+
+
+def ready_status_html() -> str:
+    return '<div class="ps-status ps-done">The model is ready: press Run</div>'
+
+
 def _precision(model: ModelInfo) -> str:
     return f"{model.weights} weights (computed in {model.dtype})" if model.weights else model.dtype
 
