@@ -19,6 +19,7 @@ def test_the_microbenchmark_measures_every_roof(monkeypatch) -> None:
         value = getattr(measured, name)
         assert math.isfinite(value) and value > 0, (name, value)
     assert measured.bf16_native == roofs.bf16_native()
+    assert 0.0 <= measured.waited <= 1.0, "how long its threads waited for a core, as a share of its time"
     if not measured.bf16_native:       # widened to float32: far from PyTorch's slow bfloat16 product
         assert measured.bf16_flops > measured.bf16_torch_flops
 
@@ -33,6 +34,18 @@ def test_the_roofs_are_read_from_the_cache_without_measuring(monkeypatch, tmp_pa
     assert roofs.cpu_roofs() == fake
     stored = json.loads(next(tmp_path.glob("cpu-roofs-*.json")).read_text())
     assert stored["key"] == roofs.cpu_key()
+
+
+def test_roofs_measured_on_a_crowded_machine_serve_this_start_only(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("PHASESCOPE_CACHE", str(tmp_path))
+    crowded = roofs.CpuRoofs(key=roofs.cpu_key(), name="cpu", threads=2, fp32_flops=5e10, bf16_flops=1e11,
+                             bytes_per_s=1e10, bf16_native=True, bf16_torch_flops=1e11, seconds=1.0, waited=0.45)
+    monkeypatch.setattr(roofs, "measure_cpu_roofs", lambda key: crowded)
+    assert roofs.cpu_roofs() == crowded and not list(tmp_path.glob("cpu-roofs-*.json")), "not kept"
+    quiet = dataclasses.replace(crowded, fp32_flops=1e11, bytes_per_s=2e10, waited=0.01)
+    monkeypatch.setattr(roofs, "measure_cpu_roofs", lambda key: quiet)
+    assert roofs.cpu_roofs() == quiet, "measured again at the next start"
+    assert list(tmp_path.glob("cpu-roofs-*.json")), "and kept, measured on a quiet machine"
 
 
 def test_the_cache_key_changes_with_what_decides_the_figures(monkeypatch) -> None:

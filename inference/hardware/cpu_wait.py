@@ -16,6 +16,9 @@ import os
 from pathlib import Path
 
 TASKS = Path("/proc/self/task")
+# A measurement whose threads waited for a core this share of its time or more was taken on a
+# crowded machine (a build, a test suite, a browser on the same cores): not one to keep.
+CROWDED = 0.2
 
 
 def _read(tasks: Path, tid: str) -> tuple[int, int] | None:

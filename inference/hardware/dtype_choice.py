@@ -16,12 +16,11 @@ from typing import Callable
 
 import torch
 
-from inference.hardware.device import DTYPES, dtype_named
 from inference.disk_cache import cached_per_key
+from inference.hardware.cpu_wait import CROWDED
+from inference.hardware.device import DTYPES, dtype_named
 
 TRIAL_NEW_TOKENS = 64
-# A trial run that waited for a core this share of its time was measured on a crowded machine.
-CROWDED = 0.2
 Progress = Callable[[str], None]
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.disk_cache import cached_per_key
+from inference.hardware.cpu_wait import CROWDED, CpuWait
 
 PROBE_SECONDS = 0.15          # one call of a grown probe takes about this long
 _ROOFS_VERSION = 2            # bump when what a probe measures changes
@@ -40,6 +41,7 @@ class CpuRoofs:
     bf16_native: bool            # the CPU has bfloat16 arithmetic that PyTorch uses (see bf16_native())
     bf16_torch_flops: float      # PyTorch's own bfloat16 product (what the engine avoids if not native)
     seconds: float               # how long the measurement took
+    waited: float = 0.0          # the share of it its threads waited for a core (other programs)
 
     def flops(self, dtype: torch.dtype) -> float:
         return self.bf16_flops if dtype == torch.bfloat16 else self.fp32_flops
@@ -94,22 +96,29 @@ def prefill_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def cpu_roofs() -> CpuRoofs:
-    """Measured once per `cpu_key`, then read from disk."""
+    """Measured once per `cpu_key`, then read from disk; roofs measured on a crowded machine (their
+    threads waited for a core CROWDED of the time or more) serve this start only."""
     key = cpu_key()
-    return cached_per_key("cpu-roofs", key, CpuRoofs, lambda: measure_cpu_roofs(key))
+    return cached_per_key("cpu-roofs", key, CpuRoofs, lambda: measure_cpu_roofs(key),
+                          keep=lambda roofs: roofs.waited < CROWDED)
 
 
 def measure_cpu_roofs(key: str = "") -> CpuRoofs:
     start = time.perf_counter()
+    wait = CpuWait(discovering=1)          # the threads that ran the probes, and how long they waited
+    wait.start()
     native = bf16_native()
     fp32 = product_flops(torch.float32, native_bf16=True)
     # PyTorch's own bfloat16 product, for the page's explanation; short where it is not native.
     bf16_torch = product_flops(torch.bfloat16, native_bf16=True, target_s=PROBE_SECONDS if native else PROBE_SECONDS / 4)
     bf16 = bf16_torch if native else product_flops(torch.bfloat16, native_bf16=False)
     threads = torch.get_num_threads()
+    bandwidth = memory_bytes_per_s()
+    seconds = time.perf_counter() - start
+    waited_ms = wait.finish(seconds * 1e3)
     return CpuRoofs(key=key or cpu_key(), name=f"{cpu_name()} ({threads} threads)", threads=threads,
-                    fp32_flops=fp32, bf16_flops=bf16, bytes_per_s=memory_bytes_per_s(), bf16_native=native,
-                    bf16_torch_flops=bf16_torch, seconds=time.perf_counter() - start)
+                    fp32_flops=fp32, bf16_flops=bf16, bytes_per_s=bandwidth, bf16_native=native,
+                    bf16_torch_flops=bf16_torch, seconds=seconds, waited=(waited_ms or 0.0) / (seconds * 1e3))
 
 
 def product_flops(dtype: torch.dtype, native_bf16: bool, target_s: float = PROBE_SECONDS) -> float:
