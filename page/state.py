@@ -126,16 +126,19 @@ class Server:
         """While the engine loads: the model box says what the load is doing; once it has ended, the
         run's status line says whether runs may start, and the timer stops (a run already waiting
         keeps its own status line meanwhile)."""
-        return self.engine_status(), gr.skip() if self.load_under_way else self.run_status(), \
-            gr.Timer(active=self.load_under_way)
+        if self.load_under_way:
+            return self.engine_status(), gr.skip(), gr.Timer(active=True)
+        line = summary.ready_status_html() if self.ready else self.run_status()
+        return self.engine_status(), line, gr.Timer(active=False)
 
     def run_status(self) -> Any:
-        """The run's status line as the page opens, or as a load under way ends."""
+        """The run's status line as the page opens: that the model is loading, or why it could not
+        be loaded (left alone otherwise)."""
         if self.load_under_way:
             return summary.loading_run_status_html()
         if self.load_error is not None:
             return summary.loading_status_html(self.config.model, "", self.load_error)
-        return summary.ready_status_html() if self.ready else gr.skip()
+        return gr.skip()
 
     def engine_choices(self) -> list[tuple[str, str]]:
         """Where a run may go: the embedded engine, or one of the operator's remote engines by name."""

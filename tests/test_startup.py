@@ -54,6 +54,8 @@ def test_while_the_model_loads_the_page_says_so_and_a_run_waits_for_it(monkeypat
     assert "Done" in final[1] and final[3], "once loaded, the run goes on and answers"
     status, line, timer = server.loading_tick()
     assert "SmolLM2" in status and "ready" in line and not timer.active, "the model, runs may start, the timer stops"
+    assert "ps-done" not in line, "the ready line is not a run's end (the page's tests wait for that class)"
+    assert not isinstance(server.run_status(), str), "a page opened now gets an empty status line, as before"
 
 
 def test_a_load_that_fails_is_a_message_for_the_page_and_the_run(monkeypatch) -> None:

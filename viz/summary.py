@@ -152,7 +152,8 @@ def loading_run_status_html(doing: str = "", elapsed_s: float | None = None) -> 
 
 
 def ready_status_html() -> str:
-    return '<div class="ps-status ps-done">The model is ready: press Run</div>'
+    """The run's status line once a load the page waited for has ended (not a run's end: no ps-done)."""
+    return '<div class="ps-status">The model is ready: press Run</div>'
 
 
 def _precision(model: ModelInfo) -> str:
