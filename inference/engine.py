@@ -112,8 +112,7 @@ class GenerationRun:
 
     def trace(self) -> Trace:
         return self.engine.trace_of(self.prompt_ids, self.settings, self.steps, self.stop_reason, self.prompt,
-                                    reused_tokens=self.reused_tokens, why=self.why,
-                                    cpu_wait_measured=self.instrument and self.engine.measures_cpu_wait)
+                                    reused_tokens=self.reused_tokens, why=self.why, instrumented=self.instrument)
 
     @property
     def cached_prefix(self) -> CachedPrefix | None:
@@ -283,13 +282,14 @@ class Engine:
 
     def trace_of(self, prompt_ids: list[int], settings: GenerationSettings, steps: list[Step],
                  stop_reason: StopReason | None, prompt: str, serving: str = "solo", reused_tokens: int = 0,
-                 why: str = "", cpu_wait_measured: bool = False) -> Trace:
-        """A run's trace so far (a run without a stop reason yet reads as cancelled)."""
+                 why: str = "", instrumented: bool = True) -> Trace:
+        """A run's trace so far (a run without a stop reason yet reads as cancelled). Its steps'
+        waits for a core are measured where the run was `instrumented` on an engine that counts them."""
         return Trace(model=self.loaded.info, device=self.device_info, settings=settings,
                      prompt_tokens=len(prompt_ids), steps=tuple(steps),
                      summary=Summary.of(steps, settings.batch_size, stop_reason or "cancelled"), prompt=prompt,
                      serving=serving, reused_tokens=reused_tokens, serving_why=why,
-                     cpu_wait_measured=cpu_wait_measured)
+                     cpu_wait_measured=instrumented and self.measures_cpu_wait)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         limit = self.loaded.info.max_context

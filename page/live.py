@@ -28,7 +28,7 @@ from inference.serving.background import CancelFlag, ReplayRun, WatchedRun
 from inference.serving.batching import batch_server
 from inference.serving.door import Plan, prepare, start
 from inference.settings import GenerationSettings
-from inference.trace import Step, Trace, read_trace, steps_csv
+from inference.trace import Step, Trace, cpu_wait_share, read_trace, steps_csv
 from inference.trace.perfetto import to_chrome_trace_json
 from page.state import Server
 from viz import live, summary
@@ -189,7 +189,7 @@ class LiveTab:
         cancel.clear()
         seq = itertools.count()
         # Draw the empty charts before the engine starts, so that work never competes with prefill.
-        empty = engine.trace_of(ids, settings, [], None, prompt, cpu_wait_measured=engine.measures_cpu_wait)
+        empty = engine.trace_of(ids, settings, [], None, prompt)
         yield _outputs(live.full_message(empty, next(seq), lazy=True),
                        summary.prefill_status_html(len(ids), 0, engine.loaded.info.layers, 0.0), empty)
         background = self._start(engine, plan, cancel)
@@ -345,9 +345,7 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
 
 def crowded(steps: list[Step], recent: int = 8) -> bool:
     """Whether the newest decode steps waited for a core for WAIT_WORTH_SAYING of their time or more."""
-    last = [s for s in steps[-recent:] if s.phase == "decode"]
-    total = sum(s.ms for s in last)
-    return bool(total) and sum(s.cpu_wait_ms for s in last) / total >= WAIT_WORTH_SAYING
+    return cpu_wait_share([s for s in steps[-recent:] if s.phase == "decode"]) >= WAIT_WORTH_SAYING
 
 
 def _ttft_parts(background: WatchedRun, trace: Trace, tokenizing: tuple[float, float]) -> dict:

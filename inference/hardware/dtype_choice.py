@@ -83,6 +83,7 @@ def _timed_run(dtype: torch.dtype, progress: Progress) -> tuple[float, float, fl
     from inference.model.loading import DEFAULT_MODEL, load_model
     from inference.prompts import DEFAULT_PROMPT, chat_prompt_ids
     from inference.settings import GenerationSettings
+    from inference.trace import cpu_wait_share
 
     engine = Engine(load_model(DEFAULT_MODEL, "cpu", dtype, progress))
     engine.warm_up()
@@ -90,5 +91,5 @@ def _timed_run(dtype: torch.dtype, progress: Progress) -> tuple[float, float, fl
     start = time.perf_counter()
     trace = engine.generate(ids, GenerationSettings(max_new_tokens=TRIAL_NEW_TOKENS), stop_at_eos=False).run_to_end()
     seconds = time.perf_counter() - start
-    waited = sum(s.cpu_wait_ms for s in trace.steps) / sum(s.ms for s in trace.steps) if trace.cpu_wait_measured else 0.0
+    waited = cpu_wait_share(trace.steps) if trace.cpu_wait_measured else 0.0
     return seconds, trace.summary.ttft_ms, trace.summary.decode_ms_median, waited

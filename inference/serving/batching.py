@@ -78,8 +78,7 @@ class BatchRun(WatchedRun):
 
     def trace(self) -> Trace:
         return self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
-                                           self.prompt, serving="batched", why=self.why,
-                                           cpu_wait_measured=self.server.engine.measures_cpu_wait)
+                                           self.prompt, serving="batched", why=self.why)
 
     def span(self) -> RunSpan:
         return RunSpan(self.started, self.prefill_start, self.prefill_end, self.ended, len(self.steps))

@@ -175,10 +175,9 @@ class Trace:
     def decode_cpu_wait_share(self) -> float | None:
         """The share of decode's time its threads spent waiting for a core (None: not measured)."""
         decode = self.decode_steps
-        total = sum(s.ms for s in decode)
-        if not self.cpu_wait_measured or not total:
+        if not self.cpu_wait_measured or not sum(s.ms for s in decode):
             return None
-        return min(1.0, sum(s.cpu_wait_ms for s in decode) / total)
+        return cpu_wait_share(decode)
 
     @property
     def decode_bytes_per_s(self) -> float:
@@ -219,6 +218,12 @@ class ClassSnapshot:
     window_s: float
     runs: tuple[RunSpan, ...]
     steps: tuple[tuple[float, int], ...]
+
+
+def cpu_wait_share(steps: list[Step] | tuple[Step, ...]) -> float:
+    """The share of these steps' time their threads spent waiting for a core (0 for no time)."""
+    total = sum(s.ms for s in steps)
+    return min(1.0, sum(s.cpu_wait_ms for s in steps) / total) if total else 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
