@@ -138,8 +138,6 @@ def _latency_overlay(trace: Trace) -> dict[str, Any]:
 
 # Decode rhythm: the distribution of inter-token latencies -----------------------------------------
 
-
-
 def _rhythm_base(trace: Trace) -> go.Figure:
     fig = go.Figure([go.Histogram(name="decode steps", x=[], marker=dict(color=DECODE), opacity=0.85,
                                   hovertemplate="%{x} ms: %{y} steps<extra></extra>")])
@@ -282,7 +280,7 @@ def _roofline_columns(trace: Trace, start: int) -> Columns:
     point = lambda phase: {"x": [s.intensity for s in steps if s.phase == phase],
                            "y": [s.achieved_flops / 1e9 for s in steps if s.phase == phase]}
     columns = {0: point("prefill"), 1: point("decode")}
-    if trace.cpu_wait_measured:       # a step that waited for a core at all, by its time on one
+    if trace.cpu_wait_measured:       # a step that waited ON_CORE_SHOWN of its time or more, by its time on a core
         waited = [s for s in steps if s.phase == "decode" and s.cpu_wait_ms >= ON_CORE_SHOWN * s.ms and s.ms > s.cpu_wait_ms]
         columns[3] = {"x": [s.intensity for s in waited], "y": [s.flops / (s.ms - s.cpu_wait_ms) / 1e6 for s in waited]}
     return columns
