@@ -29,7 +29,7 @@ class DtypeChoice:
     key: str
     dtype: str
     reason: str
-    settled: bool = True      # measured on a quiet machine: kept for later starts
+    waited: float = 0.0       # the largest share of a trial run's time spent waiting for a core
 
 
 def choose_dtype(name: str, device: torch.device, progress: Progress = lambda _: None) -> tuple[torch.dtype, str]:
@@ -49,7 +49,8 @@ def cpu_dtype_choice(progress: Progress = lambda _: None) -> DtypeChoice:
     from inference.kernels.build import library_path
 
     key = f"{cpu_key()}|kernel {library_path().name}"
-    return cached_per_key("dtype-choice", key, DtypeChoice, lambda: _trial(key, progress), keep=lambda c: c.settled)
+    return cached_per_key("dtype-choice", key, DtypeChoice, lambda: _trial(key, progress),
+                          keep=lambda choice: choice.waited < CROWDED)
 
 
 def _trial(key: str, progress: Progress) -> DtypeChoice:
@@ -73,7 +74,7 @@ def _trial(key: str, progress: Progress) -> DtypeChoice:
             "for this start only, measured again at the next")
     return DtypeChoice(key, winner, f"auto: {winner} answered the default prompt with {TRIAL_NEW_TOKENS} new tokens "
                                     f"{runs[loser][0] / runs[winner][0]:.2f}x as fast as {loser} on this CPU "
-                                    f"({'; '.join(parts)}; {when})", settled=waited < CROWDED)
+                                    f"({'; '.join(parts)}; {when})", waited)
 
 
 def _timed_run(dtype: torch.dtype, progress: Progress) -> tuple[float, float, float, float]:
