@@ -12,3 +12,14 @@ BATCH_PROMPT_TOKENS, BATCH_NEW_TOKENS = 32, 12
 DTYPES_COMPARED = ("float32", "bfloat16", "int8", "q4_1")
 DTYPE_PROMPT_TOKENS, DTYPE_NEW_TOKENS = 32, 24
 CHUNK_LONG_PROMPT, CHUNK_SIZE, CHUNK_STREAMS = 1024, 128, 4   # chunked prefill: the long prompt, a chunk, streams
+# Speculative decoding: k drafted tokens per check (a check passes k + 1 tokens: 2, 4, 8, 16, whole
+# blocks of the kernel's rows), new tokens per run, and two prompts, one whose answer repeats its
+# input and one whose answer does not.
+SPECULATE_DRAFT_TOKENS = (1, 3, 7, 15)
+SPECULATE_NEW_TOKENS = 64
+SPECULATE_PROMPTS = (
+    ("repeats its input", "Rename the function add to plus in this code and print the whole code:\n"
+                          "def add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return a * b\n\n"
+                          "def sub(a, b):\n    return a - b\n"),
+    ("new text", "Explain in three sentences why the sky is blue."),
+)

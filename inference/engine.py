@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import threading
 import time
@@ -23,12 +24,13 @@ from inference.hardware.cpu_wait import measurable
 from inference.hardware.device import device_info
 from inference.hardware.roofs import bf16_native
 from inference.kernels.build import build_error, kernel_module
-from inference.kernels.fast_path import fast_forwards
+from inference.kernels.fast_path import FusedStack, fast_forwards
 from inference.model.attention_map import AttentionRecorder, attention_modules, recording_attention
-from inference.model.kv_cache import cache_of, forward, keep_first
+from inference.model.kv_cache import cache_of, decodable_in_place, forward, keep_first
 from inference.model.loading import LoadedModel
 from inference.rows import RowState
 from inference.settings import GenerationSettings
+from inference.speculative import Draft, DraftModel, lookup_draft, verify
 from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import DeviceInfo, StopReason, Step, Summary, Trace
 
@@ -69,6 +71,10 @@ def shared_prefix(a: tuple[int, ...] | list[int], b: list[int]) -> int:
     return n
 
 
+# A speculative run's first decode steps are plain: the yardstick its checks' cost is told against.
+YARDSTICK_STEPS = 2
+
+
 class GenerationRun:
     """One generation: iterate it for Step records; afterwards `stop_reason` and `trace()`, and
     `cached_prefix` for a conversation's next turn."""
@@ -94,6 +100,7 @@ class GenerationRun:
         self.reused_tokens = 0
         self._held: tuple[torch.Tensor, Any] | None = None     # (sequence, cache) after the latest step
         self._attention: AttentionRecorder | None = None        # with settings.attention_map
+        self._stack: FusedStack | None = None                   # the fused decode kernel, on the fast path
         self._steps_iter = self._run()
 
     def __iter__(self) -> Iterator[Step]:
@@ -128,36 +135,79 @@ class GenerationRun:
         model = engine.loaded.model
         with engine.lock, torch.inference_mode(), \
                 LayerTimer(model, engine.loaded.info.layers, engine.loaded.device, self.instrument, self.cancel) as timer, \
-                engine.fast_path(settings, timer), \
+                engine.fast_path(settings, timer) as stack, \
                 (recording_attention(model) if settings.attention_map else contextlib.nullcontext()) as attention:
             self.timer = timer
+            self._stack = stack
             self._attention = attention
             self.prefill_start = time.perf_counter()
             rows = RowState(model, engine.loaded.tokenizer, settings, engine.loaded.device, self.stop_at_eos)
             # (B, S): B identical copies of the prompt step together.
             sequence = torch.tensor([self.prompt_ids] * settings.batch_size, device=engine.loaded.device)
             cache = self._reused_cache()
-            for index in range(settings.max_new_tokens):
+            for index in itertools.count():
                 if index > 0 and self.cancel.is_set():
                     self.stop_reason = "cancelled"
                     return
                 timer.start_step()
+                draft = self._draft(index, sequence, rows)
                 try:
-                    logits, cache = self._forward(index, sequence, cache)
+                    if draft is not None and draft.tokens:
+                        step = self._check(index, draft, sequence, cache, rows, timer)
+                    else:
+                        logits, cache = self._forward(index, sequence, cache)
+                        tokens = rows.sample(logits)                                     # (B,)
+                        step = self._take(rows, index, tokens, timer.finish_step(), sequence.shape[1], cache)
                 except RunCancelled:          # Stop pressed in the middle of a forward pass
                     self.stop_reason = "cancelled"
                     return
-                tokens = rows.sample(logits)                                     # (B,)
-                times = timer.finish_step()
-                step = self._take(rows, index, tokens, times, sequence.shape[1], cache)
-                sequence = torch.cat([sequence, rows.tokens[:, None]], dim=1)
-                self.batch_tokens.append(rows.tokens.tolist())
+                new = torch.tensor([list(step.output_ids)], device=sequence.device) if step.token_ids \
+                    else rows.tokens[:, None]
+                sequence = torch.cat([sequence, new], dim=1)
+                self.batch_tokens.extend([[t] for t in step.output_ids] if step.token_ids else [rows.tokens.tolist()])
                 self.steps.append(step)
                 self._held = (sequence, cache) if cache is not None else None
                 yield step
                 if rows.stop:
                     self.stop_reason = rows.stop
                     return
+
+    def _draft(self, index: int, sequence: torch.Tensor, rows: RowState) -> Draft | None:
+        """With speculative decoding, after the prefill: this step's drafts (maybe none); else None."""
+        settings = self.settings
+        if not settings.speculate or index == 0:
+            return None
+        if index <= YARDSTICK_STEPS:
+            return Draft([])
+        room = settings.max_new_tokens - rows.tokens_made - 1      # the model adds one token of its own
+        k = min(settings.draft_tokens, room)
+        if k < 1:
+            return Draft([])
+        ids = sequence[0].tolist()
+        if settings.speculate == "lookup":
+            return Draft(lookup_draft(ids, settings.lookup_ngram, k))
+        return self.engine.draft_model_for(settings).propose(ids, k, settings, rows.generator)
+
+    def _check(self, index: int, draft: Draft, sequence: torch.Tensor, cache: Any, rows: RowState,
+               timer: LayerTimer) -> Step:
+        """One forward pass over the newest token and the d drafts on top of the cache; the kept
+        drafts stay in it, the rest are cut off."""
+        d, held = len(draft.tokens), sequence.shape[1] - 1         # the cache holds all but the newest
+        fed = torch.cat([sequence[:, -1:], torch.tensor([draft.tokens], device=sequence.device)], dim=1)
+        model = self.engine.loaded.model
+        stack = self._stack
+        if stack is not None and stack.fits(d + 1) and decodable_in_place(cache, len(stack.weights), 1):
+            logits = model.lm_head(stack.check(fed, cache))[0]
+        else:
+            logits = forward(model, fed, cache, use_cache=True, logits_to_keep=d + 1).logits[0]
+        kept, bonus = verify(logits, draft, self.settings, rows.generator)
+        keep_first(cache, held + 1 + kept)
+        times = timer.finish_step()
+        context_len = sequence.shape[1] + d
+        blocks = self.settings.kernel == "fast" and self.engine.reads_blocks(d + 1)
+        cost = step_cost(self.engine.loaded.info, 1, d + 1, context_len - d - 1, blocks)
+        return rows.take_several(draft.tokens[:kept] + [bonus], times, cost, cache, d + 1, context_len, draft.tokens,
+                                 kept)
 
     def _reused_cache(self) -> Any:
         """The previous turn's cache, cut to the prefix this prompt shares with it (at least one
@@ -212,6 +262,24 @@ class Engine:
         self.lock = threading.Lock()
         self._warm_in: int | None = None          # the process whose first forward pass warm_up paid for
         self._cpu_wait_measurable = measurable()
+        self.draft_model: DraftModel | None = None   # the operator's small model for speculate="draft"
+
+    def set_draft_model(self, model: nn.Module, tokenizer: Any, name: str = "draft model") -> None:
+        """Load a draft model beside the main one (ValueError unless it reads the same tokens)."""
+        draft = DraftModel(model, tokenizer, name)
+        draft.check_tokenizer(self.loaded.tokenizer)
+        ours, theirs = self.loaded.model.get_output_embeddings(), model.get_output_embeddings()
+        if ours.weight.shape[0] != theirs.weight.shape[0]:
+            raise ValueError(f"the {name} scores {theirs.weight.shape[0]:,} tokens and the main model "
+                             f"{ours.weight.shape[0]:,}: a draft model must share the vocabulary")
+        self.draft_model = draft
+
+    def draft_model_for(self, settings: GenerationSettings) -> DraftModel:
+        """The draft model a run with speculate="draft" uses (ValueError where none was loaded)."""
+        if self.draft_model is None:
+            raise ValueError("speculate=draft needs a draft model, and none was loaded here "
+                             "(the command line's --draft-model); speculate=lookup needs none")
+        return self.draft_model
 
     @property
     def measures_cpu_wait(self) -> bool:
@@ -261,6 +329,8 @@ class Engine:
         self.check_fits(len(prompt_ids), settings.max_new_tokens)
         if settings.attention_map:
             attention_modules(self.loaded.model)          # ValueError now, for a model it cannot record
+        if settings.speculate == "draft":
+            self.draft_model_for(settings)                # ValueError now, where none was loaded
         return GenerationRun(self, list(prompt_ids), self.as_run(settings), cancel, instrument, prompt, stop_at_eos,
                              reuse, why)
 

@@ -68,6 +68,7 @@ class RowState:
         self.finished = torch.zeros(settings.batch_size, dtype=torch.bool, device=device)
         self.tokens: torch.Tensor | None = None       # (B,) each row's newest token
         self.steps_taken = 0
+        self.tokens_made = 0                          # per row: a check step of speculative decoding makes several
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits -> (B,) next tokens, by the run's own settings and seed."""
@@ -84,6 +85,7 @@ class RowState:
         text = self.stream.push(token)
         self.finished |= torch.isin(self.tokens, self.eos)
         index, self.steps_taken = self.steps_taken, self.steps_taken + 1
+        self.tokens_made += 1
         return Step(
             phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
             context_len=context_len, ms=times.ms + waited_ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
@@ -92,13 +94,35 @@ class RowState:
             token_id=token, text=text, batch_rows=batch_rows, foreign_prefill_tokens=foreign_prefill_tokens,
             waited_ms=waited_ms, attention=attention)
 
+    def take_several(self, ids: list[int], times: StepTimes, cost: StepCost, cache: Any, tokens_in: int,
+                     context_len: int, draft: list[int], accepted: int) -> Step:
+        """A check step of speculative decoding on one row: it made `ids` (the kept drafts and the
+        model's next token), cut at the end of text and at the tokens asked for."""
+        ids = ids[:self.settings.max_new_tokens - self.tokens_made]
+        for n, token in enumerate(ids):
+            if token in self.eos.tolist():
+                ids = ids[:n + 1]
+                break
+        text = "".join(self.stream.push(token) for token in ids)
+        self.tokens = torch.tensor(ids[-1:], device=self.finished.device)
+        self.finished |= torch.isin(self.tokens, self.eos)
+        index, self.steps_taken = self.steps_taken, self.steps_taken + 1
+        self.tokens_made += len(ids)
+        return Step(
+            phase="decode", index=index, tokens_in=tokens_in, context_len=context_len, ms=times.ms,
+            layer_ms=times.layer_ms, attn_ms=times.attn_ms, mlp_ms=times.mlp_ms,
+            other_ms=max(0.0, times.ms - sum(times.layer_ms)), cpu_wait_ms=times.cpu_wait_ms or 0.0,
+            kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes, token_id=ids[-1], text=text,
+            batch_rows=1, tokens_out=len(ids), drafted=len(draft), accepted=min(accepted, len(ids)),
+            token_ids=tuple(ids) if len(ids) > 1 else (), draft_ids=tuple(draft))
+
     @property
     def stop(self) -> StopReason | None:
         """Why the run ends after the steps taken: every row wrote its end of text ("eos"), or it has
         all the tokens asked for ("length"); None while it goes on."""
         if bool(self.finished.all()):
             return "eos"
-        return "length" if self.steps_taken == self.settings.max_new_tokens else None
+        return "length" if self.tokens_made >= self.settings.max_new_tokens else None
 
 
 def eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:

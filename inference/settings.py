@@ -17,6 +17,11 @@ KERNELS = ("fast", "eager")
 # matrices as llama.cpp's blocks for the CPU decode kernel (inference/kernels/quantize.py).
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "int8", "q4_1")
+# Speculative decoding (inference/speculative.py): "" plain decode; "lookup" drafts from the text
+# so far (prompt lookup); "draft" from a smaller model the operator loaded beside the main one.
+SPECULATE = ("", "lookup", "draft")
+MAX_DRAFT_TOKENS = 16
+MAX_LOOKUP_NGRAM = 8
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,9 @@ class GenerationSettings:
     seed: int = 0
     kernel: str = "fast"            # "fast": multi-core decode kernel where available; "eager": plain PyTorch
     attention_map: bool = False     # record each step's attention weights (runs eager attention: slower)
+    speculate: str = ""             # "", "lookup" or "draft" (SPECULATE)
+    draft_tokens: int = 4           # k: tokens drafted, then checked in one forward pass
+    lookup_ngram: int = 3           # n: the longest run of last tokens that prompt lookup matches
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
@@ -44,6 +52,18 @@ class GenerationSettings:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         if self.top_p == 0.0:
             raise ValueError("top_p must be above 0 (it is the share of probability kept), got 0")
+        if self.speculate not in SPECULATE:
+            raise ValueError(f"speculate must be one of off, lookup, draft, got {self.speculate!r}")
+        _check_int("draft_tokens", self.draft_tokens, 1, MAX_DRAFT_TOKENS)
+        _check_int("lookup_ngram", self.lookup_ngram, 1, MAX_LOOKUP_NGRAM)
+        if self.speculate:
+            if not self.kv_cache:
+                raise ValueError("speculative decoding needs the KV cache: rejected drafts are cut from it")
+            if self.batch_size != 1:
+                raise ValueError(f"speculative decoding runs one sequence, got batch_size {self.batch_size}")
+            if self.attention_map:
+                raise ValueError("speculative decoding and the attention map do not go together "
+                                 "(a check step has several newest tokens)")
 
     @property
     def greedy(self) -> bool:
@@ -51,12 +71,15 @@ class GenerationSettings:
 
     @classmethod
     def from_form(cls, max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any, kv_cache: Any,
-                  batch_size: Any, kernel: Any = "fast", attention_map: Any = False) -> GenerationSettings:
+                  batch_size: Any, kernel: Any = "fast", attention_map: Any = False, speculate: Any = "",
+                  draft_tokens: Any = 4) -> GenerationSettings:
         """Settings from a form or an API call, where numbers may come as floats or strings
         ("64", 64.0): whole numbers are accepted as such; anything else raises ValueError."""
         return cls(max_new_tokens=_whole("max_new_tokens", max_new_tokens), temperature=_real("temperature", temperature),
                    top_p=_real("top_p", top_p), seed=_whole("seed", seed), kv_cache=kv_cache,
-                   batch_size=_whole("batch_size", batch_size), kernel=kernel, attention_map=attention_map)
+                   batch_size=_whole("batch_size", batch_size), kernel=kernel, attention_map=attention_map,
+                   speculate="" if speculate in (None, "off") else speculate,
+                   draft_tokens=_whole("draft_tokens", draft_tokens))
 
 
 def _real(name: str, value: Any) -> float:

@@ -34,6 +34,7 @@ class ExperimentsTab:
         self.experiment_batch = server.gpu(self.experiment_batch)
         self.experiment_dtype = server.gpu(self.experiment_dtype)
         self.experiment_chunks = server.gpu(self.experiment_chunks)
+        self.experiment_speculate = server.gpu(self.experiment_speculate)
 
     def build(self, trace_state: gr.State, claims: gr.State, engine_choice: gr.Dropdown) -> Any:
         """One sub-tab per claim; each button measures on the model in front of the student (the
@@ -97,7 +98,17 @@ class ExperimentsTab:
                     streams = gr.Slider(1, 8, value=D.CHUNK_STREAMS, step=1, label="streaming runs")
                     button = gr.Button("Let the long prompt in", variant="primary")
                     measured_by(button, self.experiment_chunks, [long_prompt, chunk_size, streams], "chunks")
-                with gr.Tab("7 · Big models"):
+                with gr.Tab("7 · Speculative decoding"):
+                    gr.Markdown("Two prompts, one whose answer repeats its input and one whose answer does not, each "
+                                "with prompt lookup (drafts: the tokens that followed the last earlier match of the "
+                                "text's last few tokens) at several k, each right after a plain run of the same "
+                                "prompt. A check passes the newest token and its k drafts through the model at once; "
+                                "the model keeps the drafts it would have written itself (greedy: the same tokens).")
+                    draft_ks = gr.CheckboxGroup([1, 2, 3, 4, 7, 8, 15], value=list(D.SPECULATE_DRAFT_TOKENS),
+                                                label="k (drafted tokens per check)")
+                    button = gr.Button("Race speculation against plain decode", variant="primary")
+                    measured_by(button, self.experiment_speculate, [draft_ks], "speculate")
+                with gr.Tab("8 · Big models"):
                     gr.Markdown("What the same arithmetic predicts for large models on large GPUs: **estimates** from"
                                 " public configs and datasheet peaks, not measurements.")
                     models = gr.CheckboxGroup(list(PRESETS), value=["Llama-3.1-8B", "Llama-3.1-70B"], label="models")
@@ -172,6 +183,12 @@ class ExperimentsTab:
         sizes = int(long_prompt), int(chunk), int(streams)
         return self._experiment("chunks", lambda p: experiments.run_chunked_prefill(engine, *sizes, p),
                                 viz_experiments.chunk_figure, claims, progress)
+
+    def experiment_speculate(self, ks: list, claims: dict, progress: gr.Progress = gr.Progress()) -> tuple:
+        ks = at_least_two(ks, "values of k")
+        engine = self.server.get_engine()
+        return self._experiment("speculate", lambda p: experiments.run_speculation(engine, ks, progress=p),
+                                viz_experiments.speculation_figure, claims, progress)
 
     def explain_roofline(self, trace_json: str | None, claims: dict) -> tuple:
         if not trace_json:

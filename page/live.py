@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import plotly
@@ -115,6 +115,13 @@ class LiveTab:
                         quiet = gr.Checkbox(False, elem_id="ps-quiet",
                                             label="Quiet run: the text live, the charts once it ends (clean "
                                                   "figures on a small machine, where drawing takes the cores)")
+                        with gr.Row():
+                            speculate = gr.Radio([("off", "off"), ("prompt lookup", "lookup")], value="off",
+                                                 elem_id="ps-speculate", scale=2,
+                                                 label="Speculative decoding: draft tokens from the text so far, "
+                                                       "check them in one pass (runs alone)")
+                            draft_tokens = gr.Slider(1, 16, value=4, step=1, label="Drafted tokens per check (k)",
+                                                     elem_id="ps-draft-tokens", scale=1)
                     with gr.Accordion("Replay, export, load", open=False, elem_id="ps-replay-box"):
                         speed = gr.Slider(0.1, 1.0, value=0.5, step=0.1, label="Replay speed (x real time)",
                                           elem_id="ps-speed")
@@ -128,7 +135,7 @@ class LiveTab:
                                         head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>')
             outputs = [dashboard, status, headline, text, trace_state]
             run_inputs = [prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel, kernel,
-                          chat, forget, conversation, engine_choice, attention, quiet]
+                          chat, forget, conversation, engine_choice, attention, quiet, speculate, draft_tokens]
             # Up to a full batch of runs at once (they share decode steps, inference/serving/batching.py), or one
             # at a time in solo mode: the limit is the queue's default, set at launch from the config.
             # The page's own status line says what a run is doing: Gradio's progress overlays and
@@ -148,13 +155,15 @@ class LiveTab:
     def run_generation(self, prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                        kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
                        chat: bool = False, forget: bool = False, conversation: Conversation | None = None,
-                       remote: str = "", attention: bool = False, quiet: bool = False) -> Iterator[tuple]:
+                       remote: str = "", attention: bool = False, quiet: bool = False, speculate: str = "off",
+                       draft_tokens: float = 4) -> Iterator[tuple]:
         """One run's updates (see _run_generation). On ZeroGPU the run happens in a GPU worker; its
         finished trace and the worker's start teach the next calls what to ask for."""
         called, first_update, final = time.perf_counter(), None, None
         # closing(): a closed tab closes this generator, and with it the run's, at once.
         updates = self._run_generation(prompt, max_new_tokens, temperature, top_p, seed, kv_cache, batch_size, cancel,
-                                       kernel, chat, forget, conversation, remote, attention, quiet)
+                                       kernel, chat, forget, conversation, remote, attention, quiet, speculate,
+                                       draft_tokens)
         with contextlib.closing(updates):
             for update in updates:
                 first_update = first_update or time.perf_counter() - called
@@ -166,7 +175,8 @@ class LiveTab:
     def _run_generation(self, prompt: str, max_new_tokens: float, temperature: float, top_p: float, seed: float,
                         kv_cache: bool, batch_size: float, cancel: CancelFlag, kernel: str = "fast",
                         chat: bool = False, forget: bool = False, conversation: Conversation | None = None,
-                        remote: str = "", attention: bool = False, quiet: bool = False) -> Iterator[tuple]:
+                        remote: str = "", attention: bool = False, quiet: bool = False, speculate: str = "off",
+                        draft_tokens: float = 4) -> Iterator[tuple]:
         """Stream one run: the engine works on its own thread; this loop draws at UPDATES_PER_S. With
         `chat`, the prompt continues the session's conversation, reusing its cache unless `forget`.
         With `remote` (one of the operator's endpoint names), the run goes to that serving engine.
@@ -183,7 +193,7 @@ class LiveTab:
         conversation = conversation if chat else None
         received = time.perf_counter()
         settings, ids = _prompt_and_settings(engine, prompt, conversation, max_new_tokens, temperature, top_p, seed,
-                                             kv_cache, batch_size, kernel, attention)
+                                             kv_cache, batch_size, kernel, attention, speculate, draft_tokens)
         plan = self._plan(engine, ids, settings, prompt, conversation, forget)
         tokenized = time.perf_counter()
         cancel.clear()
@@ -203,7 +213,7 @@ class LiveTab:
         note = conversation.summary() if conversation is not None and trace.steps else ""
         if quiet:
             note += " (a quiet run: the charts were drawn once it had ended, the text live)"
-        yield from _finish(background, trace, seq, note)
+        yield from _finish(background, trace, seq, note, _token_text(engine))
 
     def _engine(self) -> Engine:
         try:
@@ -263,9 +273,16 @@ class LiveTab:
             raise gr.Error(str(exc), print_exception=False) from None
 
 
-def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip()) -> tuple:
-    """One update of the tab's outputs: dashboard message, status, headline, text, trace state."""
-    return message, status, summary.headline_html(trace), trace.text, state
+def _outputs(message: str, status: str, trace: Trace, state: Any = gr.skip(),
+             token_text: Callable[[list[int]], str] | None = None) -> tuple:
+    """One update of the tab's outputs: dashboard message, status, headline, text, trace state.
+    `token_text` (token ids -> text) colours a speculative run's drafts in the headline."""
+    return message, status, summary.headline_html(trace, token_text), trace.text, state
+
+
+def _token_text(engine: Engine) -> Callable[[list[int]], str]:
+    tokenizer = engine.loaded.tokenizer
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _only(message: Any = gr.skip(), status: Any = gr.skip(), text: Any = gr.skip()) -> tuple:
@@ -274,17 +291,18 @@ def _only(message: Any = gr.skip(), status: Any = gr.skip(), text: Any = gr.skip
     return message, status, gr.skip(), text, gr.skip()
 
 
-def _finish(background: WatchedRun, trace: Trace, seq: Iterator[int], note: str = "") -> Iterator[tuple]:
+def _finish(background: WatchedRun, trace: Trace, seq: Iterator[int], note: str = "",
+            token_text: Callable[[list[int]], str] | None = None) -> Iterator[tuple]:
     """The run's last update: the whole trace redrawn, and why it ended (or what went wrong)."""
     if background.error is not None:
         error = background.error
         message = str(error) if isinstance(error, RemoteError) else f"The run failed: {type(error).__name__}: {error}"
         yield _outputs(live.full_message(trace, next(seq)), summary.error_html(message), trace,
-                       trace.to_json() if trace.steps else gr.skip())
+                       trace.to_json() if trace.steps else gr.skip(), token_text)
         raise gr.Error(message, print_exception=False)
     limit = f" at the {background.max_seconds:g} s limit per run" if background.timed_out else ""
     yield _outputs(live.full_message(trace, next(seq)), summary.done_status_html(trace, limit + note), trace,
-                   trace.to_json() if trace.steps else gr.skip())
+                   trace.to_json() if trace.steps else gr.skip(), token_text)
 
 
 def _prompt_and_settings(engine: Engine, prompt: str, conversation: Conversation | None, *form: Any
@@ -333,13 +351,14 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
             continue
         if have > sent:
             partial = background.trace()              # every step so far (the engine may have added one since)
-            status = summary.decode_status_html(len(partial.steps), elapsed, partial.steps[-1],
+            status = summary.decode_status_html(sum(s.tokens_out for s in partial.steps), elapsed, partial.steps[-1],
                                                 partial.settings.batch_size)
             if quiet:
                 yield _only(status=status, text=partial.text)
             else:
                 parts = _ttft_parts(background, partial, tokenizing) if sent == 0 else None
-                yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial)
+                yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial,
+                               token_text=_token_text(engine))
             sent = len(partial.steps)
 
 

@@ -75,3 +75,40 @@ def test_a_quiet_run_streams_its_text_and_draws_the_charts_once_it_has_ended(rea
     assert kinds == ["full", "full"], kinds       # the empty charts before the engine starts, the whole run after
     texts = [u[3] for u in updates[1:-1] if isinstance(u[3], str)]
     assert texts and texts[-1] and "quiet run" in updates[-1][1]
+
+
+def test_a_speculative_run_from_the_page_colours_its_drafts_and_says_what_the_checks_cost(real_engine) -> None:
+    import app
+    from inference.trace import read_trace
+
+    app.server.engine = real_engine
+    prompt = "Copy this list exactly: red, green, blue, red, green, blue, red, green, blue"
+    *_, final = app.live.run_generation(prompt, 32, 0, 1, 0, True, 1, app.CancelFlag(), speculate="lookup",
+                                        draft_tokens=4)
+    trace = read_trace(final[4])
+    assert trace.settings.speculate == "lookup" and trace.serving == "solo"
+    assert "speculative decoding runs alone" in trace.serving_why
+    checks = [s for s in trace.steps if s.drafted]
+    kept = sum(s.accepted for s in checks)
+    assert checks and kept > 0
+    headline = final[2]
+    assert headline.count('class="ps-kept"') >= 1 + sum(1 for s in checks if s.accepted)
+    assert f"of {sum(s.drafted for s in checks)} drafted" in headline
+    assert f"Done: {len(trace.output_ids)} tokens in {len(trace.steps)} steps" in final[1]
+
+
+def test_a_bad_draft_count_from_the_page_gets_a_clear_message(real_engine) -> None:
+    import gradio as gr
+
+    import app
+
+    app.server.engine = real_engine
+    with pytest.raises(gr.Error, match="draft_tokens must be between 1 and 16"):
+        list(app.live.run_generation("Hi", 8, 0, 1, 0, True, 1, app.CancelFlag(), speculate="lookup", draft_tokens=99))
+
+
+def test_the_speculation_experiment_runs_from_the_page(client: Client) -> None:
+    _, verdict, panel = client.predict([1, 3], api_name="/speculate")
+    assert "k=1:" in verdict and "k=3:" in verdict and "repeats its input" in verdict
+    assert "Every speculative run wrote exactly plain decode's tokens." in verdict
+    assert "Checking k guessed tokens" in panel

@@ -62,6 +62,10 @@ def test_sweep_writes_one_trace_per_prompt_length(tmp_path: Path) -> None:
     (["run", "--prompt-tokens", "9000"], "holds at most 8,192 tokens"),
     (["sweep", "--prompt-tokens", "16,-4"], "at least 1"),
     (["run", "hi", "--device", "tpu"], "invalid choice"),
+    (["run", "hi", "--speculate", "lookup", "--draft-tokens", "40"], "draft_tokens must be between 1 and 16"),
+    (["run", "hi", "--speculate", "draft"], "needs --draft-model"),
+    (["run", "hi", "--speculate", "lookup", "--batch-size", "2"], "runs one sequence"),
+    (["speculate", "--draft-tokens", "2,99"], "go up to 16"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = cli(*args)
@@ -85,3 +89,18 @@ def test_chat_reuses_the_conversation_cache_and_answers_as_without_it(tmp_path: 
     assert [t.text for t in reused] == [t.text for t in fresh], "reusing the cache changed the answer"
     assert reused[1].reused_tokens > reused[0].prompt_tokens and fresh[1].reused_tokens == 0
     assert reused[1].steps[0].tokens_in == reused[1].prompt_tokens - reused[1].reused_tokens
+
+
+def test_run_with_speculation_writes_plain_decodes_tokens_and_says_what_the_checks_did(tmp_path: Path) -> None:
+    prompt = "Copy this list exactly: red, green, blue, red, green, blue, red, green, blue"
+    traces = {}
+    for flags in ([], ["--speculate", "lookup", "--draft-tokens", "3"]):
+        out = tmp_path / f"{len(flags)}.json"
+        result = cli("run", prompt, "--dtype", "float32", "--max-new-tokens", "24", "--json", str(out), *flags)
+        assert result.returncode == 0, result.stderr
+        traces[bool(flags)] = read_trace(out.read_text())
+    plain, spec = traces[False], traces[True]
+    assert spec.output_ids == plain.output_ids and spec.text == plain.text
+    assert "speculate " in result.stdout and "drafted" in result.stdout
+    assert f"-> {len(spec.output_ids)} new tokens" in result.stdout
+    assert sum(s.accepted for s in spec.steps) > 0 and len(spec.steps) < len(plain.steps)

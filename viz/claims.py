@@ -10,6 +10,7 @@ CLAIMS = {
     "roofline": "Prefill is compute-bound, decode is bandwidth-bound.",
     "dtype": "Bytes per weight set decode speed.",
     "chunks": "A long prefill in chunks keeps everyone else's stream smooth, at its own first token's cost.",
+    "speculate": "Checking k guessed tokens costs about one decode step, so repeated text decodes faster.",
 }
 
 

@@ -7,7 +7,7 @@ import itertools
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SweepResult
+from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SpeculationResult, SweepResult
 from inference.lessons.whatif import Estimate
 from inference.trace import Trace
 from viz.charts import DECODE, OTHERS, PREFILL
@@ -122,3 +122,30 @@ def whatif_table_html(estimates: list[Estimate], note: str) -> str:
         f"<td>{'yes' if e.fits else 'no'}</td></tr>" for e in estimates)
     return (f'<div class="ps-whatif"><p><b>Estimates</b>, not measurements: {html.escape(note)}</p>'
             f"<table>{head}{rows}</table></div>")
+
+
+def speculation_figure(result: SpeculationResult) -> go.Figure:
+    """Against k: what a check cost in plain decode steps (left), and the speedup over plain decode
+    with the drafts kept (right), one line per prompt."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("a check / one plain decode step", "speedup over plain decode"))
+    colours = itertools.cycle([DECODE, PREFILL, OTHERS])
+    rows = result.figures()
+    for kind in result.kinds:
+        colour = next(colours)
+        mine = [(k, f) for kd, k, f, _ in rows if kd == kind]
+        ks = [k for k, _ in mine]
+        kept = [f"{100 * f['acceptance']:.0f}% of drafts kept, {f['tokens_per_step']:.2f} tokens a step" for _, f in mine]
+        fig.add_trace(go.Scatter(name=kind, x=ks, y=[f["check_ratio"] for _, f in mine], mode="lines+markers",
+                                 marker=dict(color=colour, size=9), line=dict(color=colour), legendgroup=kind,
+                                 text=kept, hovertemplate="k=%{x}: %{y:.2f}x a plain step<br>%{text}<extra></extra>"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(name=kind, x=ks, y=[f["speedup"] for _, f in mine], mode="lines+markers",
+                                 marker=dict(color=colour, size=9), line=dict(color=colour, width=3), legendgroup=kind,
+                                 showlegend=False, text=kept,
+                                 hovertemplate="k=%{x}: %{y:.2f}x plain decode<br>%{text}<extra></extra>"), row=1, col=2)
+    for col in (1, 2):
+        fig.add_hline(y=1.0, line=dict(color=OTHERS, dash="dot"), row=1, col=col)
+    fig.update_layout(**{**_LAYOUT, "margin": dict(l=60, r=20, t=70, b=50), "legend": dict(orientation="h", y=1.22, x=0)})
+    fig.update_xaxes(title_text="k (drafted tokens per check)", type="log", tickvals=sorted({k for _, k, _, _ in rows}))
+    fig.update_yaxes(rangemode="tozero")
+    return fig

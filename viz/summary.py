@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 
-from inference.lessons.verdicts import WAIT_WORTH_SAYING
+from typing import Callable
+
+from inference.lessons.verdicts import WAIT_WORTH_SAYING, speculation_verdict
 from inference.trace import DeviceInfo, ModelInfo, Step, Trace
 
 
@@ -22,7 +24,9 @@ def headline_numbers(trace: Trace) -> dict[str, float]:
             "kv_bytes": float(s.kv_bytes_final), "bandwidth_share": bytes_per_s / d.peak_bytes_per_s}
 
 
-def headline_html(trace: Trace) -> str:
+def headline_html(trace: Trace, token_text: Callable[[list[int]], str] | None = None) -> str:
+    """The run's numbers in large type, what bent them, and (speculative decoding) what the drafts
+    did, its text coloured by `token_text` (token ids -> text) where given."""
     if not trace.steps:
         return '<div class="ps-cards"></div>'
     if trace.remote:
@@ -33,7 +37,8 @@ def headline_html(trace: Trace) -> str:
         _card("TTFT", f"{n['ttft_ms']:,.0f} ms",
               f"prefill of {trace.prompt_tokens - trace.reused_tokens} new prompt tokens, {trace.reused_tokens} "
               f"reused from the cache" if trace.reused_tokens else f"prefill of {trace.prompt_tokens} prompt tokens"),
-        _card("decode", f"{n['decode_ms_median']:.1f} ms" if decode else "–", "per token (median)"),
+        _card("decode", f"{n['decode_ms_median']:.1f} ms" if decode else "–",
+              "per step (median; a check writes several tokens)" if trace.settings.speculate else "per token (median)"),
         _card("speed", f"{n['tokens_per_s']:.1f} tok/s" if decode else "–",
               f"batch {trace.settings.batch_size}" if trace.settings.batch_size > 1 else "decode"),
         _card("KV cache", _bytes(n["kv_bytes"]), f"{trace.model.kv_bytes_per_token:,} B per token"),
@@ -43,7 +48,33 @@ def headline_html(trace: Trace) -> str:
     why = "; ".join(d for d in (trace.device.dtype_choice, trace.device.arithmetic) if d)
     note = f'<div class="ps-why">{html.escape(trace.model.precision)}: {html.escape(why)}</div>' if why else ""
     return (f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>'
-            f'{wait_html(trace)}{note}')
+            f'{wait_html(trace)}{speculation_html(trace, token_text)}{note}')
+
+
+def speculation_html(trace: Trace, token_text: Callable[[list[int]], str] | None) -> str:
+    """A speculative run's verdict, and its text as it was written: drafts the model kept (green),
+    drafts it rejected (struck out, red), then its own token; "" for a plain run."""
+    verdict = speculation_verdict(trace)
+    if not verdict:
+        return ""
+    strip = ""
+    if token_text is not None:
+        parts = [html.escape(trace.steps[0].text)]
+        for step in trace.decode_steps:
+            if not step.drafted:
+                parts.append(html.escape(step.text))
+                continue
+            kept, rejected = list(step.draft_ids[:step.accepted]), list(step.draft_ids[step.accepted:])
+            own = list(step.output_ids[len(kept):])
+            if kept:
+                parts.append(f'<span class="ps-kept">{html.escape(token_text(kept))}</span>')
+            if rejected:
+                parts.append(f'<span class="ps-rejected">{html.escape(token_text(rejected))}</span>')
+            parts.append(html.escape(token_text(own)))
+        strip = ('<div class="ps-drafts" data-checks="' + str(sum(1 for s in trace.decode_steps if s.drafted)) + '">'
+                 '<span class="ps-kept">kept drafts</span> <span class="ps-rejected">rejected drafts</span> '
+                 f'the model\'s own tokens<br>{"".join(parts)}</div>')
+    return f'<div class="ps-why ps-spec" role="note">{html.escape(verdict)}</div>{strip}'
 
 
 def wait_html(trace: Trace) -> str:
@@ -114,7 +145,8 @@ def decode_status_html(steps: int, elapsed_s: float, last: Step | None = None, r
 
 def done_status_html(trace: Trace, note: str = "") -> str:
     reasons = {"eos": "the model ended its answer", "length": "reached max new tokens", "cancelled": "stopped"}
-    text = f"Done: {len(trace.steps)} tokens, {reasons.get(trace.summary.stop_reason, trace.summary.stop_reason)}"
+    steps = f" in {len(trace.steps)} steps" if trace.settings.speculate else ""
+    text = f"Done: {sum(s.tokens_out for s in trace.steps)} tokens{steps}, {reasons.get(trace.summary.stop_reason, trace.summary.stop_reason)}"
     if trace.serving == "solo" and trace.serving_why:      # why it did not share the class's steps
         text += f"; it ran alone: {trace.serving_why}"
     return f'<div class="ps-status ps-done">{html.escape(text)}{html.escape(note)}</div>'

@@ -1,4 +1,4 @@
-"""The command line: `python -m inference run|sweep|chat|race|batch|dtype|chunks|whatif ...` (README, "Command line").
+"""The command line: `python -m inference run|sweep|chat|race|batch|dtype|chunks|speculate|whatif ...` (README, "Command line").
 
 Bad arguments end with one line on stderr and exit status 2; never a traceback.
 """
@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--perfetto", type=Path, metavar="OUT.json",
                      help="also write the run as Chrome trace-event JSON (open it in ui.perfetto.dev)")
     _remote(run)
+    run.add_argument("--speculate", choices=("lookup", "draft"),
+                     help="speculative decoding: drafts from the text so far (lookup) or from --draft-model, "
+                     "checked in one forward pass")
+    run.add_argument("--draft-tokens", type=int, default=4, metavar="K", help="tokens drafted per check (default 4)")
+    run.add_argument("--draft-model", metavar="MODEL", help="hub id or local folder of a small model with the same "
+                     "tokenizer, for --speculate draft")
     sweep = commands.add_parser("sweep", help="one short run per prompt length (prefill grows, decode stays flat)")
     sweep.add_argument("--prompt-tokens", required=True, type=_int_list, help="comma-separated, e.g. 16,128,512,1024")
     _common(sweep, default_new_tokens=D.SWEEP_NEW_TOKENS)
@@ -63,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     chunks.add_argument("--chunk", type=int, default=D.CHUNK_SIZE, help="prompt tokens per prefill chunk")
     chunks.add_argument("--streams", type=int, default=D.CHUNK_STREAMS, help="runs streaming when it joins")
     _common(chunks, default_new_tokens=64)
+    speculate = commands.add_parser("speculate", help="speculative decoding against plain decode: what a check of "
+                                    "k drafted tokens costs, how many are kept, the speedup")
+    speculate.add_argument("--draft-tokens", type=_int_list, default=list(D.SPECULATE_DRAFT_TOKENS),
+                           help="comma-separated k to try (default 1,3,7,15)")
+    speculate.add_argument("--method", choices=("lookup", "draft"), default="lookup")
+    speculate.add_argument("--draft-model", metavar="MODEL", help="for --method draft")
+    _common(speculate, default_new_tokens=D.SPECULATE_NEW_TOKENS)
     chat = commands.add_parser("chat", help="a conversation whose turns reuse the KV cache of the turns before")
     chat.add_argument("--turn", action="append", required=True, metavar="TEXT", help="one user message (repeat it)")
     chat.add_argument("--no-reuse", action="store_true", help="forget the cache between turns, to compare")
@@ -107,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"run": _run, "sweep": _sweep, "race": _race, "batch": _batch, "dtype": _dtype, "whatif": _whatif,
-                    "chat": _chat, "chunks": _chunks}
+                    "chat": _chat, "chunks": _chunks, "speculate": _speculate}
         return commands[args.command](args)
     except ValueError as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
@@ -119,7 +132,28 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
     return GenerationSettings(max_new_tokens=args.max_new_tokens, kv_cache=not getattr(args, "no_kv_cache", False),
                               batch_size=getattr(args, "batch_size", 1), temperature=getattr(args, "temperature", 0.0),
                               top_p=getattr(args, "top_p", 1.0), seed=getattr(args, "seed", 0),
-                              kernel=getattr(args, "kernel", "fast"), attention_map=getattr(args, "attention_map", False))
+                              kernel=getattr(args, "kernel", "fast"), attention_map=getattr(args, "attention_map", False),
+                              speculate=getattr(args, "speculate", None) or "",
+                              draft_tokens=getattr(args, "draft_tokens", 4))
+
+
+def _check_draft_args(args: argparse.Namespace, method: str) -> None:
+    if method != "draft" and getattr(args, "draft_model", None):
+        raise ValueError("--draft-model is for speculative decoding with a draft model (--speculate draft)")
+    if method == "draft" and not args.draft_model:
+        raise ValueError("--speculate draft needs --draft-model MODEL (a small model with the same tokenizer)")
+
+
+def _with_draft_model(engine, args: argparse.Namespace, method: str):  # -> Engine
+    """The engine with the operator's draft model beside it, for speculate=draft (ValueError without one)."""
+    _check_draft_args(args, method)
+    if method != "draft":
+        return engine
+    from inference.model.loading import load_model
+
+    draft = load_model(args.draft_model, engine.loaded.device, next(engine.loaded.model.parameters()).dtype)
+    engine.set_draft_model(draft.model, draft.tokenizer, args.draft_model)
+    return engine
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -134,9 +168,12 @@ def _run(args: argparse.Namespace) -> int:
         _check_prompt_tokens([args.prompt_tokens])
     else:
         check_prompt_text(args.prompt)
+    _check_draft_args(args, settings.speculate)
     if args.remote:
+        if settings.speculate:
+            raise ValueError("--speculate runs on the embedded engine, not on --remote")
         return _run_remote(args, settings)
-    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    engine = _with_draft_model(load_engine(args.model, args.device, args.dtype, _progress), args, settings.speculate)
     tokenizer = engine.loaded.tokenizer
     ids = (fixed_length_prompt_ids(tokenizer, args.prompt_tokens) if args.prompt_tokens is not None
            else chat_prompt_ids(tokenizer, args.prompt))
@@ -293,6 +330,27 @@ def _batch(args: argparse.Namespace) -> int:
     print(result.verdict())
     if args.json:
         _write(args.json, sweep_to_json(list(result.traces), indent=1))
+    return 0
+
+
+def _speculate(args: argparse.Namespace) -> int:
+    from inference.lessons.experiments import run_speculation
+    from inference.model.factory import load_engine
+    from inference.settings import MAX_DRAFT_TOKENS
+
+    if max(args.draft_tokens) > MAX_DRAFT_TOKENS:
+        raise ValueError(f"--draft-tokens go up to {MAX_DRAFT_TOKENS}, got {max(args.draft_tokens)}")
+    GenerationSettings(max_new_tokens=args.max_new_tokens)          # ValueError before the model loads
+    _check_draft_args(args, args.method)
+    engine = _with_draft_model(load_engine(args.model, args.device, args.dtype, _progress), args, args.method)
+    result = run_speculation(engine, args.draft_tokens, args.max_new_tokens, args.method, kernel=args.kernel)
+    print(f"{'prompt':<18} {'k':>2}  {'check / step':>12}  {'kept':>5}  {'tokens/step':>11}  {'speedup':>7}")
+    for kind, k, f, _ in result.figures():
+        print(f"{kind:<18} {k:>2}  {f['check_ratio']:>11.2f}x  {100 * f['acceptance']:>4.0f}%  "
+              f"{f['tokens_per_step']:>11.2f}  {f['speedup']:>6.2f}x")
+    print(result.verdict())
+    if args.json:
+        _write(args.json, sweep_to_json([t for _, plain, spec in result.runs for t in (plain, spec)], indent=1))
     return 0
 
 

@@ -1,6 +1,7 @@
 """The CLI's text reports: what a run did in each phase, in a few lines a student can read."""
 from __future__ import annotations
 
+from inference.lessons.verdicts import speculation_verdict
 from inference.trace import Trace
 
 
@@ -31,17 +32,20 @@ def format_summary(trace: Trace) -> str:
         + (f" as decode reads them (computed in {m.dtype})" if m.weights else ""),
         f"device    {d.type}: {d.name}; roofs {d.peak_flops / 1e9:,.0f} GFLOP/s, {d.peak_bytes_per_s / 1e9:,.1f} GB/s ({d.source})",
         *[f"          {line}" for line in (d.dtype_choice, d.arithmetic) if line],
-        f"prompt    {trace.prompt_tokens} tokens x batch {trace.settings.batch_size} -> {len(trace.steps)} new tokens "
+        f"prompt    {trace.prompt_tokens} tokens x batch {trace.settings.batch_size} -> {len(trace.output_ids)} new tokens "
         f"(stopped: {s.stop_reason}; KV cache {'on' if trace.settings.kv_cache else 'off'})",
         f"prefill   TTFT {s.ttft_ms:.1f} ms: {prefill.achieved_flops / 1e9:,.1f} GFLOP/s achieved, "
         f"{100 * prefill.achieved_flops / d.peak_flops:.0f}% of the compute roof",
     ]
     if trace.decode_steps:
         lines += [
-            f"decode    {s.decode_ms_median:.1f} ms/token median, {s.decode_ms_p90:.1f} p90, "
+            f"decode    {s.decode_ms_median:.1f} ms/{'step' if trace.settings.speculate else 'token'} median, "
+            f"{s.decode_ms_p90:.1f} p90, "
             f"{s.decode_tokens_per_s:.1f} tokens/s",
             f"          {decode_gbs / 1e9:.1f} GB/s achieved (cost model), "
             f"{100 * decode_gbs / d.peak_bytes_per_s:.0f}% of the bandwidth roof",
         ]
+    if trace.settings.speculate:
+        lines.append(f"speculate {speculation_verdict(trace)}")
     lines.append(f"KV cache  {s.kv_bytes_final:,} bytes at the end ({m.kv_bytes_per_token * trace.settings.batch_size:,} per token)")
     return "\n".join(lines)

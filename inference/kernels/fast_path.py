@@ -162,6 +162,26 @@ class FusedStack:
         return self.model.norm(hidden)
 
 
+    def check(self, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """(1, n) tokens that follow one sequence's cache (speculative decoding's newest token and its
+        drafts) -> (1, n, hidden) after the final norm, the cache grown by n positions. The kernel
+        takes them as n rows of one cache at consecutive positions: it writes every row's K and V
+        before any row attends, each over the positions up to its own, so token j sees the tokens
+        before it and not those after (causal), and each row computes what a decode step of that
+        token alone would (row-invariance): the check costs one pass over the weights."""
+        n = input_ids.shape[1]
+        hidden = self.model.embed_tokens(input_ids)                          # (1, n, hidden)
+        slots = [next_slot(cache, i, n) for i in range(len(self.weights))]
+        first = slots[0][2]
+        position_ids = torch.arange(first, first + n, device=hidden.device)
+        cos, sin = self.model.rotary_emb(hidden, position_ids=position_ids[:, None])
+        self.timer.check_cancel()
+        hidden, stamps = self.kernel.layers(hidden.reshape(n, 1, -1), self.weights, cos, sin,
+                                            [[(k, v)] * n for k, v, _ in slots], list(range(first, first + n)))
+        self.timer.record_layers(stamps)
+        return self.model.norm(hidden).reshape(1, n, -1)
+
+
 def _layer_weights(layer: nn.Module, kernel: Any) -> Any:
     attn, mlp = layer.self_attn, layer.mlp
     weights = kernel.LayerWeights()

@@ -9,9 +9,10 @@ from typing import Any, Callable, Iterator
 
 from inference.defaults import (BATCH_NEW_TOKENS, BATCH_PROMPT_TOKENS, CHUNK_LONG_PROMPT, CHUNK_SIZE,
                                  CHUNK_STREAMS, DTYPE_NEW_TOKENS, DTYPE_PROMPT_TOKENS, RACE_NEW_TOKENS,
-                                 RACE_PROMPT_TOKENS, SWEEP_NEW_TOKENS)
+                                 RACE_PROMPT_TOKENS, SPECULATE_DRAFT_TOKENS, SPECULATE_NEW_TOKENS, SPECULATE_PROMPTS,
+                                 SWEEP_NEW_TOKENS)
 from inference.engine import Engine
-from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SweepResult
+from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SpeculationResult, SweepResult
 from inference.prompts import fixed_length_prompt_ids, fixed_length_prompt_text
 from inference.remote import RemoteClient, remote_sweep
 from inference.settings import GenerationSettings
@@ -131,3 +132,26 @@ def run_dtype_comparison(model: str, device: str, dtypes: list[str], prompt_toke
         del engine
         progress((i + 1) / len(dtypes), f"{dtype} done")
     return DtypeResult(tuple(traces))
+
+
+def run_speculation(engine: Engine, draft_tokens: list[int] | tuple[int, ...] = SPECULATE_DRAFT_TOKENS,
+                    new_tokens: int = SPECULATE_NEW_TOKENS, method: str = "lookup", progress: Progress = _quiet,
+                    kernel: str = "fast", prompts: tuple[tuple[str, str], ...] = SPECULATE_PROMPTS) -> SpeculationResult:
+    """Each prompt (kind, text) with speculation at each k, each right after a plain run of the same
+    prompt (interleaved, so both meet the machine in the same state); greedy, so plain and speculative
+    runs write the same tokens (up to the end of the answer, or `new_tokens`) and their times compare.
+    (Past the end of its answer a model writes new text, which no draft matches.)"""
+    from inference.prompts import chat_prompt_ids
+
+    if method not in ("lookup", "draft"):
+        raise ValueError(f"the speculation method is lookup or draft, got {method!r}")
+    runs = []
+    total = len(prompts) * len(draft_tokens)
+    for kind, text in prompts:
+        ids = chat_prompt_ids(engine.loaded.tokenizer, text)
+        for k in draft_tokens:
+            speculative = GenerationSettings(max_new_tokens=new_tokens, kernel=kernel, speculate=method, draft_tokens=k)
+            plain = engine.generate(ids, GenerationSettings(max_new_tokens=new_tokens, kernel=kernel)).run_to_end()
+            runs.append((kind, plain, engine.generate(ids, speculative).run_to_end()))
+            progress(len(runs) / total, f"{kind}, k={k} done")
+    return SpeculationResult(tuple(runs))

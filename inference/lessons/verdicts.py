@@ -309,3 +309,111 @@ class ChunkResult:
                 f"runs' worst step took {off:,.0f} ms with its prefill whole and {on:,.0f} ms with chunks of "
                 f"{self.chunk} ({off / on:.1f}x smaller); the long prompt's first token came after {long_on:,.0f} ms "
                 f"instead of {long_off:,.0f} ms: chunks trade its wait for everyone else's smooth stream.")
+
+
+def _checks(trace: Trace) -> list:
+    return [s for s in trace.decode_steps if s.drafted]
+
+
+def _plain_steps(trace: Trace) -> list:
+    return [s for s in trace.decode_steps if not s.drafted]
+
+
+def speculation_figures(trace: Trace, plain_step_ms: float | None = None) -> dict[str, float] | None:
+    """A speculative run's figures (None for a run that did not speculate): its check steps' median
+    time against a plain decode step's (`plain_step_ms`, else the median of this run's own steps that
+    had nothing to check), drafts made and kept, tokens per decode step (each step reads the weights
+    once), and the speedup over `plain_step_ms` a token."""
+    if not trace.settings.speculate:
+        return None
+    checks, decode = _checks(trace), trace.decode_steps
+    own = _plain_steps(trace)
+    plain = plain_step_ms if plain_step_ms else (statistics.median(s.ms for s in own) if own else 0.0)
+    tokens = sum(s.tokens_out for s in decode)
+    figures = {"checks": len(checks), "drafted": sum(s.drafted for s in checks),
+               "accepted": sum(s.accepted for s in checks), "steps": len(decode), "tokens": tokens,
+               "plain_step_ms": plain, "check_ms": statistics.median(s.ms for s in checks) if checks else 0.0,
+               "draft_tokens": trace.settings.draft_tokens}
+    figures["check_ratio"] = figures["check_ms"] / plain if plain and checks else 0.0
+    figures["acceptance"] = figures["accepted"] / figures["drafted"] if figures["drafted"] else 0.0
+    figures["kept_per_check"] = figures["accepted"] / len(checks) if checks else 0.0
+    figures["tokens_per_step"] = tokens / len(decode) if decode else 0.0
+    decode_ms = sum(s.ms for s in decode)
+    figures["speedup"] = plain * tokens / decode_ms if plain and decode_ms else 0.0
+    return figures
+
+
+def speculation_verdict(trace: Trace, plain_step_ms: float | None = None, plain_from: str = "") -> str:
+    """One speculative run's lesson, from its own figures: what a check cost against a plain decode
+    step, how many drafts were kept, and whether it paid ("" for a run that did not speculate).
+    `plain_from` names where `plain_step_ms` was measured (default: this run's own plain steps)."""
+    f = speculation_figures(trace, plain_step_ms)
+    if f is None:
+        return ""
+    method = "prompt lookup" if trace.settings.speculate == "lookup" else "the draft model"
+    if not f["checks"]:
+        return (f"✘ {method} found nothing to draft from in {f['steps']:.0f} steps: every step was a plain "
+                f"decode step, so speculation changed nothing.")
+    if not f["plain_step_ms"]:
+        return (f"{method} drafted {f['drafted']:.0f} tokens and the model kept {f['accepted']:.0f} "
+                f"({f['tokens_per_step']:.1f} tokens a step); no plain step was measured to compare with.")
+    where = plain_from or "this run's steps that had nothing to check"
+    cost = (f"checking up to {f['draft_tokens']:.0f} drafted tokens cost {f['check_ratio']:.2f}x one plain decode "
+            f"step (median {f['check_ms']:.1f} vs {f['plain_step_ms']:.1f} ms, {where})")
+    why = ", because the weights are read once either way" if f["check_ratio"] < 1.5 else \
+        ", more than one step: on this machine the check is no longer only reading weights"
+    if f["accepted"] == 0:
+        return (f"✘ {cost}{why}; but nothing drafted was kept ({f['checks']:.0f} checks), so every check was "
+                f"wasted work: decode ran at {f['speedup']:.2f}x the plain rate.")
+    paid = f["speedup"] > 1.0
+    return (f"{'✔' if paid else '✘'} {cost}{why}; {f['kept_per_check']:.1f} of them were kept per check "
+            f"({100 * f['acceptance']:.0f}% of {f['drafted']:.0f} drafted), {f['tokens_per_step']:.2f} tokens a step: "
+            f"{f['tokens_per_step']:.1f}x fewer weight reads per token, decode "
+            f"{'ran' if paid else 'still ran only'} {f['speedup']:.2f}x the plain rate.")
+
+
+@dataclass(frozen=True)
+class SpeculationResult:
+    """Claim: checking k guesses costs about one decode step (the weights are read once), so a
+    prompt whose answer repeats its input decodes several tokens per weight read. `runs`: (prompt
+    kind, plain trace, speculative trace), the plain run of the same prompt just before each."""
+    runs: tuple[tuple[str, Trace, Trace], ...]
+
+    def figures(self) -> list[tuple[str, int, dict[str, float], bool]]:
+        """(kind, k, figures against the plain run's median decode step, same tokens as plain)."""
+        return [(kind, spec.settings.draft_tokens, speculation_figures(spec, plain.summary.decode_ms_median),
+                 spec.output_ids == plain.output_ids) for kind, plain, spec in self.runs]
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(dict.fromkeys(kind for kind, _, _ in self.runs))
+
+    @property
+    def holds(self) -> bool:
+        """Some check of several drafts cost under 1.5 plain steps, and on the first prompt (the one
+        whose answer repeats its input) some k decoded faster than plain decode."""
+        rows = self.figures()
+        cheap = any(k > 1 and 0 < f["check_ratio"] < 1.5 for kind, k, f, _ in rows)
+        return cheap and any(f["speedup"] > 1 for kind, _, f, _ in rows if kind == self.kinds[0])
+
+    def verdict(self) -> str:
+        rows = self.figures()
+        first = self.runs[0][2]
+        ridge = compute_bound_batch(first.model, first.device.ridge_intensity, first.decode_steps[0].context_len)
+        ratios = {k: f["check_ratio"] for kind, k, f, _ in rows if kind == self.kinds[0] and f["checks"]}
+        ks = sorted(ratios)
+        cost = ", ".join(f"k={k}: {ratios[k]:.2f}x" for k in ks)
+        text = (f"{'✔' if self.holds else '✘'} A check of k drafted tokens against one plain decode step: {cost} "
+                f"(the roofline puts a pass "
+                f"turning compute-bound near {ridge:,.1f} tokens, an estimate).")
+        for kind in self.kinds:
+            mine = [(k, f) for kd, k, f, _ in rows if kd == kind]
+            best_k, best = max(mine, key=lambda kf: kf[1]["speedup"])
+            accept = ", ".join(f"{100 * f['acceptance']:.0f}%" for _, f in mine)
+            text += (f" {kind}: drafts kept {accept} for k = {', '.join(str(k) for k, _ in mine)}; best "
+                     f"{best['speedup']:.2f}x the plain rate at k={best_k} ({best['tokens_per_step']:.1f} tokens a step)"
+                     f"{'' if best['speedup'] > 1 else ': speculation did not pay here'}.")
+        if first.settings.greedy:
+            text += (" Every speculative run wrote exactly plain decode's tokens." if all(same for *_, same in rows)
+                     else " ✘ Some speculative runs wrote other tokens than plain decode did: a bug.")
+        return text + interference_note([t for _, p, s in self.runs for t in (p, s)])

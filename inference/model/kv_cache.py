@@ -70,9 +70,9 @@ def rows_of(cache: Any) -> int:
     return cache.layers[0].keys.shape[0]
 
 
-def next_slot(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def next_slot(cache: Any, i: int, new: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
     """`decode_slot` of the cache's layer `i`."""
-    return decode_slot(cache.layers[i])
+    return decode_slot(cache.layers[i], new)
 
 
 def layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,9 +81,9 @@ def layer_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     return layer.keys, layer.values
 
 
-def decode_slot(layer: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Room for one more position in a DynamicCache layer (see `decodable_in_place`):
-    (K buffer, V buffer, position).
+def decode_slot(layer: Any, new: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Room for `new` more positions (a decode step: one) in a DynamicCache layer (see
+    `decodable_in_place`): (K buffer, V buffer, the first new position).
 
     The layer's keys/values become views of preallocated buffers (grown by half when full), so a
     step writes one position in place instead of concatenating the whole cache again; they stay
@@ -92,12 +92,13 @@ def decode_slot(layer: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
     keys = layer.keys
     n = keys.shape[-2]
     k_buf, v_buf = getattr(layer, "_phasescope_buffers", (None, None))
-    if k_buf is None or k_buf.data_ptr() != keys.data_ptr() or k_buf.shape[-2] <= n or k_buf.shape[:2] != keys.shape[:2]:
-        capacity = n + max(256, n // 2)
+    if k_buf is None or k_buf.data_ptr() != keys.data_ptr() or k_buf.shape[-2] < n + new or \
+            k_buf.shape[:2] != keys.shape[:2]:
+        capacity = n + new + max(256, n // 2)
         k_buf = keys.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
         v_buf = layer.values.new_empty((*keys.shape[:2], capacity, keys.shape[-1]))
         k_buf[:, :, :n].copy_(keys)
         v_buf[:, :, :n].copy_(layer.values)
         layer._phasescope_buffers = (k_buf, v_buf)
-    layer.keys, layer.values = k_buf.narrow(2, 0, n + 1), v_buf.narrow(2, 0, n + 1)
+    layer.keys, layer.values = k_buf.narrow(2, 0, n + new), v_buf.narrow(2, 0, n + new)
     return k_buf, v_buf, n

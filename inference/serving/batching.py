@@ -169,6 +169,9 @@ class BatchServer:
             return "the eager kernel (plain PyTorch, the reference) runs alone"
         if settings.attention_map:
             return "recording attention runs PyTorch's eager attention, alone"
+        if settings.speculate:
+            return ("speculative decoding runs alone: a shared step gives each row one new token, a check "
+                    "step gives its row several")
         if settings.batch_size > self.max_rows:
             return f"{settings.batch_size} rows are more than the {self.max_rows} a shared step holds"
         return ""

@@ -93,6 +93,9 @@ def check_trace(trace: Trace) -> None:
         if not len(step.layer_ms) in (0, trace.model.layers) or len(step.attn_ms) != len(step.layer_ms) \
                 or len(step.mlp_ms) != len(step.layer_ms):
             raise ValueError(f"step {i}: expected {trace.model.layers} layer times")
+        if step.accepted > step.drafted or len(step.draft_ids) not in (0, step.drafted):
+            raise ValueError(f"step {i}: {step.accepted} drafts kept of {step.drafted} drafted "
+                             f"({len(step.draft_ids)} listed)")
 
 
 _TEXT_FIELDS = ("str", "Phase", "StopReason")
@@ -118,7 +121,7 @@ def steps_csv(trace: Trace) -> str:
     writer = csv.writer(out)
     n = trace.model.layers
     scalar = ["phase", "index", "tokens_in", "context_len", "ms", "other_ms", "kv_bytes", "flops", "bytes",
-              "token_id", "text", "batch_rows", "tokens_out", "waited_ms", "cpu_wait_ms"]
+              "token_id", "text", "batch_rows", "tokens_out", "waited_ms", "cpu_wait_ms", "drafted", "accepted"]
     writer.writerow(scalar + [f"{part}_{i}_ms" for part in ("layer", "attn", "mlp") for i in range(n)])
     for step in trace.steps:
         writer.writerow([getattr(step, name) for name in scalar] + list(step.layer_ms + step.attn_ms + step.mlp_ms))

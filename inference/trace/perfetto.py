@@ -36,7 +36,8 @@ def to_chrome_trace(trace: Trace) -> dict[str, Any]:
                                 "context_len": step.context_len, "kv_bytes": step.kv_bytes,
                                 "flops (cost model)": step.flops, "bytes (cost model)": step.bytes,
                                 "batch_rows": step.batch_rows, "waited_ms": step.waited_ms,
-                                "cpu_wait_ms": step.cpu_wait_ms}})
+                                "cpu_wait_ms": step.cpu_wait_ms, "tokens_out": step.tokens_out,
+                                "drafted": step.drafted, "accepted": step.accepted}})
         at = start + step.waited_ms * 1e3
         for layer, layer_ms in enumerate(step.layer_ms):
             events.append({"ph": "X", "pid": _PID, "tid": _TRACKS["layers"], "ts": at, "dur": layer_ms * 1e3,

@@ -101,6 +101,18 @@ class Step:
     # With the attention-map switch: the weights this step's newest token put on each position of
     # the sequence (mean over heads and layers; they sum to 1). Empty otherwise.
     attention: tuple[float, ...] = ()
+    # Speculative decoding (inference/speculative.py): tokens drafted and checked in this step, and
+    # how many of them the model kept; every token the step produced when it is more than one
+    # (the kept drafts and the model's own next token; token_id is the last of them).
+    drafted: int = 0
+    accepted: int = 0
+    token_ids: tuple[int, ...] = ()
+    draft_ids: tuple[int, ...] = ()    # the drafted tokens, kept ones first (the first `accepted`)
+
+    @property
+    def output_ids(self) -> tuple[int, ...]:
+        """Every token this step produced (row 0), in order."""
+        return self.token_ids or (self.token_id,)
 
     @property
     def intensity(self) -> float:
@@ -166,6 +178,11 @@ class Trace:
     @property
     def text(self) -> str:
         return "".join(s.text for s in self.steps)
+
+    @property
+    def output_ids(self) -> list[int]:
+        """Row 0's new tokens, in order (a check step of speculative decoding gives several)."""
+        return [t for s in self.steps for t in s.output_ids]
 
     @property
     def decode_steps(self) -> tuple[Step, ...]:
