@@ -111,15 +111,23 @@ def _latency_base(trace: Trace) -> go.Figure:
         go.Scatter(name="prefill (all prompt tokens)", x=[], y=[], mode="markers",
                    marker=dict(color=PREFILL, size=14), hovertemplate="prefill: %{y:.1f} ms<extra></extra>"),
         go.Scatter(name="decode step", x=[], y=[], mode="lines+markers", marker=dict(color=DECODE, size=5),
-                   line=dict(color=DECODE, width=1), hovertemplate="step %{x}: %{y:.1f} ms<extra></extra>"),
+                   line=dict(color=DECODE, width=1), hovertemplate="step %{x}: %{y:.1f} ms, %{text}<extra></extra>"),
     ])
     return _layout(fig, "step (0 = prefill)", "ms per step")
+
+
+def _step_tokens(step: Step) -> str:
+    """What a decode step wrote, for its hover: a check of speculative decoding writes several."""
+    if not step.drafted:
+        return "1 token" if step.tokens_out == 1 else f"{step.tokens_out} tokens"
+    return f"a check: {step.tokens_out} tokens ({step.accepted} of {step.drafted} drafts kept)"
 
 
 def _latency_columns(trace: Trace, start: int) -> Columns:
     steps = trace.steps[start:]
     return {0: {"x": [s.index for s in steps if s.phase == "prefill"], "y": [s.ms for s in steps if s.phase == "prefill"]},
-            1: {"x": [s.index for s in steps if s.phase == "decode"], "y": [s.ms for s in steps if s.phase == "decode"]}}
+            1: {"x": [s.index for s in steps if s.phase == "decode"], "y": [s.ms for s in steps if s.phase == "decode"],
+                "text": [_step_tokens(s) for s in steps if s.phase == "decode"]}}
 
 
 def _latency_overlay(trace: Trace) -> dict[str, Any]:
