@@ -19,14 +19,14 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from inference.cost_model import step_cost
+from inference.cost_model import StepCost, step_cost
 from inference.hardware.cpu_wait import measurable
 from inference.hardware.device import device_info
 from inference.hardware.roofs import bf16_native
 from inference.kernels.build import build_error, kernel_module
 from inference.kernels.fast_path import FusedStack, fast_forwards
 from inference.model.attention_map import AttentionRecorder, attention_modules, recording_attention
-from inference.model.kv_cache import cache_of, decodable_in_place, forward, keep_first
+from inference.model.kv_cache import cache_of, decodable_in_place, forward, keep_first, shared_prefix
 from inference.model.loading import LoadedModel
 from inference.rows import RowState
 from inference.settings import GenerationSettings
@@ -59,16 +59,6 @@ class CachedPrefix:
     holds, and the cache."""
     ids: tuple[int, ...]
     cache: Any
-
-
-def shared_prefix(a: tuple[int, ...] | list[int], b: list[int]) -> int:
-    """How many leading tokens two sequences have in common."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # A speculative run's first decode steps are plain: the yardstick its checks' cost is told against.
@@ -204,10 +194,16 @@ class GenerationRun:
         keep_first(cache, held + 1 + kept)
         times = timer.finish_step()
         context_len = sequence.shape[1] + d
-        blocks = self.settings.kernel == "fast" and self.engine.reads_blocks(d + 1)
-        cost = step_cost(self.engine.loaded.info, 1, d + 1, context_len - d - 1, blocks)
+        cost = self._cost(d + 1, context_len)
         return rows.take_several(draft.tokens[:kept] + [bonus], times, cost, cache, d + 1, context_len, draft.tokens,
                                  kept)
+
+    def _cost(self, tokens_in: int, context_len: int) -> StepCost:
+        """The cost model's figures for a step that fed `tokens_in` tokens per row and leaves
+        `context_len` in the sequence (int8 / q4_1 read as blocks where the kernel takes the rows)."""
+        batch = self.settings.batch_size
+        blocks = self.settings.kernel == "fast" and self.engine.reads_blocks(tokens_in * batch)
+        return step_cost(self.engine.loaded.info, batch, tokens_in, context_len - tokens_in, blocks)
 
     def _reused_cache(self) -> Any:
         """The previous turn's cache, cut to the prefix this prompt shares with it (at least one
@@ -241,8 +237,7 @@ class GenerationRun:
         as its rows record it, with the cost model's figures for what it fed the model."""
         prompt_len = len(self.prompt_ids)
         tokens_in = prompt_len - self.reused_tokens if index == 0 else (1 if self.settings.kv_cache else context_len)
-        blocks = self.settings.kernel == "fast" and self.engine.reads_blocks(tokens_in * self.settings.batch_size)
-        cost = step_cost(self.engine.loaded.info, self.settings.batch_size, tokens_in, context_len - tokens_in, blocks)
+        cost = self._cost(tokens_in, context_len)
         attention = self._attention.take() if self._attention is not None else ()
         return rows.take(tokens, times, cost, cache, tokens_in, context_len, self.settings.batch_size,
                          attention=attention)

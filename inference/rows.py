@@ -64,6 +64,7 @@ class RowState:
         self.stream = TextStream(tokenizer)
         eos = sorted(eos_ids(model, tokenizer)) if stop_at_eos else []
         self.eos = torch.tensor(eos, dtype=torch.long, device=device)
+        self.eos_ids = set(eos)
         self.pad = eos[0] if eos else 0
         self.finished = torch.zeros(settings.batch_size, dtype=torch.bool, device=device)
         self.tokens: torch.Tensor | None = None       # (B,) each row's newest token
@@ -84,37 +85,35 @@ class RowState:
         token = int(self.tokens[0])
         text = self.stream.push(token)
         self.finished |= torch.isin(self.tokens, self.eos)
-        index, self.steps_taken = self.steps_taken, self.steps_taken + 1
-        self.tokens_made += 1
-        return Step(
-            phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
-            context_len=context_len, ms=times.ms + waited_ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
-            mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
-            cpu_wait_ms=times.cpu_wait_ms or 0.0, kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes,
-            token_id=token, text=text, batch_rows=batch_rows, foreign_prefill_tokens=foreign_prefill_tokens,
-            waited_ms=waited_ms, attention=attention)
+        return self._record(1, times, cost, cache, tokens_in, context_len, token, text, batch_rows=batch_rows,
+                            foreign_prefill_tokens=foreign_prefill_tokens, waited_ms=waited_ms, attention=attention)
 
     def take_several(self, ids: list[int], times: StepTimes, cost: StepCost, cache: Any, tokens_in: int,
                      context_len: int, draft: list[int], accepted: int) -> Step:
         """A check step of speculative decoding on one row: it made `ids` (the kept drafts and the
         model's next token), cut at the end of text and at the tokens asked for."""
         ids = ids[:self.settings.max_new_tokens - self.tokens_made]
-        for n, token in enumerate(ids):
-            if token in self.eos.tolist():
-                ids = ids[:n + 1]
-                break
+        ends = next((n for n, token in enumerate(ids) if token in self.eos_ids), None)
+        ids = ids if ends is None else ids[:ends + 1]
         text = "".join(self.stream.push(token) for token in ids)
         self.tokens = torch.tensor(ids[-1:], device=self.finished.device)
         self.finished |= torch.isin(self.tokens, self.eos)
+        return self._record(len(ids), times, cost, cache, tokens_in, context_len, ids[-1], text, batch_rows=1,
+                            tokens_out=len(ids), drafted=len(draft), accepted=min(accepted, len(ids)),
+                            token_ids=tuple(ids) if len(ids) > 1 else (), draft_ids=tuple(draft))
+
+    def _record(self, made: int, times: StepTimes, cost: StepCost, cache: Any, tokens_in: int, context_len: int,
+                token: int, text: str, waited_ms: float = 0.0, **fields: Any) -> Step:
+        """The next step's Step record, which made `made` tokens a row (row 0's newest `token`,
+        adding `text`); `fields`: the rest of what the runner knows of the step."""
         index, self.steps_taken = self.steps_taken, self.steps_taken + 1
-        self.tokens_made += len(ids)
+        self.tokens_made += made
         return Step(
-            phase="decode", index=index, tokens_in=tokens_in, context_len=context_len, ms=times.ms,
-            layer_ms=times.layer_ms, attn_ms=times.attn_ms, mlp_ms=times.mlp_ms,
-            other_ms=max(0.0, times.ms - sum(times.layer_ms)), cpu_wait_ms=times.cpu_wait_ms or 0.0,
-            kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes, token_id=ids[-1], text=text,
-            batch_rows=1, tokens_out=len(ids), drafted=len(draft), accepted=min(accepted, len(ids)),
-            token_ids=tuple(ids) if len(ids) > 1 else (), draft_ids=tuple(draft))
+            phase="prefill" if index == 0 else "decode", index=index, tokens_in=tokens_in,
+            context_len=context_len, ms=times.ms + waited_ms, layer_ms=times.layer_ms, attn_ms=times.attn_ms,
+            mlp_ms=times.mlp_ms, other_ms=max(0.0, times.ms - sum(times.layer_ms)),
+            cpu_wait_ms=times.cpu_wait_ms or 0.0, kv_bytes=kv_cache_bytes(cache), flops=cost.flops, bytes=cost.bytes,
+            token_id=token, text=text, waited_ms=waited_ms, **fields)
 
     @property
     def stop(self) -> StopReason | None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inference.model.kv_cache import cache_of, forward, keep_first
+from inference.model.kv_cache import cache_of, forward, keep_first, shared_prefix
 from inference.rows import logits_to_probs
 from inference.settings import GenerationSettings
 
@@ -71,12 +71,7 @@ class DraftModel:
     def propose(self, ids: list[int], k: int, settings: GenerationSettings, generator: torch.Generator) -> Draft:
         """k tokens to follow `ids`, drafted one by one on its own cache (greedy, or sampled with the
         run's temperature and top-p, their distributions returned for the check)."""
-        same = 0
-        for a, b in zip(self._ids, ids):
-            if a != b:
-                break
-            same += 1
-        keep = min(same, len(ids) - 1)                # at least one token to feed
+        keep = min(shared_prefix(self._ids, ids), len(ids) - 1)       # at least one token to feed
         if self._cache is not None and keep > 0:
             keep_first(self._cache, keep)
         else:

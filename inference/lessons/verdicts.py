@@ -343,11 +343,11 @@ def speculation_figures(trace: Trace, plain_step_ms: float | None = None) -> dic
     return figures
 
 
-def speculation_verdict(trace: Trace, plain_step_ms: float | None = None, plain_from: str = "") -> str:
-    """One speculative run's lesson, from its own figures: what a check cost against a plain decode
-    step, how many drafts were kept, and whether it paid ("" for a run that did not speculate).
-    `plain_from` names where `plain_step_ms` was measured (default: this run's own plain steps)."""
-    f = speculation_figures(trace, plain_step_ms)
+def speculation_verdict(trace: Trace) -> str:
+    """One speculative run's lesson, from its own figures: what a check cost against the run's own
+    plain decode steps, how many drafts were kept, and whether it paid ("" for a run that did not
+    speculate)."""
+    f = speculation_figures(trace)
     if f is None:
         return ""
     method = "prompt lookup" if trace.settings.speculate == "lookup" else "the draft model"
@@ -357,9 +357,9 @@ def speculation_verdict(trace: Trace, plain_step_ms: float | None = None, plain_
     if not f["plain_step_ms"]:
         return (f"{method} drafted {f['drafted']:.0f} tokens and the model kept {f['accepted']:.0f} "
                 f"({f['tokens_per_step']:.1f} tokens a step); no plain step was measured to compare with.")
-    where = plain_from or "this run's steps that had nothing to check"
     cost = (f"checking up to {f['draft_tokens']:.0f} drafted tokens cost {f['check_ratio']:.2f}x one plain decode "
-            f"step (median {f['check_ms']:.1f} vs {f['plain_step_ms']:.1f} ms, {where})")
+            f"step (median {f['check_ms']:.1f} vs {f['plain_step_ms']:.1f} ms, this run's steps that had nothing "
+            f"to check)")
     why = ", because the weights are read once either way" if f["check_ratio"] < 1.5 else \
         ", more than one step: on this machine the check is no longer only reading weights"
     if f["accepted"] == 0:

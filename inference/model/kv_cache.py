@@ -31,6 +31,16 @@ def cache_of(output: Any) -> Any:
     return getattr(output, CACHE_FIELD)
 
 
+def shared_prefix(a: tuple[int, ...] | list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences have in common (what a cache of `a` can serve of `b`)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def kv_cache_bytes(cache: Any) -> int:
     """Bytes held by every K and V tensor in the cache, read from the tensors themselves."""
     if cache is None:
