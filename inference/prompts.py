@@ -23,9 +23,25 @@ def check_prompt_text(prompt: object) -> str:
     return prompt
 
 
-def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+def chat_prompt_ids(tokenizer: Any, prompt: str, context: str = "") -> list[int]:
+    """A typed prompt as one user message, after the class's shared `context` (a system message)
+    where there is one."""
     check_prompt_text(prompt)
-    return conversation_ids(tokenizer, [{"role": "user", "content": prompt}])
+    return conversation_ids(tokenizer, [*_system(context), {"role": "user", "content": prompt}])
+
+
+def context_prefix_ids(tokenizer: Any, context: str = "") -> list[int]:
+    """The tokens every chat prompt after `context` starts with, whatever its question: the chat
+    template's opening (its system prompt, SmolLM2's by default) up to the question's first token."""
+    if not context.strip() and not getattr(tokenizer, "chat_template", None):
+        return []                                 # the prompt is the question's text alone
+    a, b = (conversation_ids(tokenizer, [*_system(context), {"role": "user", "content": q}]) for q in ("A", "Z"))
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
+def _system(context: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": context}] if context.strip() else []
 
 
 def conversation_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

@@ -121,8 +121,8 @@ class FusedStack:
     """A decode step of every decoder layer of a LlamaModel in one kernel call (embedding, rotary
     and final norm stay in PyTorch). The layers are not called as modules, so their hooks cannot
     fire: the kernel's stamps go to `timer`, and a Stop pressed during the step is seen before it.
-    `forward` replaces the model's forward for one run's steps; `decode` is also called directly by
-    the continuous-batching server, with the caches of several runs."""
+    `forward` replaces the model's forward for one run's steps; the continuous-batching server calls
+    `decode_paged` with the block tables of several runs."""
 
     def __init__(self, model: nn.Module, kernel: Any, timer: LayerTimer):
         self.model, self.kernel, self.timer = model, kernel, timer
@@ -161,6 +161,22 @@ class FusedStack:
         self.timer.record_layers(stamps)
         return self.model.norm(hidden)
 
+
+    def decode_paged(self, input_ids: torch.Tensor, pool: Any, rows: list[Any]) -> torch.Tensor:
+        """`decode` over the shared server's block pool (inference/serving/paged.py): (M, 1) newest
+        tokens of `rows` (PagedRow, in order), each with a block for its new position, which goes at
+        its `length` (advanced by the caller) -> (M, 1, hidden) after the final norm."""
+        hidden = self.model.embed_tokens(input_ids)                          # (M, 1, hidden)
+        if not _few_rows(hidden, self.wq, self.limit):
+            raise RuntimeError(f"fused decode: embeddings in {hidden.dtype}, weights in {self.wq.dtype}")
+        positions = [row.length for row in rows]
+        position_ids = torch.tensor(positions, device=hidden.device)
+        cos, sin = self.model.rotary_emb(hidden, position_ids=position_ids[:, None])
+        self.timer.check_cancel()
+        hidden, stamps = self.kernel.layers_paged(hidden, self.weights, cos, sin, list(zip(pool.keys, pool.values)),
+                                                  [row.table for row in rows], positions)
+        self.timer.record_layers(stamps)
+        return self.model.norm(hidden)
 
     def check(self, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
         """(1, n) tokens that follow one sequence's cache (speculative decoding's newest token and its

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # The name of the KV cache in a model's forward keywords and its output, in this transformers.
@@ -41,10 +41,23 @@ def shared_prefix(a: tuple[int, ...] | list[int], b: list[int]) -> int:
     return n
 
 
+def cache_from(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A DynamicCache holding these K and V per layer, each (batch, kv_heads, seq_len, head_dim)
+    (a prefill that starts after a prefix cached elsewhere: the shared server's blocks)."""
+    cache = DynamicCache()
+    for i, (keys, values) in enumerate(layers):
+        cache.update(keys, values, i)
+    return cache
+
+
 def kv_cache_bytes(cache: Any) -> int:
-    """Bytes held by every K and V tensor in the cache, read from the tensors themselves."""
+    """Bytes held by every K and V tensor in the cache, read from the tensors themselves (a paged
+    cache of the shared server says what its positions hold)."""
     if cache is None:
         return 0
+    held = getattr(cache, "kv_bytes", None)
+    if held is not None:
+        return held
     total = 0
     for layer in cache.layers:
         for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):

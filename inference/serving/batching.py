@@ -4,7 +4,9 @@ A run joins when it is admitted: its prefill runs alone (the whole pause, as the
 Then each engine step decodes one token for every active run at once: the fused kernel reads each
 weight once for all their rows, while each row attends over its own run's cache (different
 lengths, no padding). A run leaves when it ends (EOS, its length, Stop, the time limit) and frees
-its cache. Each run's Steps record what that run experienced: the step's time, how many sequences
+its blocks. The runs' KV caches live in one pool of fixed-size blocks (paged.py): a run's prefill
+starts after the blocks of the class's shared context that are already cached (prefix caching),
+and its decode steps read K/V through each row's block table. Each run's Steps record what that run experienced: the step's time, how many sequences
 shared it (`batch_rows`, its own when alone), and the other runs' prompt tokens prefilled before it
 in the same engine step (`foreign_prefill_tokens`) with the time they took (`waited_ms`, part of
 its time). A run alone on the server is recorded as it would be alone.
@@ -31,9 +33,10 @@ from inference.engine import Engine
 from inference.hardware.cpu_quota import memory_room
 from inference.kernels.build import MAX_ROWS
 from inference.kernels.fast_path import FusedStack, stack_fusable
-from inference.model.kv_cache import cache_of, forward
+from inference.model.kv_cache import cache_from, cache_of, forward, layer_kv, shared_prefix
 from inference.rows import RowState
 from inference.serving.background import ENGINE_THREAD, EngineThread, WatchedRun
+from inference.serving.paged import BlockPool, PagedCache, PagedRow, PoolSnapshot, gather, prefix_hashes, scatter
 from inference.serving.plain_batch import PlainStack, plain_stackable
 from inference.serving.scheduler import Ask, Limits, admissible, piece_end, refusal
 from inference.settings import GenerationSettings
@@ -61,6 +64,11 @@ class BatchRun(WatchedRun):
         self.prefilled = 0                        # prompt tokens prefilled so far
         self.piece_times: list[StepTimes] = []    # one per prefill piece
         self.row_state: RowState | None = None    # its rows as they decode (set when its prefill starts)
+        self.names: list[bytes] = []              # its shareable full prompt blocks' prefix names
+        self.hit_blocks: list[int] = []           # the cached blocks its prefill starts after
+        self.reserved = 0                         # blocks it may still take from the pool, at its full length
+        self.holds_hits = False                   # it references its hit blocks, not yet through a PagedCache
+        self.label = ""                           # how the class view names it
 
     @property
     def queue_position(self) -> int:
@@ -78,7 +86,12 @@ class BatchRun(WatchedRun):
 
     def trace(self) -> Trace:
         return self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
-                                           self.prompt, serving="batched", why=self.why)
+                                           self.prompt, serving="batched", why=self.why, reused_tokens=self.hit_tokens)
+
+    @property
+    def hit_tokens(self) -> int:
+        """Prompt tokens its prefill found in the shared blocks (not computed again)."""
+        return len(self.hit_blocks) * self.server.block_tokens
 
     def span(self) -> RunSpan:
         return RunSpan(self.started, self.prefill_start, self.prefill_end, self.ended, len(self.steps))
@@ -88,6 +101,12 @@ class BatchRun(WatchedRun):
         self._notify()
 
     def _finish(self, reason: StopReason, error: BaseException | None = None) -> None:
+        if isinstance(self.cache, PagedCache):        # its blocks go back to the pool (named ones stay cached)
+            self.cache.free()
+        elif self.holds_hits:                         # it ended before its prefill was paged
+            for block in self.hit_blocks * self.rows:
+                self.server.pool.release(block)
+        self.holds_hits, self.reserved = False, 0
         self.stop_reason, self.error, self.cache, self.ended = reason, error, None, time.perf_counter()
         self._end()
 
@@ -120,6 +139,15 @@ class BatchServer:
         self.prefill_chunk = prefill_chunk
         self.max_rows = MAX_ROWS if self.shared_step(engine) else 0
         self.kv_budget = kv_budget_bytes(engine.loaded.device)
+        # Prefix caching: a prompt's full blocks within the class's shared context (the operator's
+        # `shared_context` ids, else the chat template's own opening, its system prompt) are named,
+        # kept and shared; a student's own text is never shared across runs.
+        self.prefix_caching = True
+        self.shared_context: tuple[int, ...] | None = None
+        self._context_text = ""
+        self._template_opening: tuple[int, ...] | None = None
+        self._pool: BlockPool | None = None
+        self._runs_admitted = 0
         self._waiting: collections.deque[BatchRun] = collections.deque()
         self._lock = threading.Lock()
         self._serving = False
@@ -129,12 +157,55 @@ class BatchServer:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_rows, self.kv_budget)
+        return Limits(self.max_rows, self.pool.capacity * self.pool.block_bytes)
+
+    @property
+    def block_tokens(self) -> int:
+        return self.pool.block_tokens
+
+    @property
+    def pool(self) -> BlockPool:
+        """The block pool the KV budget holds (its tensors are made when the first run is paged)."""
+        if self._pool is None or (self._pool.budget_bytes != self.kv_budget and self._pool.in_use == 0):
+            info = self.engine.loaded.info
+            self._pool = BlockPool(info.layers, info.kv_heads, info.head_dim, info.kv_bytes_per_token, self.kv_budget)
+        return self._pool
 
     def ask(self, run: BatchRun) -> Ask:
-        """What the run needs: its rows, and the most its KV cache can hold (every row at full length)."""
+        """What the run could ever need: its rows, and its blocks with every row at full length."""
         length = len(run.prompt_ids) + run.settings.max_new_tokens
-        return Ask(run.rows, run.rows * length * self.engine.loaded.info.kv_bytes_per_token)
+        return Ask(run.rows, run.rows * -(-length // self.block_tokens) * self.pool.block_bytes)
+
+    def shareable(self, prompt_ids: list[int]) -> int:
+        """How many leading prompt tokens may come from, and go into, the class's shared blocks (at
+        least the last prompt token is always computed: its logits give the first token)."""
+        if not self.prefix_caching:
+            return 0
+        context = self.shared_context
+        if context is None:
+            if self._template_opening is None:
+                from inference.prompts import context_prefix_ids
+                self._template_opening = tuple(context_prefix_ids(self.engine.loaded.tokenizer))
+            context = self._template_opening
+        return min(shared_prefix(context, prompt_ids), len(prompt_ids) - 1)
+
+    def use_context(self, text: str) -> None:
+        """The class's shared context (the operator's text, a system message before every question;
+        "" for the chat template's own opening) as the tokens whose blocks are shared."""
+        if text != self._context_text:
+            from inference.prompts import context_prefix_ids
+            self.shared_context = tuple(context_prefix_ids(self.engine.loaded.tokenizer, text)) if text.strip() else None
+            self._context_text = text
+
+    def _blocks_needed(self, run: BatchRun) -> int:
+        """Blocks the run takes out of what the pool has available, at its full length, given the
+        shared blocks already cached (its names and hits are set here)."""
+        pool = self.pool
+        run.names = prefix_hashes(run.prompt_ids, self.shareable(run.prompt_ids), pool.block_tokens)
+        run.hit_blocks = pool.lookup(run.names)
+        own = run.rows * (-(-(len(run.prompt_ids) + run.settings.max_new_tokens) // pool.block_tokens)
+                          - len(run.hit_blocks))
+        return own + pool.idle_among(run.hit_blocks)
 
     def position(self, run: BatchRun) -> int:
         """1 for the next run to be admitted, 2 for the one after...; 0 once admitted."""
@@ -215,7 +286,7 @@ class BatchServer:
                     filling = [run for run in filling if not run.done]
                     waited: dict[int, tuple[int, float]] = collections.defaultdict(lambda: (0, 0.0))
                     if filling:                 # one chunk of the oldest unfinished prefill per step
-                        self._prefill_piece(filling[0], timer, active, waited)
+                        self._prefill_alone(filling[0], timer, active, waited)
                     else:
                         filling += self._admit(active, timer, waited, gone)
                     active += [run for run in filling if run.prefill_end is not None and not run.done]
@@ -261,20 +332,43 @@ class BatchServer:
         tokens prefilled before its next decode step and the time that took; runs that end on the
         way (Stop while waiting, EOS as the first token) go to `gone`."""
         admitted: list[BatchRun] = []
+        pool = self.pool
         while True:
             with self._lock:
-                inside = [self.ask(run) for run in [*active, *admitted]]
-                if not self._waiting or not admissible(inside, [self.ask(self._waiting[0])], self.limits):
+                if not self._waiting:
+                    return admitted
+                inside = [*active, *admitted]
+                committed = Ask(sum(r.rows for r in inside), (pool.in_use + sum(r.reserved for r in inside)) * pool.block_bytes)
+                head = self._waiting[0]
+                need = Ask(head.rows, self._blocks_needed(head) * pool.block_bytes)
+                if not admissible([committed], [need], self.limits):
                     return admitted
                 run = self._waiting.popleft()
             if run.cancel.is_set():
                 run._finish("cancelled")
                 gone.append(run)
                 continue
-            self._prefill_piece(run, timer, [*active, *admitted], waited)
+            run.reserved = run.rows * (-(-(len(run.prompt_ids) + run.settings.max_new_tokens) // pool.block_tokens)
+                                       - len(run.hit_blocks))
+            for block in run.hit_blocks * run.rows:
+                pool.share(block)
+            run.holds_hits = True
+            self._runs_admitted += 1
+            run.label = f"run {self._runs_admitted}"
+            self._prefill_alone(run, timer, [*active, *admitted], waited)
             (gone if run.done else admitted).append(run)
             if run.prefill_end is None:     # prefilling in chunks: the batch decodes before the next one
                 return admitted
+
+    def _prefill_alone(self, run: BatchRun, timer: LayerTimer, others: list[BatchRun],
+                       waited: dict[int, tuple[int, float]]) -> None:
+        """`_prefill_piece`, where a fault ends this run only (with its message; its blocks go
+        back) and the batch goes on."""
+        try:
+            self._prefill_piece(run, timer, others, waited)
+        except Exception as exc:
+            timer.cancel, run.timer = None, None
+            run._finish("cancelled", exc)
 
     def _prefill_piece(self, run: BatchRun, timer: LayerTimer, others: list[BatchRun],
                        waited: dict[int, tuple[int, float]]) -> None:
@@ -285,7 +379,10 @@ class BatchServer:
         device = engine.loaded.device
         if run.prefill_start is None:
             run.row_state = RowState(engine.loaded.model, engine.loaded.tokenizer, run.settings, device)
-            run.prefilled, run.piece_times = 0, []
+            run.prefilled, run.piece_times = run.hit_tokens, []
+            run.cache = self._cached_prefix(run)
+            self.pool.queried_tokens += len(run.prompt_ids)
+            self.pool.hit_tokens += run.hit_tokens
             run.prefill_start = time.perf_counter()
         end = piece_end(run.prefilled, len(run.prompt_ids), self.prefill_chunk)
         ids = torch.tensor([run.prompt_ids[run.prefilled:end]] * run.rows, device=device)
@@ -309,6 +406,7 @@ class BatchServer:
             waited[id(other)] = (before_tokens + (end - run.prefilled) * run.rows, before_ms + times.ms)
         run.prefilled = end
         if complete:
+            run.cache = self._page(run)
             run.prefill_end = time.perf_counter()
             pieces = run.piece_times
             total = StepTimes(ms=(run.prefill_end - run.prefill_start) * 1e3,
@@ -316,17 +414,53 @@ class BatchServer:
                               attn_ms=tuple(map(sum, zip(*(t.attn_ms for t in pieces)))),
                               mlp_ms=tuple(map(sum, zip(*(t.mlp_ms for t in pieces)))),
                               cpu_wait_ms=sum(t.cpu_wait_ms or 0.0 for t in pieces))
-            cost = step_cost(engine.loaded.info, run.rows, len(run.prompt_ids), 0,
-                             blocks=engine.reads_blocks(run.rows * len(run.prompt_ids)))
+            computed = len(run.prompt_ids) - run.hit_tokens
+            cost = step_cost(engine.loaded.info, run.rows, computed, run.hit_tokens,
+                             blocks=engine.reads_blocks(run.rows * computed))
             self._accept(run, tokens, total, cost, run.rows)
+
+    def _cached_prefix(self, run: BatchRun) -> Any:
+        """The cache a run's prefill starts from: its shared blocks as contiguous K/V, or None."""
+        if not run.hit_blocks:
+            return None
+        layers = gather(self.pool, run.hit_blocks, run.hit_tokens)
+        return cache_from([(k.expand(run.rows, -1, -1, -1), v.expand(run.rows, -1, -1, -1)) for k, v in layers])
+
+    def _page(self, run: BatchRun) -> PagedCache:
+        """Move a run's prefilled cache into the pool: the shared blocks it started after, then blocks
+        of its own for the rest of the prompt; its full shareable blocks are named for later runs."""
+        pool, prompt = self.pool, len(run.prompt_ids)
+        first = len(run.hit_blocks)
+        per_row = -(-prompt // pool.block_tokens) - first
+        rows = [PagedRow(run.hit_blocks + [pool.allocate() for _ in range(per_row)], prompt) for _ in range(run.rows)]
+        paged = PagedCache(pool, rows, self.engine.loaded.info.kv_bytes_per_token)     # holds every block now
+        run.reserved -= per_row * run.rows
+        run.holds_hits = False
+        try:
+            tensors = [layer_kv(run.cache, i) for i in range(self.engine.loaded.info.layers)]
+            pool.tensors(tensors[0][0].dtype, tensors[0][0].device, max(b for row in rows for b in row.blocks))
+            start = first * pool.block_tokens
+            for r, row in enumerate(rows):
+                scatter(pool, row.blocks[first:], [(k[r, :, start:prompt], v[r, :, start:prompt]) for k, v in tensors])
+        except BaseException:
+            paged.free()
+            raise
+        for block, name in list(zip(rows[0].blocks, run.names))[first:]:
+            pool.name(block, name)
+        return paged
 
     def _decode(self, active: list[BatchRun], timer: LayerTimer, stack: FusedStack | PlainStack,
                 waited: dict[int, tuple[int, float]]) -> None:
-        """One decode step for every active run's rows at once."""
+        """One decode step for every active run's rows at once, through their block tables."""
         model = self.engine.loaded.model
         timer.start_step()
         tokens = torch.cat([run.row_state.tokens for run in active])[:, None]        # (M, 1)
-        hidden = stack.decode(tokens, [run.cache for run in active])                 # (M, 1, hidden)
+        for run in active:
+            run.reserved -= run.cache.grow()
+        rows = [row for run in active for row in run.cache.rows]
+        hidden = stack.decode_paged(tokens, self.pool, rows)                         # (M, 1, hidden)
+        for row in rows:
+            row.length += 1
         logits = model.lm_head(hidden[:, -1, :])                                     # (M, V)
         # Greedy rows (a class's usual case) in one argmax rather than one per run.
         greedy = logits.argmax(dim=-1) if any(run.settings.greedy for run in active) else None
@@ -347,7 +481,7 @@ class BatchServer:
         """Record the run's next step, which produced `tokens` (B,); end the run if it is done."""
         rows = run.row_state
         index = rows.steps_taken
-        tokens_in = len(run.prompt_ids) if index == 0 else 1
+        tokens_in = len(run.prompt_ids) - run.hit_tokens if index == 0 else 1
         run._add(rows.take(tokens, times, cost, run.cache, tokens_in, len(run.prompt_ids) + index, batch_rows,
                            foreign_tokens, waited_ms))
         if rows.stop:
@@ -360,7 +494,19 @@ class BatchServer:
             runs = [run.span() for run in self._recent]
             steps = [step for step in self._step_log if step[0] >= now - window_s]
         runs = [r for r in runs if r.end is None or r.end >= now - window_s]
-        return ClassSnapshot(now, window_s, tuple(runs), tuple(steps))
+        return ClassSnapshot(now, window_s, tuple(runs), tuple(steps), self.pool_snapshot())
+
+    def pool_snapshot(self) -> PoolSnapshot | None:
+        """The block pool as the class view shows it (None where runs do not share a batch)."""
+        if self.stack is None:
+            return None
+        active = list(self.active)
+        info = self.engine.loaded.info
+        caches = [(run.label, run.cache) for run in active]
+        tables = [(label, tuple(cache.rows[0].blocks)) for label, cache in caches
+                  if isinstance(cache, PagedCache) and cache.rows]
+        reserved = sum(run.rows * (len(run.prompt_ids) + run.settings.max_new_tokens) for run in active)
+        return self.pool.snapshot(tables, reserved * info.kv_bytes_per_token)
 
 
 _servers: weakref.WeakKeyDictionary[Engine, BatchServer] = weakref.WeakKeyDictionary()

@@ -228,6 +228,23 @@ class RunSpan:
 
 
 @dataclass(frozen=True)
+class PoolSnapshot:
+    """The pool as the class view shows it: each block's state, each run's tables, the hit rate."""
+    block_tokens: int
+    block_bytes: int
+    capacity: int                       # blocks the KV budget holds
+    states: tuple[int, ...]             # per block handed out so far: 0 free, -1 cached unreferenced, n >= 1 runs' rows using it
+    tables: tuple[tuple[str, tuple[int, ...]], ...]     # (run label, its first row's block ids)
+    queried_tokens: int                 # prompt tokens looked up in the prefix cache
+    hit_tokens: int                     # of those, served from it
+    reserved_bytes: int                 # what contiguous caches at each run's full length would hold
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(1 for s in self.states if s > 0) * self.block_bytes
+
+
+@dataclass(frozen=True)
 class ClassSnapshot:
     """Everything the class view shows: the runs of the last `window_s` seconds and the batch size
     (sequences) of every decode step in it, as (end time, rows)."""
@@ -235,6 +252,7 @@ class ClassSnapshot:
     window_s: float
     runs: tuple[RunSpan, ...]
     steps: tuple[tuple[float, int], ...]
+    pool: PoolSnapshot | None = None        # the shared server's KV block pool (None: no shared batch)
 
 
 def cpu_wait_share(steps: list[Step] | tuple[Step, ...]) -> float:

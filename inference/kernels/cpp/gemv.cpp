@@ -68,7 +68,7 @@ std::vector<std::vector<RowCache<W>>> row_caches(
                   v.sizes() == k.sizes(), "layers: bad cache for group ", g);
       for (int64_t b = 0; b < k.size(0); ++b)
         out[i].push_back({mutable_data<W>(k) + b * Hk * k.size(2) * D, mutable_data<W>(v) + b * Hk * k.size(2) * D,
-                          k.size(2), positions[g]});
+                          nullptr, k.size(2), Hk, D, positions[g]});
     }
     TORCH_CHECK(int64_t(out[i].size()) == rows.size(0), "layers: the groups hold ", out[i].size(), " rows, x has ",
                 rows.size(0));
@@ -76,12 +76,38 @@ std::vector<std::vector<RowCache<W>>> row_caches(
   return out;
 }
 
+// Each row's cache in each layer from a paged cache: pools[layer] = (K, V), each (blocks,
+// kv_heads, block, head_dim); tables[row] the row's block ids (int64), positions[row] where its
+// new token goes (its table must reach that position).
+template <typename W>
+std::vector<std::vector<RowCache<W>>> paged_caches(
+    const std::vector<std::pair<torch::Tensor, torch::Tensor>>& pools, const std::vector<torch::Tensor>& tables,
+    const std::vector<int64_t>& positions, const torch::Tensor& rows, int64_t Hk, int64_t D) {
+  TORCH_CHECK(int64_t(tables.size()) == rows.size(0) && positions.size() == tables.size(),
+              "layers_paged: one block table and one position per row");
+  std::vector<std::vector<RowCache<W>>> out(pools.size());
+  for (size_t i = 0; i < pools.size(); ++i) {
+    auto k = pools[i].first, v = pools[i].second;
+    check_block(rows, {k, v});
+    TORCH_CHECK(k.dim() == 4 && k.size(1) == Hk && k.size(3) == D && v.sizes() == k.sizes(), "layers_paged: bad pool");
+    for (size_t r = 0; r < tables.size(); ++r) {
+      const auto& table = tables[r];
+      TORCH_CHECK(table.dim() == 1 && table.scalar_type() == torch::kInt64 && table.is_contiguous() && table.is_cpu() &&
+                  positions[r] >= 0 && positions[r] < table.size(0) * k.size(2), "layers_paged: bad table for row ", r);
+      const int64_t* ids = table.data_ptr<int64_t>();
+      for (int64_t b = 0; b <= positions[r] / k.size(2); ++b)
+        TORCH_CHECK(ids[b] >= 0 && ids[b] < k.size(0), "layers_paged: row ", r, " names block ", ids[b]);
+      out[i].push_back({mutable_data<W>(k), mutable_data<W>(v), ids, k.size(2), Hk, D, positions[r]});
+    }
+  }
+  return out;
+}
+
 template <typename W>
 std::tuple<torch::Tensor, std::vector<double>> layers_step(
     torch::Tensor rows, const std::vector<LayerWeights>& weights, const torch::Tensor& c, const torch::Tensor& s,
-    const std::vector<std::vector<std::pair<torch::Tensor, torch::Tensor>>>& caches,
-    const std::vector<int64_t>& positions, int64_t Hk, int64_t D) {
-  const auto rc = row_caches<W>(caches, positions, rows, Hk, D);
+    const std::vector<std::vector<RowCache<W>>>& rc, int64_t D) {
+  const int64_t Hk = rc[0][0].Hk;
   std::vector<double> stamps;
   stamps.reserve(6 * weights.size());
   for (size_t i = 0; i < weights.size(); ++i) {
@@ -121,8 +147,31 @@ std::tuple<torch::Tensor, std::vector<double>> layers(
   TORCH_CHECK(cos.size(-1) == D && sin.sizes() == cos.sizes() && (cos.numel() == D || cos.numel() == M * D),
               "layers: bad rotary");
   const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
-  auto result = rows.scalar_type() == torch::kFloat32 ? layers_step<float>(rows, weights, c, s, caches, positions, Hk, D)
-                                                      : layers_step<uint16_t>(rows, weights, c, s, caches, positions, Hk, D);
+  auto result = rows.scalar_type() == torch::kFloat32
+                    ? layers_step<float>(rows, weights, c, s, row_caches<float>(caches, positions, rows, Hk, D), D)
+                    : layers_step<uint16_t>(rows, weights, c, s, row_caches<uint16_t>(caches, positions, rows, Hk, D), D);
+  return {shaped_like(std::get<0>(result), x), std::get<1>(result)};
+}
+
+// `layers` over a paged KV cache (the shared server's block pool): pools[layer] = (K, V), each
+// (blocks, kv_heads, block, head_dim), shared by every row; tables[row]: the row's block ids in
+// order (int64); positions[row]: where its new token goes. The same arithmetic as `layers`, block
+// by block, so a row gives the same bits from either cache.
+std::tuple<torch::Tensor, std::vector<double>> layers_paged(
+    torch::Tensor x, const std::vector<LayerWeights>& weights, torch::Tensor cos, torch::Tensor sin,
+    const std::vector<std::pair<torch::Tensor, torch::Tensor>>& pools, const std::vector<torch::Tensor>& tables,
+    const std::vector<int64_t>& positions) {
+  auto rows = as_rows(x);
+  const int64_t M = rows.size(0);
+  TORCH_CHECK(!pools.empty() && pools.size() == weights.size(), "layers_paged: one (K, V) pool per layer");
+  const int64_t Hk = pools[0].first.size(1), D = pools[0].first.size(3);
+  TORCH_CHECK(D <= kMaxHeadDim, "layers_paged: head_dim ", D, " is above ", kMaxHeadDim);
+  TORCH_CHECK(cos.size(-1) == D && sin.sizes() == cos.sizes() && (cos.numel() == D || cos.numel() == M * D),
+              "layers_paged: bad rotary");
+  const auto c = cos.reshape({-1, D}).expand({M, D}).contiguous(), s = sin.reshape({-1, D}).expand({M, D}).contiguous();
+  auto result = rows.scalar_type() == torch::kFloat32
+                    ? layers_step<float>(rows, weights, c, s, paged_caches<float>(pools, tables, positions, rows, Hk, D), D)
+                    : layers_step<uint16_t>(rows, weights, c, s, paged_caches<uint16_t>(pools, tables, positions, rows, Hk, D), D);
   return {shaped_like(std::get<0>(result), x), std::get<1>(result)};
 }
 
@@ -191,6 +240,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // page handler, the web server) can do their small jobs instead of queueing for it after.
   m.def("gemv", &gemv, "multi-core matrix-vector product", pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("layers", &layers, "one decode step of every Llama decoder layer, K and V written into the caches",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("layers_paged", &layers_paged, "`layers` over a paged KV cache: block pools and a block table per row",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("gemv_blocks", &gemv_blocks, "multi-core matrix-vector product over Q8_0 or Q4_1 blocks",
         pybind11::call_guard<pybind11::gil_scoped_release>());

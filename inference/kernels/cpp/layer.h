@@ -16,13 +16,22 @@ void norm_rows(const float* x, const W* w, float eps, int64_t M, int64_t K, floa
   }
 }
 
-// One row's KV cache in one layer: K and V buffers (kv_heads, cap, head_dim) and the position its
-// new token is written at (it attends over positions 0..pos).
+// One row's KV cache in one layer, as blocks of `block` positions: block b's K and V are
+// (kv_heads, block, head_dim) at k / v + b * kv_heads * block * head_dim, and the row's positions
+// t live in block table[t / block] at t % block (a paged cache). A contiguous cache (kv_heads,
+// cap, head_dim) is one block of `cap` positions, with no table. The row's new token is written at
+// `pos` (it attends over positions 0..pos).
 template <typename W>
 struct RowCache {
   W* k;
   W* v;
-  int64_t cap, pos;
+  const int64_t* table;   // nullptr: one contiguous block
+  int64_t block, Hk, D, pos;
+
+  int64_t offset(int64_t g, int64_t t) const {     // of head g's position t, in elements
+    const int64_t b = table == nullptr ? 0 : table[t / block];
+    return ((b * Hk + g) * block + t % block) * D;
+  }
 };
 
 // The clock Python's time.perf_counter() reads on Linux, in seconds, so these stamps and the
@@ -81,7 +90,7 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
         float* kh = k.data() + (m * Hk + hd) * D;
         for (int64_t j = 0; j < D; ++j) kh[j] = rounded<W>(kh[j]);
         rotate(kh, c, s);
-        const int64_t at = (hd * rc[m].cap + rc[m].pos) * D;
+        const int64_t at = rc[m].offset(hd, rc[m].pos);
         for (int64_t j = 0; j < D; ++j) {
           store(kh[j], rc[m].k + at + j);
           store(v[(m * Hk + hd) * D + j], rc[m].v + at + j);
@@ -90,15 +99,16 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < M * Hq; ++i) {        // each query head over its K/V group's positions
-      const int64_t m = i / Hq, gk = (i % Hq) / group, T = rc[m].pos + 1;
+      const int64_t m = i / Hq, gk = (i % Hq) / group, T = rc[m].pos + 1, B = rc[m].block;
       std::vector<float> score(T);
       const float* qh = q.data() + i * D;
-      const W* keys = rc[m].k + gk * rc[m].cap * D;
-      const W* values = rc[m].v + gk * rc[m].cap * D;
       float top = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < T; ++t) {
-        score[t] = dot(qh, keys + t * D, D) * float(L.scaling);
-        top = std::max(top, score[t]);
+      for (int64_t t0 = 0; t0 < T; t0 += B) {       // block by block (one block when contiguous)
+        const W* keys = rc[m].k + rc[m].offset(gk, t0);
+        for (int64_t t = t0; t < std::min(T, t0 + B); ++t) {
+          score[t] = dot(qh, keys + (t - t0) * D, D) * float(L.scaling);
+          top = std::max(top, score[t]);
+        }
       }
       float total = 0;
 #pragma omp simd reduction(+ : total)
@@ -108,10 +118,13 @@ std::tuple<torch::Tensor, double, double, double, double> layer_step(
       }
       float* out = attended.data() + i * D;
       std::fill(out, out + D, 0.0f);
-      for (int64_t t = 0; t < T; ++t) {
-        const float p = score[t] / total;
-        const W* row = values + t * D;
-        for (int64_t j = 0; j < D; ++j) out[j] += p * to_float(row[j]);
+      for (int64_t t0 = 0; t0 < T; t0 += B) {
+        const W* values = rc[m].v + rc[m].offset(gk, t0);
+        for (int64_t t = t0; t < std::min(T, t0 + B); ++t) {
+          const float p = score[t] / total;
+          const W* row = values + (t - t0) * D;
+          for (int64_t j = 0; j < D; ++j) out[j] += p * to_float(row[j]);
+        }
       }
       for (int64_t j = 0; j < D; ++j) out[j] = rounded<W>(out[j]);
     }
