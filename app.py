@@ -90,6 +90,11 @@ def main() -> None:
                         help="runs one at a time (clean single-run timings) instead of sharing decode steps")
     parser.add_argument("--prefill-chunk", type=int, default=config.prefill_chunk, metavar="N",
                         help="prefill long prompts N tokens at a time between the batch's decode steps (0 = off)")
+    parser.add_argument("--class-context", type=Path, metavar="FILE",
+                        help="the teacher's context (a text file): the system message before every question on the "
+                             "page, prefilled once and shared by the class")
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="prefill every run's whole prompt (no blocks shared between runs)")
     parser.add_argument("--allow-any-model", action="store_true",
                         help="let the page load any hub id or folder (local use only; never on a public server)")
     parser.add_argument("--remote", action="append", default=[], metavar="NAME=URL",
@@ -101,7 +106,12 @@ def main() -> None:
         remotes = config.remotes + parse_remotes(",".join(args.remote))
     except ValueError as exc:
         parser.exit(2, f"app.py: error: {exc}\n")
-    server.config = config.replace(remotes=remotes, model=args.model, device=args.device, dtype=args.dtype,
+    try:
+        context = args.class_context.read_text() if args.class_context else config.class_context
+    except OSError as exc:
+        parser.exit(2, f"app.py: error: --class-context: {exc}\n")
+    server.config = config.replace(class_context=context, prefix_cache=config.prefix_cache and not args.no_prefix_cache,
+                                   remotes=remotes, model=args.model, device=args.device, dtype=args.dtype,
                                    allow_any_model=config.allow_any_model or args.allow_any_model,
                                    solo=config.solo or args.solo, prefill_chunk=max(0, args.prefill_chunk))
     launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)

@@ -193,7 +193,8 @@ class LiveTab:
         conversation = conversation if chat else None
         received = time.perf_counter()
         settings, ids = _prompt_and_settings(engine, prompt, conversation, max_new_tokens, temperature, top_p, seed,
-                                             kv_cache, batch_size, kernel, attention, speculate, draft_tokens)
+                                             kv_cache, batch_size, kernel, attention, speculate, draft_tokens,
+                                             context=self.server.config.class_context)
         plan = self._plan(engine, ids, settings, prompt, conversation, forget)
         tokenized = time.perf_counter()
         cancel.clear()
@@ -268,7 +269,9 @@ class LiveTab:
 
     def _start(self, engine: Engine, plan: Plan, cancel: CancelFlag) -> WatchedRun:
         try:
-            return start(engine, plan, cancel, self.server.config.max_run_seconds, self.server.config.prefill_chunk)
+            config = self.server.config
+            return start(engine, plan, cancel, config.max_run_seconds, config.prefill_chunk, config.class_context,
+                         config.prefix_cache)
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
 
@@ -305,16 +308,17 @@ def _finish(background: WatchedRun, trace: Trace, seq: Iterator[int], note: str 
                    trace.to_json() if trace.steps else gr.skip(), token_text)
 
 
-def _prompt_and_settings(engine: Engine, prompt: str, conversation: Conversation | None, *form: Any
-                         ) -> tuple[GenerationSettings, list[int]]:
-    """The run's settings and prompt ids (the whole conversation in chat mode), or a gr.Error."""
+def _prompt_and_settings(engine: Engine, prompt: str, conversation: Conversation | None, *form: Any,
+                         context: str = "") -> tuple[GenerationSettings, list[int]]:
+    """The run's settings and prompt ids (the whole conversation in chat mode; else the question
+    after the class's `context`, if any), or a gr.Error."""
     from inference.prompts import chat_prompt_ids
 
     try:
         settings = GenerationSettings.from_form(*form)
         tokenizer = engine.loaded.tokenizer
         ids = conversation.prompt_ids(tokenizer, prompt) if conversation is not None else chat_prompt_ids(tokenizer,
-                                                                                                          prompt)
+                                                                                                          prompt, context)
     except ValueError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
     return settings, ids

@@ -1,7 +1,8 @@
 """The class view: one bar per run in its phases, the batch size over time, and the rates it states."""
 from __future__ import annotations
 
-from inference.trace import ClassSnapshot, RunSpan
+from inference.trace import ClassSnapshot, PoolSnapshot, RunSpan
+from viz import classroom
 from viz.classroom import aggregate_tokens_per_s, class_figure, class_summary
 
 NOW = 100.0
@@ -28,3 +29,25 @@ def test_the_rates_are_the_tokens_of_the_steps() -> None:
     text = class_summary(SNAPSHOT)
     assert text.startswith("1 run decoding, 1 waiting") and "4.0 tokens/s" in text
     assert "each about 10.0 tokens/s of its own" in text          # 20 tokens after its first, in 2 s
+
+
+def test_goodput_counts_the_finished_runs_within_both_objectives() -> None:
+    runs = (RunSpan(0.0, 0.1, 1.0, 3.0, 21),     # TTFT 1 s, TPOT 100 ms: met
+            RunSpan(0.0, 0.1, 3.0, 5.0, 21),     # TTFT 3 s: missed
+            RunSpan(0.0, 0.1, 1.0, 9.0, 21),     # TPOT 400 ms: missed
+            RunSpan(0.0, 0.1, 1.0, None, 5))     # still running: not counted
+    g = classroom.goodput(ClassSnapshot(10.0, 60.0, runs, ()), ttft_s=2.0, tpot_s=0.2)
+    assert (g.finished, g.met) == (3, 1) and g.per_s == 1 / 60
+    assert "1 of 3 runs" in classroom.goodput_text(ClassSnapshot(10.0, 60.0, runs, ()), 2.0, 0.2)
+
+
+def test_the_pool_view_counts_each_kind_of_block_and_escapes_run_labels() -> None:
+    pool = PoolSnapshot(block_tokens=16, block_bytes=1000, capacity=10, states=(3, 1, -1, 0, 1),
+                        tables=(("<run 1>", (0, 1)), ("run 2", (0, 4))), queried_tokens=200, hit_tokens=50,
+                        reserved_bytes=9000)
+    text = classroom.pool_html(ClassSnapshot(1.0, 60.0, (), (), pool))
+    assert "shared 1" in text and "owned 2" in text and "cached 1" in text and "free 6" in text
+    assert "50 of 200 prompt tokens (25%)" in text
+    assert "&lt;run 1&gt;" in text and "<run 1>" not in text
+    assert "<b>0</b> 1" in text, "a shared block is marked in the tables"
+    assert classroom.pool_html(ClassSnapshot(1.0, 60.0, (), ())) == ""

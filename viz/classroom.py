@@ -1,16 +1,20 @@
-"""The class view: every run on the server as a bar on one time axis, and the batch size over time.
+"""The class view: every run on the server as a bar on one time axis, the batch size over time,
+the KV cache's pages and the class's goodput.
 
 A pure function of a ClassSnapshot (inference/serving/batching.py records it): the same snapshot gives the
 same figure. Runs are anonymous, numbered in the order they were asked for.
 """
 from __future__ import annotations
 
+import html
+from dataclasses import dataclass
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from inference.trace import ClassSnapshot
 from viz.charts import DECODE, OTHERS, PREFILL
-from viz.theme import layout
+from viz.theme import PALETTE, layout
 
 RATE_WINDOW_S = 5.0
 
@@ -58,3 +62,70 @@ def class_figure(snapshot: ClassSnapshot) -> go.Figure:
     fig.update_yaxes(title_text="batch", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(title_text="seconds (0 = now)", range=[-snapshot.window_s, 0], row=2, col=1)
     return fig
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def pool_html(snapshot: ClassSnapshot) -> str:
+    """The KV block pool: one square per block handed out so far (shared by several rows, owned by
+    one, cached with no run using it, free), each run's block table, the prefix cache's hit rate
+    with its denominator, and what the pages hold against contiguous caches at full length."""
+    pool = snapshot.pool
+    if pool is None:
+        return ""
+    colours = {"shared": PALETTE["done"], "owned": DECODE, "cached": PALETTE["waiting"], "free": PALETTE["grid"]}
+
+    def kind(state: int) -> str:
+        return "shared" if state > 1 else "owned" if state == 1 else "cached" if state < 0 else "free"
+
+    counts = {k: 0 for k in colours}
+    squares = []
+    for block, state in enumerate(pool.states):
+        counts[kind(state)] += 1
+        title = f"block {block}: " + (f"shared by {state} rows" if state > 1 else kind(state))
+        squares.append(f'<span class="ps-block" title="{html.escape(title)}" '
+                       f'style="background:{colours[kind(state)]}"></span>')
+    counts["free"] += pool.capacity - len(pool.states)
+    legend = " · ".join(f'<span class="ps-block" style="background:{colours[k]}"></span> {k} {counts[k]:,}'
+                        for k in colours)
+    shared = {b for b, s in enumerate(pool.states) if s > 1}
+    tables = "".join(
+        f"<li>{html.escape(label)}: " + " ".join(f"<b>{b}</b>" if b in shared else str(b) for b in blocks) + "</li>"
+        for label, blocks in pool.tables)
+    hit = (f"{pool.hit_tokens:,} of {pool.queried_tokens:,} prompt tokens ({pool.hit_tokens / pool.queried_tokens:.0%})"
+           if pool.queried_tokens else "no prompts yet")
+    return (f'<div class="ps-pool"><p><b>KV cache pages</b> ({pool.block_tokens} tokens, '
+            f'{_mb(pool.block_bytes)} a block; the budget holds {pool.capacity:,}): {legend}</p>'
+            f'<div class="ps-blocks">{"".join(squares)}</div>'
+            f"<p>Prefix cache hits: {hit} came from shared blocks instead of being prefilled again. "
+            f"Running now: the pages hold {_mb(pool.used_bytes)}; caches reserved at each run's full length "
+            f"would hold {_mb(pool.reserved_bytes)}.</p>"
+            f'<ul class="ps-tables">{tables}</ul>'
+            "<p><i>Only the class's shared context is shared: a faster first token would tell a student that "
+            "someone else had sent the same text, so a cache shared across users leaks through timing.</i></p></div>")
+
+
+@dataclass(frozen=True)
+class Goodput:
+    finished: int          # runs that ended in the window with a first token
+    met: int               # of those, runs within both objectives
+    per_s: float           # runs within both objectives per second of the window
+
+
+def goodput(snapshot: ClassSnapshot, ttft_s: float, tpot_s: float) -> Goodput:
+    """Goodput as DistServe and vLLM's benchmark define it: the runs that met a time-to-first-token
+    and a time-per-output-token objective, and how many a second did."""
+    finished = [r for r in snapshot.runs if r.end is not None and r.prefill_end is not None]
+    met = [r for r in finished if r.prefill_end - r.submitted <= ttft_s and
+           (r.tokens <= 1 or (r.end - r.prefill_end) / (r.tokens - 1) <= tpot_s)]
+    return Goodput(len(finished), len(met), len(met) / snapshot.window_s)
+
+
+def goodput_text(snapshot: ClassSnapshot, ttft_s: float, tpot_s: float) -> str:
+    g = goodput(snapshot, ttft_s, tpot_s)
+    if not g.finished:
+        return f"Goodput (TTFT ≤ {ttft_s:g} s, TPOT ≤ {tpot_s * 1e3:g} ms): no run has finished in the last minute."
+    return (f"Goodput (TTFT ≤ {ttft_s:g} s and TPOT ≤ {tpot_s * 1e3:g} ms): {g.met} of {g.finished} runs that finished "
+            f"in the last {snapshot.window_s:g} s met both ({g.met / g.finished:.0%}), {g.per_s:.2f} runs a second.")

@@ -34,9 +34,7 @@ def headline_html(trace: Trace, token_text: Callable[[list[int]], str] | None = 
     n = headline_numbers(trace)
     decode = bool(trace.decode_steps)
     cards = [
-        _card("TTFT", f"{n['ttft_ms']:,.0f} ms",
-              f"prefill of {trace.prompt_tokens - trace.reused_tokens} new prompt tokens, {trace.reused_tokens} "
-              f"reused from the cache" if trace.reused_tokens else f"prefill of {trace.prompt_tokens} prompt tokens"),
+        _card("TTFT", f"{n['ttft_ms']:,.0f} ms", _prefill_line(trace)),
         _card("decode", f"{n['decode_ms_median']:.1f} ms" if decode else "–",
               "per step (median; a check writes several tokens)" if trace.settings.speculate else "per token (median)"),
         _card("speed", f"{n['tokens_per_s']:.1f} tok/s" if decode else "–",
@@ -49,6 +47,19 @@ def headline_html(trace: Trace, token_text: Callable[[list[int]], str] | None = 
     note = f'<div class="ps-why">{html.escape(trace.model.precision)}: {html.escape(why)}</div>' if why else ""
     return (f'<div class="ps-cards" data-stop="{html.escape(trace.summary.stop_reason)}">{"".join(cards)}</div>'
             f'{wait_html(trace)}{speculation_html(trace, token_text)}{note}')
+
+
+def _prefill_line(trace: Trace) -> str:
+    """What the first token's pause computed: the whole prompt, or what the cache did not hold (and
+    then what the whole prompt would have cost, estimated from this prefill's own rate)."""
+    reused = trace.reused_tokens
+    if not reused:
+        return f"prefill of {trace.prompt_tokens} prompt tokens"
+    where = "the class's shared blocks" if trace.serving == "batched" else "the cache"
+    computed = trace.prompt_tokens - reused
+    cold = trace.steps[0].ms * trace.prompt_tokens / computed
+    return (f"prefill of {computed} new prompt tokens, {reused} from {where}; "
+            f"cold, about {cold:,.0f} ms (estimate at this prefill's rate)")
 
 
 def speculation_html(trace: Trace, token_text: Callable[[list[int]], str] | None) -> str:

@@ -45,12 +45,16 @@ def prepare(engine: Engine, prompt_ids: list[int], settings: GenerationSettings,
                 prompt)
 
 
-def start(engine: Engine, plan: Plan, cancel: Any, max_seconds: float = math.inf, prefill_chunk: int = 0) -> WatchedRun:
-    """Start the planned run (ValueError if the shared batch could never hold it)."""
+def start(engine: Engine, plan: Plan, cancel: Any, max_seconds: float = math.inf, prefill_chunk: int = 0,
+          class_context: str = "", prefix_cache: bool = True) -> WatchedRun:
+    """Start the planned run (ValueError if the shared batch could never hold it); the shared
+    server's prefill pieces, its class context and whether it shares that context's blocks are
+    the operator's (ServerConfig)."""
     ids = list(plan.prompt_ids)
     if plan.route == "batched":
         server = batch_server(engine)
-        server.prefill_chunk = prefill_chunk
+        server.prefill_chunk, server.prefix_caching = prefill_chunk, prefix_cache
+        server.use_context(class_context)
         return server.submit(ids, plan.settings, cancel, plan.prompt, max_seconds, why=plan.why)
     return BackgroundRun(here(engine, plan, cancel), max_seconds=max_seconds)
 

@@ -2,7 +2,8 @@
 
 Read once from the environment (PHASESCOPE_MODEL, PHASESCOPE_DEVICE, PHASESCOPE_DTYPE,
 PHASESCOPE_ALLOWED_MODELS, PHASESCOPE_ALLOW_ANY_MODEL=1, PHASESCOPE_MAX_RUN_SECONDS,
-PHASESCOPE_QUEUE_SIZE, PHASESCOPE_SOLO=1, PHASESCOPE_PREFILL_CHUNK, PHASESCOPE_REMOTE=name=url,... (remote
+PHASESCOPE_QUEUE_SIZE, PHASESCOPE_SOLO=1, PHASESCOPE_PREFILL_CHUNK, PHASESCOPE_CLASS_CONTEXT (the class's
+shared context), PHASESCOPE_PREFIX_CACHE=0, PHASESCOPE_REMOTE=name=url,... (remote
 serving engines the page may send runs to) and SPACES_ZERO_GPU, which a ZeroGPU Space sets);
 `python app.py`'s flags override it. A frozen record: a change (a model
 switch, a flag) makes a new one.
@@ -31,6 +32,8 @@ class ServerConfig:
     solo: bool = False                      # one run at a time (clean single-run timings), no shared batch
     zero_gpu: bool = False                  # a ZeroGPU Space: runs happen in forked workers that hold a GPU
     remotes: tuple[RemoteEndpoint, ...] = ()   # serving engines elsewhere, named by the operator only
+    class_context: str = ""                 # the teacher's context: every page run's system message, prefilled once
+    prefix_cache: bool = True               # share the blocks of that context (or the chat template's opening)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
@@ -49,7 +52,9 @@ class ServerConfig:
                    allow_any_model=env.get("PHASESCOPE_ALLOW_ANY_MODEL") == "1", max_run_seconds=max_run_seconds,
                    queue_size=queue_size, prefill_chunk=prefill_chunk, solo=env.get("PHASESCOPE_SOLO") == "1",
                    zero_gpu=env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),
-                   remotes=parse_remotes(env.get("PHASESCOPE_REMOTE", "")))
+                   remotes=parse_remotes(env.get("PHASESCOPE_REMOTE", "")),
+                   class_context=env.get("PHASESCOPE_CLASS_CONTEXT", ""),
+                   prefix_cache=env.get("PHASESCOPE_PREFIX_CACHE", "1") != "0")
 
     @property
     def allowed_models(self) -> list[str]:
