@@ -12,6 +12,8 @@ BATCH_PROMPT_TOKENS, BATCH_NEW_TOKENS = 32, 12
 DTYPES_COMPARED = ("float32", "bfloat16", "int8", "q4_1")
 DTYPE_PROMPT_TOKENS, DTYPE_NEW_TOKENS = 32, 24
 CHUNK_LONG_PROMPT, CHUNK_SIZE, CHUNK_STREAMS = 1024, 128, 4   # chunked prefill: the long prompt, a chunk, streams
+PREFIX_STUDENTS, PREFIX_CONTEXT_TOKENS, PREFIX_NEW_TOKENS = 30, 1000, 16   # a class's shared context, prefix caching
+GOODPUT_TTFT_S, GOODPUT_TPOT_S = 2.0, 0.2        # the goodput objectives until a teacher sets their own
 # Speculative decoding: k drafted tokens per check (a check passes k + 1 tokens: 2, 4, 8, 16, whole
 # blocks of the kernel's rows), new tokens per run, and two prompts, one whose answer repeats its
 # input and one whose answer does not.

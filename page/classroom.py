@@ -7,11 +7,12 @@ from typing import Any
 
 import gradio as gr
 
+from inference.defaults import GOODPUT_TPOT_S, GOODPUT_TTFT_S
 from inference.serving.batching import batch_server
 from page.state import Server
 from viz import classroom
 
-DEFAULT_TTFT_S, DEFAULT_TPOT_MS = 2.0, 200.0      # the teacher's objectives until they set their own
+DEFAULT_TTFT_S, DEFAULT_TPOT_MS = GOODPUT_TTFT_S, GOODPUT_TPOT_S * 1e3     # until the teacher sets their own
 
 
 class ClassTab:

@@ -108,7 +108,17 @@ class ExperimentsTab:
                                                 label="k (drafted tokens per check)")
                     button = gr.Button("Race speculation against plain decode", variant="primary")
                     measured_by(button, self.experiment_speculate, [draft_ks], "speculate")
-                with gr.Tab("8 · Big models"):
+                with gr.Tab("8 · Shared context"):
+                    gr.Markdown("A class presses Run at once: every student's own short question after the same "
+                                "context (the teacher's text, as a system message), on a batch server of their own. "
+                                "Once with prefix caching off (each prompt prefilled whole), once on (the context's KV "
+                                "blocks prefilled once, then shared by every run). Greedy: the answers must not change.")
+                    students = gr.Slider(2, 30, value=D.PREFIX_STUDENTS, step=1, label="students")
+                    context_tokens = gr.Slider(64, 2048, value=D.PREFIX_CONTEXT_TOKENS, step=64,
+                                               label="shared context (tokens)")
+                    button = gr.Button("Ask the class's questions", variant="primary")
+                    measured_by(button, self.experiment_prefix, [students, context_tokens], "prefix")
+                with gr.Tab("9 · Big models"):
                     gr.Markdown("What the same arithmetic predicts for large models on large GPUs: **estimates** from"
                                 " public configs and datasheet peaks, not measurements.")
                     models = gr.CheckboxGroup(list(PRESETS), value=["Llama-3.1-8B", "Llama-3.1-70B"], label="models")
@@ -189,6 +199,13 @@ class ExperimentsTab:
         engine = self.server.get_engine()
         return self._experiment("speculate", lambda p: experiments.run_speculation(engine, ks, progress=p),
                                 viz_experiments.speculation_figure, claims, progress)
+
+    def experiment_prefix(self, students: float, context_tokens: float, claims: dict,
+                          progress: gr.Progress = gr.Progress()) -> tuple:
+        engine = self.server.get_engine()
+        sizes = int(students), int(context_tokens)
+        return self._experiment("prefix", lambda p: experiments.run_shared_context(engine, *sizes, progress=p),
+                                viz_experiments.prefix_figure, claims, progress)
 
     def explain_roofline(self, trace_json: str | None, claims: dict) -> tuple:
         if not trace_json:

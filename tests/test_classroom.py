@@ -1,7 +1,7 @@
 """The class view: one bar per run in its phases, the batch size over time, and the rates it states."""
 from __future__ import annotations
 
-from inference.trace import ClassSnapshot, PoolSnapshot, RunSpan
+from inference.trace import ClassSnapshot, Goodput, PoolSnapshot, RunSpan
 from viz import classroom
 from viz.classroom import aggregate_tokens_per_s, class_figure, class_summary
 
@@ -36,7 +36,7 @@ def test_goodput_counts_the_finished_runs_within_both_objectives() -> None:
             RunSpan(0.0, 0.1, 3.0, 5.0, 21),     # TTFT 3 s: missed
             RunSpan(0.0, 0.1, 1.0, 9.0, 21),     # TPOT 400 ms: missed
             RunSpan(0.0, 0.1, 1.0, None, 5))     # still running: not counted
-    g = classroom.goodput(ClassSnapshot(10.0, 60.0, runs, ()), ttft_s=2.0, tpot_s=0.2)
+    g = Goodput.of(runs, 60.0, ttft_s=2.0, tpot_s=0.2)
     assert (g.finished, g.met) == (3, 1) and g.per_s == 1 / 60
     assert "1 of 3 runs" in classroom.goodput_text(ClassSnapshot(10.0, 60.0, runs, ()), 2.0, 0.2)
 

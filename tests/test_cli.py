@@ -66,6 +66,8 @@ def test_sweep_writes_one_trace_per_prompt_length(tmp_path: Path) -> None:
     (["run", "hi", "--speculate", "draft"], "needs --draft-model"),
     (["run", "hi", "--speculate", "lookup", "--batch-size", "2"], "runs one sequence"),
     (["speculate", "--draft-tokens", "2,99"], "go up to 16"),
+    (["prefix", "--students", "0"], "at least one student"),
+    (["prefix", "--context-tokens", "9000"], "holds at most 8,192 tokens"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = cli(*args)

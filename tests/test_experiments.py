@@ -115,3 +115,24 @@ def test_chunked_prefill_shrinks_the_others_worst_step_at_the_long_prompts_cost(
     assert max(s.foreign_prefill_tokens for s in result.on[0].steps) <= 64
     assert "chunks of 64" in result.verdict()
     assert len(chunk_figure(result).data) == 4
+
+
+def test_a_shared_context_is_prefilled_once_and_the_answers_do_not_change(real_engine) -> None:
+    from inference.lessons.experiments import run_shared_context
+    from viz.experiments import prefix_figure
+
+    result = run_shared_context(real_engine, students=4, context_tokens=200, new_tokens=6)
+    assert result.identical, "prefix caching changed a student's answer"
+    off, on = result.off, result.on
+    assert [t.reused_tokens for t in off.traces] == [0] * 4
+    first, *rest = on.traces
+    assert first.reused_tokens == 0 and all(t.reused_tokens >= 192 for t in rest), \
+        "after the first run, every run should start after the context's full blocks"
+    assert on.prefill_tokens < off.prefill_tokens - 3 * 192
+    assert on.kv_peak_bytes < off.kv_peak_bytes, "shared blocks are held once"
+    assert all(t.serving == "batched" for t in [*off.traces, *on.traces])
+    assert off.goodput.finished == on.goodput.finished == 4
+    # The verdict follows its numbers, whatever this machine measured.
+    ratio = off.ttft_p(90) / on.ttft_p(90)
+    assert result.holds == (ratio >= 5) and f"{ratio:.1f}x sooner" in result.verdict()
+    assert len(prefix_figure(result).data) == 4

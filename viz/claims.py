@@ -11,6 +11,7 @@ CLAIMS = {
     "dtype": "Bytes per weight set decode speed.",
     "chunks": "A long prefill in chunks keeps everyone else's stream smooth, at its own first token's cost.",
     "speculate": "Checking k guessed tokens costs about one decode step, so repeated text decodes faster.",
+    "prefix": "A class's shared context, prefilled once and shared as KV blocks, gives everyone a first token sooner.",
 }
 
 

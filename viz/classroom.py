@@ -7,12 +7,11 @@ same figure. Runs are anonymous, numbered in the order they were asked for.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from inference.trace import ClassSnapshot
+from inference.trace import ClassSnapshot, Goodput
 from viz.charts import DECODE, OTHERS, PREFILL
 from viz.theme import PALETTE, layout
 
@@ -107,24 +106,8 @@ def pool_html(snapshot: ClassSnapshot) -> str:
             "someone else had sent the same text, so a cache shared across users leaks through timing.</i></p></div>")
 
 
-@dataclass(frozen=True)
-class Goodput:
-    finished: int          # runs that ended in the window with a first token
-    met: int               # of those, runs within both objectives
-    per_s: float           # runs within both objectives per second of the window
-
-
-def goodput(snapshot: ClassSnapshot, ttft_s: float, tpot_s: float) -> Goodput:
-    """Goodput as DistServe and vLLM's benchmark define it: the runs that met a time-to-first-token
-    and a time-per-output-token objective, and how many a second did."""
-    finished = [r for r in snapshot.runs if r.end is not None and r.prefill_end is not None]
-    met = [r for r in finished if r.prefill_end - r.submitted <= ttft_s and
-           (r.tokens <= 1 or (r.end - r.prefill_end) / (r.tokens - 1) <= tpot_s)]
-    return Goodput(len(finished), len(met), len(met) / snapshot.window_s)
-
-
 def goodput_text(snapshot: ClassSnapshot, ttft_s: float, tpot_s: float) -> str:
-    g = goodput(snapshot, ttft_s, tpot_s)
+    g = Goodput.of(snapshot.runs, snapshot.window_s, ttft_s, tpot_s)
     if not g.finished:
         return f"Goodput (TTFT ≤ {ttft_s:g} s, TPOT ≤ {tpot_s * 1e3:g} ms): no run has finished in the last minute."
     return (f"Goodput (TTFT ≤ {ttft_s:g} s and TPOT ≤ {tpot_s * 1e3:g} ms): {g.met} of {g.finished} runs that finished "

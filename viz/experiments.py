@@ -7,7 +7,8 @@ import itertools
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SpeculationResult, SweepResult
+from inference.lessons.verdicts import (BatchResult, CacheRace, ChunkResult, DtypeResult, PrefixResult, SpeculationResult,
+                                       SweepResult)
 from inference.lessons.whatif import Estimate
 from inference.trace import Trace
 from viz.charts import DECODE, OTHERS, PREFILL
@@ -108,6 +109,23 @@ def chunk_figure(result: ChunkResult) -> go.Figure:
         fig.add_trace(go.Bar(x=["their worst step", "long prompt's TTFT"], name=name, marker_color=colour,
                              y=[result.worst_step_ms(chunked), late.summary.ttft_ms], showlegend=False), row=1, col=2)
     fig.update_xaxes(title_text="step (the long prompt arrives after the first few)", row=1, col=1)
+    fig.update_layout(**_LAYOUT, barmode="group")
+    return fig
+
+
+def prefix_figure(result: PrefixResult) -> go.Figure:
+    """Each student's wait for a first token, in the order they were served, with prefix caching
+    off and on (left); what each side computed and held (right)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("each student's TTFT (s)", "prompt tokens prefilled, KV MB"),
+                        column_widths=[0.6, 0.4])
+    sides = (("prefix caching off", result.off, OTHERS), ("prefix caching on", result.on, DECODE))
+    for name, side, colour in sides:
+        waits = sorted(side.ttft_s)
+        fig.add_trace(go.Scatter(x=list(range(1, len(waits) + 1)), y=waits, mode="lines+markers", name=name,
+                                 marker=dict(size=5, color=colour), line=dict(color=colour)), row=1, col=1)
+        fig.add_trace(go.Bar(x=["prompt tokens prefilled", "KV MB at most"], name=name, marker_color=colour,
+                             y=[side.prefill_tokens, side.kv_peak_bytes / 1e6], showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="students, fastest first", row=1, col=1)
     fig.update_layout(**_LAYOUT, barmode="group")
     return fig
 

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     chunks.add_argument("--chunk", type=int, default=D.CHUNK_SIZE, help="prompt tokens per prefill chunk")
     chunks.add_argument("--streams", type=int, default=D.CHUNK_STREAMS, help="runs streaming when it joins")
     _common(chunks, default_new_tokens=64)
+    prefix = commands.add_parser("prefix", help="a class's questions after one shared context: prefix caching off, "
+                                                "then on")
+    prefix.add_argument("--students", type=int, default=D.PREFIX_STUDENTS, help="runs asked for at once")
+    prefix.add_argument("--context-tokens", type=int, default=D.PREFIX_CONTEXT_TOKENS, help="the shared context")
+    _common(prefix, default_new_tokens=D.PREFIX_NEW_TOKENS)
     speculate = commands.add_parser("speculate", help="speculative decoding against plain decode: what a check of "
                                     "k drafted tokens costs, how many are kept, the speedup")
     speculate.add_argument("--draft-tokens", type=_int_list, default=list(D.SPECULATE_DRAFT_TOKENS),
@@ -120,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"run": _run, "sweep": _sweep, "race": _race, "batch": _batch, "dtype": _dtype, "whatif": _whatif,
-                    "chat": _chat, "chunks": _chunks, "speculate": _speculate}
+                    "chat": _chat, "chunks": _chunks, "speculate": _speculate, "prefix": _prefix}
         return commands[args.command](args)
     except ValueError as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
@@ -364,6 +369,18 @@ def _chunks(args: argparse.Namespace) -> int:
     print(result.verdict())
     if args.json:
         _write(args.json, sweep_to_json([*result.off, *result.on], indent=1))
+    return 0
+
+
+def _prefix(args: argparse.Namespace) -> int:
+    from inference.lessons.experiments import run_shared_context
+    from inference.model.factory import load_engine
+
+    engine = load_engine(args.model, args.device, args.dtype, _progress)
+    result = run_shared_context(engine, args.students, args.context_tokens, args.max_new_tokens)
+    print(result.verdict())
+    if args.json:
+        _write(args.json, sweep_to_json([*result.off.traces, *result.on.traces], indent=1))
     return 0
 
 

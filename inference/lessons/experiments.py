@@ -8,15 +8,18 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from inference.defaults import (BATCH_NEW_TOKENS, BATCH_PROMPT_TOKENS, CHUNK_LONG_PROMPT, CHUNK_SIZE,
-                                 CHUNK_STREAMS, DTYPE_NEW_TOKENS, DTYPE_PROMPT_TOKENS, RACE_NEW_TOKENS,
+                                 CHUNK_STREAMS, DTYPE_NEW_TOKENS, DTYPE_PROMPT_TOKENS, GOODPUT_TPOT_S,
+                                 GOODPUT_TTFT_S, PREFIX_CONTEXT_TOKENS, PREFIX_NEW_TOKENS, PREFIX_STUDENTS,
+                                 RACE_NEW_TOKENS,
                                  RACE_PROMPT_TOKENS, SPECULATE_DRAFT_TOKENS, SPECULATE_NEW_TOKENS, SPECULATE_PROMPTS,
                                  SWEEP_NEW_TOKENS)
 from inference.engine import Engine
-from inference.lessons.verdicts import BatchResult, CacheRace, ChunkResult, DtypeResult, SpeculationResult, SweepResult
+from inference.lessons.verdicts import (BatchResult, CacheRace, ChunkResult, DtypeResult, PrefixResult, PrefixSide,
+                                       SpeculationResult, SweepResult)
 from inference.prompts import fixed_length_prompt_ids, fixed_length_prompt_text
 from inference.remote import RemoteClient, remote_sweep
 from inference.settings import GenerationSettings
-from inference.trace import Trace
+from inference.trace import Goodput, Trace
 
 Progress = Callable[[float, str], None]
 
@@ -91,9 +94,58 @@ def run_chunked_prefill(engine: Engine, long_prompt: int = CHUNK_LONG_PROMPT, ch
             run.wait()
             if run.error is not None:
                 raise run.error
-        sides.append((runs[0].trace(), late.trace(), joined))
+        spans = [run.span() for run in [*runs, late]]
+        seconds = max(s.end for s in spans) - min(s.submitted for s in spans)
+        sides.append((runs[0].trace(), late.trace(), joined, Goodput.of(spans, seconds, GOODPUT_TTFT_S, GOODPUT_TPOT_S)))
         progress((i + 1) / 2, "prefill in chunks done" if size else "prefill whole done")
-    return ChunkResult(chunk, sides[0][:2], sides[1][:2], (sides[0][2], sides[1][2]))
+    return ChunkResult(chunk, sides[0][:2], sides[1][:2], (sides[0][2], sides[1][2]), (sides[0][3], sides[1][3]))
+
+
+def class_questions(students: int) -> list[str]:
+    """Each student's own short question about the shared context (different, and fixed)."""
+    topics = ("the main idea", "the first claim", "a word that stands out", "the tone", "what comes next",
+              "who is speaking", "a question it raises", "its weakest point", "a title for it", "its setting")
+    return [f"Student {i + 1}: in one sentence, {topics[i % len(topics)]} of the text above?" for i in range(students)]
+
+
+def run_shared_context(engine: Engine, students: int = PREFIX_STUDENTS, context_tokens: int = PREFIX_CONTEXT_TOKENS,
+                       new_tokens: int = PREFIX_NEW_TOKENS, progress: Progress = _quiet,
+                       ttft_s: float = GOODPUT_TTFT_S, tpot_s: float = GOODPUT_TPOT_S) -> PrefixResult:
+    """A class presses Run at once: `students` questions, each after the same `context_tokens`-token
+    context (a system message), on a batch server of their own; once with prefix caching off (every
+    prompt prefilled whole), once on (the context's blocks prefilled once, then shared). Greedy, so
+    both sides must write the same answers. Needs the shared batch (a Llama on the CPU)."""
+    from inference.prompts import chat_prompt_ids
+    from inference.serving.background import CancelFlag
+    from inference.serving.batching import BatchServer
+
+    if students < 1 or context_tokens < 1:
+        raise ValueError(f"the class needs at least one student and a context of at least one token, got "
+                         f"{students} and {context_tokens}")
+    tokenizer = engine.loaded.tokenizer
+    context = fixed_length_prompt_text(tokenizer, context_tokens)
+    prompts = [chat_prompt_ids(tokenizer, q, context) for q in class_questions(students)]
+    engine.check_fits(max(map(len, prompts)), new_tokens)
+    settings = GenerationSettings(max_new_tokens=new_tokens)
+    sides = []
+    for sharing in (False, True):
+        server = BatchServer(engine)                      # on the engine thread, as the page's runs
+        if not server.can_batch(settings):
+            raise ValueError("prefix caching lives in the shared batch, which this model or device does not run")
+        server.prefix_caching = sharing
+        server.use_context(context)
+        runs = [server.submit(ids, settings, CancelFlag()) for ids in prompts]
+        for run in runs:
+            run.wait()
+            if run.error is not None:
+                raise run.error
+        spans = [run.span() for run in runs]
+        seconds = max(s.end for s in spans) - min(s.submitted for s in spans)
+        sides.append(PrefixSide(tuple(run.trace() for run in runs), tuple(s.prefill_end - s.submitted for s in spans),
+                                seconds, server.pool.peak_in_use * server.pool.block_bytes,
+                                Goodput.of(spans, seconds, ttft_s, tpot_s)))
+        progress(len(sides) / 2, "prefix caching on done" if sharing else "prefix caching off done")
+    return PrefixResult(context_tokens, sides[0], sides[1], ttft_s, tpot_s)
 
 
 def run_cache_race(engine: Engine, prompt_tokens: int = RACE_PROMPT_TOKENS, new_tokens: int = RACE_NEW_TOKENS,

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 from inference.cost_model import compute_bound_batch
-from inference.trace import Trace
+from inference.trace import Goodput, Trace, percentile
 
 
 def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -290,6 +290,7 @@ class ChunkResult:
     off: tuple[Trace, Trace]
     on: tuple[Trace, Trace]
     joined: tuple[int, int] = (0, 0)   # the streaming run's steps before the long prompt arrived (off, on)
+    goodput: tuple[Goodput, Goodput] | None = None     # every run of each side against the default objectives
 
     def worst_step_ms(self, chunked: bool) -> float:
         """The streaming run's slowest decode step after the long prompt arrived (the steps before
@@ -308,7 +309,64 @@ class ChunkResult:
         return (f"{'✔' if self.holds else '✘'} While a {self.off[1].prompt_tokens:,}-token prompt joined, the streaming "
                 f"runs' worst step took {off:,.0f} ms with its prefill whole and {on:,.0f} ms with chunks of "
                 f"{self.chunk} ({off / on:.1f}x smaller); the long prompt's first token came after {long_on:,.0f} ms "
-                f"instead of {long_off:,.0f} ms: chunks trade its wait for everyone else's smooth stream.")
+                f"instead of {long_off:,.0f} ms: chunks trade its wait for everyone else's smooth stream."
+                + (f" Goodput: {self.goodput[0].met} of {self.goodput[0].finished} runs met the objectives with the "
+                   f"prefill whole, {self.goodput[1].met} of {self.goodput[1].finished} with chunks."
+                   if self.goodput else ""))
+
+
+@dataclass(frozen=True)
+class PrefixSide:
+    """A class pressing Run at once, on one side of the prefix-caching experiment."""
+    traces: tuple[Trace, ...]
+    ttft_s: tuple[float, ...]      # each student's wait from pressing Run to the first token (the queue included)
+    seconds: float                 # from the first Run to the last token
+    kv_peak_bytes: int             # the most the KV pages held at once
+    goodput: Goodput
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens the server computed (not served from shared blocks)."""
+        return sum(t.prompt_tokens - t.reused_tokens for t in self.traces)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(len(t.output_ids) for t in self.traces) / self.seconds
+
+    def ttft_p(self, q: float) -> float:
+        return percentile(list(self.ttft_s), q)
+
+
+@dataclass(frozen=True)
+class PrefixResult:
+    """A class's questions after one shared context, prefix caching off, then on."""
+    context_tokens: int
+    off: PrefixSide
+    on: PrefixSide
+    ttft_objective_s: float
+    tpot_objective_s: float
+
+    @property
+    def identical(self) -> bool:
+        """Every student got the same answer, token for token, with sharing on as with it off."""
+        return [t.output_ids for t in self.off.traces] == [t.output_ids for t in self.on.traces]
+
+    @property
+    def holds(self) -> bool:
+        """Sharing the context's blocks makes the class's slow first tokens (p90) at least 5x sooner."""
+        return self.identical and self.off.ttft_p(90) >= 5 * self.on.ttft_p(90)
+
+    def verdict(self) -> str:
+        off, on = self.off, self.on
+        same = "the same answers, token for token" if self.identical else "DIFFERENT answers (a bug)"
+        return (f"{'✔' if self.holds else '✘'} {len(off.traces)} students after a {self.context_tokens:,}-token "
+                f"shared context: p90 TTFT {off.ttft_p(90):.2f} s without prefix caching, {on.ttft_p(90):.2f} s "
+                f"with it ({off.ttft_p(90) / on.ttft_p(90):.1f}x sooner; p50 {off.ttft_p(50):.2f} s -> "
+                f"{on.ttft_p(50):.2f} s), {off.prefill_tokens:,} -> {on.prefill_tokens:,} prompt tokens prefilled, "
+                f"{off.tokens_per_s:.1f} -> {on.tokens_per_s:.1f} tokens/s for the class, KV pages at most "
+                f"{off.kv_peak_bytes / 1e6:,.0f} -> {on.kv_peak_bytes / 1e6:,.0f} MB; goodput (TTFT <= "
+                f"{self.ttft_objective_s:g} s, TPOT <= {self.tpot_objective_s * 1e3:g} ms) {off.goodput.met} -> "
+                f"{on.goodput.met} of {len(off.traces)} runs; {same}.")
 
 
 def _checks(trace: Trace) -> list:

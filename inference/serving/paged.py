@@ -55,6 +55,7 @@ class BlockPool:
         self.values: list[torch.Tensor] = []
         self.queried_tokens = self.hit_tokens = 0
         self.evicted = 0
+        self.peak_in_use = 0                              # the most blocks referenced at once
 
     @property
     def available(self) -> int:
@@ -95,6 +96,7 @@ class BlockPool:
         else:
             raise RuntimeError("the KV block pool is full (admission should have kept room)")
         self.refs[block] = 1
+        self.peak_in_use = max(self.peak_in_use, self.in_use)
         return block
 
     def release(self, block: int) -> None:

@@ -228,6 +228,23 @@ class RunSpan:
 
 
 @dataclass(frozen=True)
+class Goodput:
+    """Goodput as DistServe and vLLM's benchmark define it: of the runs that finished, those within
+    a time-to-first-token and a time-per-output-token objective, and how many a second that is."""
+    finished: int
+    met: int
+    per_s: float
+
+    @classmethod
+    def of(cls, runs: tuple[RunSpan, ...] | list[RunSpan], seconds: float, ttft_s: float, tpot_s: float) -> Goodput:
+        """Over `seconds` of wall time; a run's TTFT counts from when it was asked for (its wait included)."""
+        finished = [r for r in runs if r.end is not None and r.prefill_end is not None]
+        met = [r for r in finished if r.prefill_end - r.submitted <= ttft_s and
+               (r.tokens <= 1 or (r.end - r.prefill_end) / (r.tokens - 1) <= tpot_s)]
+        return cls(len(finished), len(met), len(met) / seconds if seconds > 0 else 0.0)
+
+
+@dataclass(frozen=True)
 class PoolSnapshot:
     """The pool as the class view shows it: each block's state, each run's tables, the hit rate."""
     block_tokens: int
