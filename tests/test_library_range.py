@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MIRROR = ROOT / ".venv-gpu-mirror" / "bin" / "python"
 ENGINE_TESTS = ["tests/test_engine.py", "tests/test_trace.py", "tests/test_settings.py", "tests/test_scheduler.py",
-                "tests/test_cuda.py", "tests/test_gpu_check.py", "tests/test_batching.py"]
+                "tests/test_cuda.py", "tests/test_gpu_check.py", "tests/test_batching.py", "tests/test_paged.py"]
 
 
 @pytest.fixture(scope="module")

@@ -92,3 +92,32 @@ def test_a_roofline_turn_far_from_the_measured_knee_is_called_a_contradiction(ex
         result = sweep_of(dataclasses.replace(example_trace, device=device), curve)
         assert (4 / 1.5 <= result.compute_bound_batch <= 12) == agrees, result.compute_bound_batch
         assert ("which agrees" in result.verdict()) == agrees
+
+
+def _answer(trace: Trace, tokens: list[int], precision: str) -> Trace:
+    steps = tuple(dataclasses.replace(s, token_id=t, token_ids=()) for s, t in zip(trace.steps, tokens))
+    model = dataclasses.replace(trace.model, dtype=precision, weights="")
+    return dataclasses.replace(trace, steps=steps, model=model)
+
+
+def test_the_shared_context_claim_needs_the_same_answers_in_float32_and_says_where_bfloat16_parted(
+        example_trace: Trace) -> None:
+    from inference.lessons.verdicts import PrefixResult, PrefixSide
+    from inference.trace import Goodput
+
+    n = len(example_trace.steps)
+    same, moved = list(range(n)), list(range(n - 1)) + [999]
+
+    def result(on_tokens: list[int], precision: str, on_ttft: float) -> PrefixResult:
+        def side(tokens: list[int], ttft: float) -> PrefixSide:
+            answers = (_answer(example_trace, same, precision), _answer(example_trace, tokens, precision))
+            return PrefixSide(answers, (ttft, ttft), 10.0, 1000, Goodput(2, 0, 0.0))
+
+        return PrefixResult(1000, side(same, 10.0), side(on_tokens, on_ttft), 2.0, 0.2)
+
+    assert result(same, "float32", 1.0).holds, "10x sooner and the same answers"
+    assert not result(same, "float32", 5.0).holds, "2x sooner is not the claim"
+    bug = result(moved, "float32", 1.0)
+    assert not bug.holds and "1 of 2 answers" in bug.verdict() and "a bug" in bug.verdict()
+    rounding = result(moved, "bfloat16", 1.0)
+    assert rounding.holds and f"part from token {n} on" in rounding.verdict() and "bfloat16 rounds" in rounding.verdict()
