@@ -11,7 +11,9 @@ from inference.serving.batching import BatchServer
 from inference.serving.paged import BlockPool, prefix_hashes
 from inference.settings import GenerationSettings
 from tests.test_batching import STEPS, alone, engine_with, finish_all
+from inference.trace import read_trace
 from tests.conftest import tiny_llama
+from viz.summary import headline_html
 
 CONTEXT = list(range(10, 60))                    # 50 tokens: three full blocks of 16 shared
 QUESTIONS = [[70, 71, 72], [80, 81], [90, 91, 92, 93, 94]]
@@ -77,6 +79,11 @@ def test_a_run_after_the_class_context_starts_after_its_cached_blocks_and_writes
     assert [run.trace().reused_tokens for run in runs] == [0, 48, 48], \
         "the first run computes the context; the others take its three full blocks"
     assert runs[1].steps[0].tokens_in == len(CONTEXT) + len(QUESTIONS[1]) - 48
+    assert runs[0].trace().cold_ttft_ms == 0 and runs[1].trace().cold_ttft_ms > 0, \
+        "a run with hits carries the cold estimate from the run before, which had none"
+    headline = headline_html(runs[1].trace())
+    assert "48 from the class&#x27;s shared blocks" in headline and "estimate" in headline
+    assert read_trace(runs[1].trace().to_json()).cold_ttft_ms == runs[1].trace().cold_ttft_ms
     pool = server.pool
     assert pool.in_use == 0, "every block goes back when the runs end"
     assert (pool.hit_tokens, pool.queried_tokens) == (96, sum(len(CONTEXT) + len(q) for q in QUESTIONS))

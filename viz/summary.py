@@ -51,15 +51,14 @@ def headline_html(trace: Trace, token_text: Callable[[list[int]], str] | None = 
 
 def _prefill_line(trace: Trace) -> str:
     """What the first token's pause computed: the whole prompt, or what the cache did not hold (and
-    then what the whole prompt would have cost, estimated from this prefill's own rate)."""
+    then, where the server made one, its estimate of the same prompt's TTFT with nothing cached)."""
     reused = trace.reused_tokens
     if not reused:
         return f"prefill of {trace.prompt_tokens} prompt tokens"
     where = "the class's shared blocks" if trace.serving == "batched" else "the cache"
-    computed = trace.prompt_tokens - reused
-    cold = trace.steps[0].ms * trace.prompt_tokens / computed
-    return (f"prefill of {computed} new prompt tokens, {reused} from {where}; "
-            f"cold, about {cold:,.0f} ms (estimate at this prefill's rate)")
+    cold = (f"; cold, about {trace.cold_ttft_ms:,.0f} ms (estimate: the server's last cold prefill, scaled)"
+            if trace.cold_ttft_ms else "")
+    return f"prefill of {trace.prompt_tokens - reused} new prompt tokens, {reused} from {where}{cold}"
 
 
 def speculation_html(trace: Trace, token_text: Callable[[list[int]], str] | None) -> str:

@@ -20,6 +20,7 @@ neither stack takes, a GPU) run alone through GenerationRun, as before.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 import weakref
@@ -69,6 +70,7 @@ class BatchRun(WatchedRun):
         self.reserved = 0                         # blocks it may still take from the pool, at its full length
         self.holds_hits = False                   # it references its hit blocks, not yet through a PagedCache
         self.label = ""                           # how the class view names it
+        self.cold_ttft_ms = 0.0                   # its prefill with nothing cached, estimated (when it had hits)
 
     @property
     def queue_position(self) -> int:
@@ -85,8 +87,9 @@ class BatchRun(WatchedRun):
         return self.settings.batch_size
 
     def trace(self) -> Trace:
-        return self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
-                                           self.prompt, serving="batched", why=self.why, reused_tokens=self.hit_tokens)
+        trace = self.server.engine.trace_of(self.prompt_ids, self.settings, list(self.steps), self.stop_reason,
+                                            self.prompt, serving="batched", why=self.why, reused_tokens=self.hit_tokens)
+        return dataclasses.replace(trace, cold_ttft_ms=self.cold_ttft_ms)
 
     @property
     def hit_tokens(self) -> int:
@@ -148,6 +151,7 @@ class BatchServer:
         self._template_opening: tuple[int, ...] | None = None
         self._pool: BlockPool | None = None
         self._runs_admitted = 0
+        self._cold: tuple[int, float] | None = None       # the last prefill with nothing cached: (tokens, ms)
         self._waiting: collections.deque[BatchRun] = collections.deque()
         self._lock = threading.Lock()
         self._serving = False
@@ -417,6 +421,10 @@ class BatchServer:
             computed = len(run.prompt_ids) - run.hit_tokens
             cost = step_cost(engine.loaded.info, run.rows, computed, run.hit_tokens,
                              blocks=engine.reads_blocks(run.rows * computed))
+            if not run.hit_tokens:
+                self._cold = (len(run.prompt_ids), total.ms)
+            elif self._cold is not None:      # the last cold prefill here, scaled to this prompt's length
+                run.cold_ttft_ms = self._cold[1] * len(run.prompt_ids) / self._cold[0]
             self._accept(run, tokens, total, cost, run.rows)
 
     def _cached_prefix(self, run: BatchRun) -> Any:

@@ -47,6 +47,7 @@ def trace_from_dict(data: dict[str, Any]) -> Trace:
             serving_why=data.get("serving_why", ""),
             cpu_wait_measured=data.get("cpu_wait_measured", False),
             reused_tokens=data.get("reused_tokens", 0),
+            cold_ttft_ms=data.get("cold_ttft_ms", 0.0),
             engine=data.get("engine", ""),
             reported=data.get("reported", {}),
             notes=tuple(data.get("notes", ())),
@@ -79,6 +80,9 @@ def check_trace(trace: Trace) -> None:
     if isinstance(trace.reused_tokens, bool) or not isinstance(trace.reused_tokens, int) or \
             not 0 <= trace.reused_tokens < max(1, trace.prompt_tokens):
         raise ValueError(f"reused_tokens must be a whole number below prompt_tokens, got {trace.reused_tokens!r}")
+    if isinstance(trace.cold_ttft_ms, bool) or not isinstance(trace.cold_ttft_ms, (int, float)) or \
+            not 0 <= trace.cold_ttft_ms < math.inf:
+        raise ValueError(f"cold_ttft_ms must be a number of milliseconds, at least 0, got {trace.cold_ttft_ms!r}")
     if trace.serving not in ("solo", "batched"):
         raise ValueError(f"serving must be solo or batched, got {trace.serving!r}")
     if not trace.steps or trace.steps[0].phase != "prefill":

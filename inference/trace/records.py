@@ -164,7 +164,8 @@ class Trace:
     serving: str = "solo"      # "solo": one run at a time; "batched": decode steps shared with other runs
     serving_why: str = ""      # why it was served so, in one line (inference/serving/door.py); "" in older traces
     cpu_wait_measured: bool = False    # its steps' cpu_wait_ms were measured (else unknown, 0)
-    reused_tokens: int = 0     # prompt tokens served from the last turn's KV cache (a conversation)
+    reused_tokens: int = 0     # prompt tokens served from a KV cache (the last turn's, or the class's shared blocks)
+    cold_ttft_ms: float = 0.0  # an estimate of this prompt's TTFT with nothing cached (0: none was made)
     # A run on a remote serving engine (inference/remote/): which one, what it reported about the
     # run from inside (its own timings and counts, by name), and where its counts disagreed.
     engine: str = ""           # "" for the embedded engine
