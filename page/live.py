@@ -377,8 +377,10 @@ def _ttft_parts(background: WatchedRun, trace: Trace, tokenizing: tuple[float, f
     tokenize_ms, tokenized = tokenizing
     started = background.prefill_start or tokenized
     prefill_ms = trace.steps[0].ms
+    cached = (f" ({trace.reused_tokens} of {trace.prompt_tokens} prompt tokens from "
+              f"{'shared blocks' if trace.serving == 'batched' else 'the cache'})" if trace.reused_tokens else "")
     return {"template and tokenizing": tokenize_ms, "waiting for the engine": max(0.0, (started - tokenized) * 1e3),
-            "prefill and first sample": prefill_ms,
+            f"prefill and first sample{cached}": prefill_ms,
             "detokenizing and the next live update": max(0.0, (time.perf_counter() - started) * 1e3 - prefill_ms)}
 
 

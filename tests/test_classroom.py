@@ -51,3 +51,17 @@ def test_the_pool_view_counts_each_kind_of_block_and_escapes_run_labels() -> Non
     assert "&lt;run 1&gt;" in text and "<run 1>" not in text
     assert "<b>0</b> 1" in text, "a shared block is marked in the tables"
     assert classroom.pool_html(ClassSnapshot(1.0, 60.0, (), ())) == ""
+
+
+def test_the_first_tokens_breakdown_says_how_many_prompt_tokens_came_from_shared_blocks(example_trace) -> None:
+    import dataclasses
+    import types
+
+    from page.live import _ttft_parts
+
+    background = types.SimpleNamespace(prefill_start=None)
+    plain = _ttft_parts(background, example_trace, (5.0, 0.0))
+    assert "prefill and first sample" in plain
+    shared = dataclasses.replace(example_trace, serving="batched", reused_tokens=16)
+    label = next(k for k in _ttft_parts(background, shared, (5.0, 0.0)) if k.startswith("prefill"))
+    assert label == f"prefill and first sample (16 of {example_trace.prompt_tokens} prompt tokens from shared blocks)"
