@@ -6,8 +6,8 @@ weight once for all their rows, while each row attends over its own run's cache 
 lengths, no padding). A run leaves when it ends (EOS, its length, Stop, the time limit) and frees
 its blocks. The runs' KV caches live in one pool of fixed-size blocks (paged.py): a run's prefill
 starts after the blocks of the class's shared context that are already cached (prefix caching),
-and its decode steps read K/V through each row's block table. Each run's Steps record what that run experienced: the step's time, how many sequences
-shared it (`batch_rows`, its own when alone), and the other runs' prompt tokens prefilled before it
+and its decode steps read K/V through each row's block table. Each run's Steps record what that
+run experienced: the step's time, how many sequences shared it (`batch_rows`, its own when alone), and the other runs' prompt tokens prefilled before it
 in the same engine step (`foreign_prefill_tokens`) with the time they took (`waited_ms`, part of
 its time). A run alone on the server is recorded as it would be alone.
 
@@ -177,8 +177,11 @@ class BatchServer:
 
     def ask(self, run: BatchRun) -> Ask:
         """What the run could ever need: its rows, and its blocks with every row at full length."""
-        length = len(run.prompt_ids) + run.settings.max_new_tokens
-        return Ask(run.rows, run.rows * -(-length // self.block_tokens) * self.pool.block_bytes)
+        return Ask(run.rows, run.rows * self._row_blocks(run) * self.pool.block_bytes)
+
+    def _row_blocks(self, run: BatchRun) -> int:
+        """Blocks one of the run's rows holds at its full length (prompt and every new token)."""
+        return -(-(len(run.prompt_ids) + run.settings.max_new_tokens) // self.block_tokens)
 
     def shareable(self, prompt_ids: list[int]) -> int:
         """How many leading prompt tokens may come from, and go into, the class's shared blocks (at
@@ -207,9 +210,8 @@ class BatchServer:
         pool = self.pool
         run.names = prefix_hashes(run.prompt_ids, self.shareable(run.prompt_ids), pool.block_tokens)
         run.hit_blocks = pool.lookup(run.names)
-        own = run.rows * (-(-(len(run.prompt_ids) + run.settings.max_new_tokens) // pool.block_tokens)
-                          - len(run.hit_blocks))
-        return own + pool.idle_among(run.hit_blocks)
+        run.reserved = run.rows * (self._row_blocks(run) - len(run.hit_blocks))     # its own, from admission on
+        return run.reserved + pool.idle_among(run.hit_blocks)
 
     def position(self, run: BatchRun) -> int:
         """1 for the next run to be admitted, 2 for the one after...; 0 once admitted."""
@@ -352,8 +354,6 @@ class BatchServer:
                 run._finish("cancelled")
                 gone.append(run)
                 continue
-            run.reserved = run.rows * (-(-(len(run.prompt_ids) + run.settings.max_new_tokens) // pool.block_tokens)
-                                       - len(run.hit_blocks))
             for block in run.hit_blocks * run.rows:
                 pool.share(block)
             run.holds_hits = True
