@@ -90,7 +90,8 @@ $(VLLM_STAMP): bench/requirements-vllm.txt
 	$(VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
-# Serves the bundled model with vLLM on a loopback port and runs the remote tests against it.
+# Serves the bundled model with vLLM on a loopback port and runs the remote tests against it; then
+# vLLM's `bench serve` measures PhaseScope's own API (bench/tool_bench.py).
 test-remote: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -q -m remote -s tests/test_remote_live.py
 
@@ -100,7 +101,7 @@ $(PEER_STAMP): bench/requirements-llamacpp.txt
 	$(PEER)/bin/pip install -q --disable-pip-version-check -r bench/requirements-llamacpp.txt
 	touch $(PEER_STAMP)
 
-bench: $(STAMP) $(PEER_STAMP) chromium
+bench: $(STAMP) $(PEER_STAMP) $(VLLM_STAMP) chromium
 	$(PY) -m bench
 
 # The same on this machine held to AVX2 (PyTorch, oneDNN, MKL, our kernel and llama.cpp alike): how

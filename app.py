@@ -22,6 +22,7 @@ import gradio as gr
 from inference.conversation import Conversation
 from inference.kernels.build import MAX_ROWS
 from inference.remote import parse_remotes
+from inference.serving.api import ApiService
 from inference.serving.background import ENGINE_THREAD, CancelFlag
 from inference.serving.server_config import ServerConfig
 from inference.settings import DEVICES, DTYPES
@@ -65,10 +66,14 @@ demo = build_demo()
 
 
 def launch(**kwargs: Any) -> Any:
-    """Serve the page (theme and CSS go to launch() in Gradio 6)."""
+    """Serve the page (theme and CSS go to launch() in Gradio 6), and beside it, where the operator
+    allows it, the OpenAI-compatible API and /metrics (inference/serving/api.py) on the same port."""
     config = server.config
     demo.queue(max_size=config.queue_size, default_concurrency_limit=1 if config.solo else RUNS_AT_ONCE)
-    return demo.launch(css=CSS, theme=gr.themes.Soft(), **kwargs)
+    launched = demo.launch(css=CSS, theme=gr.themes.Soft(), **kwargs)
+    if config.api:
+        demo.app.include_router(ApiService(lambda: server.engine, lambda: server.config).router())
+    return launched
 
 
 def launch_on_free_port(host: str = "127.0.0.1") -> str:
@@ -99,6 +104,9 @@ def main() -> None:
                         help="let the page load any hub id or folder (local use only; never on a public server)")
     parser.add_argument("--remote", action="append", default=[], metavar="NAME=URL",
                         help="a serving engine with an OpenAI-compatible API the page may send runs to (repeatable)")
+    parser.add_argument("--api", action=argparse.BooleanOptionalAction, default=config.api,
+                        help="serve the OpenAI-compatible API (/v1) and /metrics beside the page (default: on, "
+                             "except on a Hugging Face Space; PHASESCOPE_API_KEY asks clients for a key)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
@@ -113,7 +121,8 @@ def main() -> None:
     server.config = config.replace(class_context=context, prefix_cache=config.prefix_cache and not args.no_prefix_cache,
                                    remotes=remotes, model=args.model, device=args.device, dtype=args.dtype,
                                    allow_any_model=config.allow_any_model or args.allow_any_model,
-                                   solo=config.solo or args.solo, prefill_chunk=max(0, args.prefill_chunk))
+                                   solo=config.solo or args.solo, prefill_chunk=max(0, args.prefill_chunk),
+                                   api=args.api)
     launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
     try:                                   # the page is up: it shows the load's progress, runs wait for it
         server.get_engine(progress=lambda message: print(message, flush=True))

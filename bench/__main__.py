@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from bench import (engine_bench, experiments_bench, load_bench, page_bench, peer_bench, speculative_bench,
-                   startup_bench)
+                   startup_bench, tool_bench)
 from inference.hardware.roofs import cpu_flags, cpu_name
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -26,7 +26,7 @@ sections = [
 ]
 print("\n".join(sections), flush=True)
 for bench in (startup_bench.main, peer_bench.main, engine_bench.main, experiments_bench.main, speculative_bench.main,
-              page_bench.main, load_bench.main, load_bench.chunk_lines):
+              page_bench.main, load_bench.main, load_bench.chunk_lines, tool_bench.main):
     sections.append("\n".join(bench()) + "\n")
     print(sections[-1], flush=True)
     RESULTS.with_suffix(".partial.md").write_text("\n".join(sections))

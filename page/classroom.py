@@ -35,7 +35,9 @@ class ClassTab:
             gr.Markdown("Every run on this server right now, anonymous: waiting (grey), prefill (orange), decode "
                         "(blue). Runs that decode at the same time share each step: the weights are read once for all "
                         "of them, so the class together gets many more tokens per second than one run alone. Ask "
-                        "everyone to press Run at once and watch the batch grow.")
+                        "everyone to press Run at once and watch the batch grow. Requests sent from a notebook through the "
+                        "OpenAI-compatible API (this page's address + `/v1`, where the server has it on) join the "
+                        "same batch and show as API runs.")
             with gr.Row():
                 ttft = gr.Number(DEFAULT_TTFT_S, label="TTFT objective (s)", minimum=0.01, scale=1)
                 tpot = gr.Number(DEFAULT_TPOT_MS, label="TPOT objective (ms a token)", minimum=1, scale=1)

@@ -65,3 +65,11 @@ def test_the_first_tokens_breakdown_says_how_many_prompt_tokens_came_from_shared
     shared = dataclasses.replace(example_trace, serving="batched", reused_tokens=16)
     label = next(k for k in _ttft_parts(background, shared, (5.0, 0.0)) if k.startswith("prefill"))
     assert label == f"prefill and first sample (16 of {example_trace.prompt_tokens} prompt tokens from shared blocks)"
+
+
+def test_runs_sent_through_the_api_are_marked_on_the_class_view() -> None:
+    runs = (RunSpan(1.0, 2.0, 3.0, None, 5, "api"), RunSpan(1.5, 3.0, 4.0, None, 4))
+    snapshot = ClassSnapshot(10.0, 60.0, runs, ())
+    names = {y for trace in classroom.class_figure(snapshot).data if trace.y is not None for y in trace.y}
+    assert {"API run 1", "run 2"} <= names
+    assert "(1 of them sent through the API)" in classroom.class_summary(snapshot)

@@ -68,6 +68,8 @@ def test_sweep_writes_one_trace_per_prompt_length(tmp_path: Path) -> None:
     (["speculate", "--draft-tokens", "2,99"], "go up to 16"),
     (["prefix", "--students", "0"], "at least one student"),
     (["prefix", "--context-tokens", "9000"], "holds at most 8,192 tokens"),
+    (["serve", "--max-tokens", "0"], "--max-tokens must be at least 1"),
+    (["serve", "--max-concurrent", "-2"], "--max-concurrent must be at least 1"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = cli(*args)
@@ -106,3 +108,14 @@ def test_run_with_speculation_writes_plain_decodes_tokens_and_says_what_the_chec
     assert "speculate " in result.stdout and "drafted" in result.stdout
     assert f"-> {len(spec.output_ids)} new tokens" in result.stdout
     assert sum(s.accepted for s in spec.steps) > 0 and len(spec.steps) < len(plain.steps)
+
+
+def test_serve_on_a_port_already_taken_says_so() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = cli("serve", "--port", str(taken.getsockname()[1]), "--dtype", "float32")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "could not listen on 127.0.0.1" in result.stderr

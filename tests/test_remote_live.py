@@ -147,3 +147,15 @@ def test_the_prompt_length_sweep_runs_on_the_real_engine(vllm_url: str, app_url:
         assert "From 16 to 1024 prompt tokens" not in verdict
     finally:
         app.server.config = saved
+
+
+def test_vllms_bench_serve_agrees_with_phasescopes_own_figures_for_the_same_requests() -> None:
+    from bench.tool_bench import TOLERANCE_MS, TOLERANCE_SHARE, measure
+
+    result, agreements, counted = measure(prompts=8, input_len=32, output_len=16, concurrency=4)
+    assert result["completed"] == 8 and result["failed"] == 0, result.get("errors")
+    assert counted["phasescope:requests_total"] == 8
+    assert counted["vllm:generation_tokens_total"] == result["total_output_tokens"]
+    for agreement in agreements:
+        assert agreement.holds, (f"{agreement.name}: vLLM's bench serve says {agreement.tool_ms:.1f} ms, PhaseScope "
+                                 f"{agreement.own_ms:.1f} ms (more than {TOLERANCE_SHARE:.0%} or {TOLERANCE_MS:g} ms apart)")

@@ -31,8 +31,10 @@ def test_a_switch_makes_a_new_config_and_keeps_the_old_one() -> None:
 
 
 def test_a_limit_that_is_not_a_number_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="PHASESCOPE_MAX_RUN_SECONDS, PHASESCOPE_QUEUE_SIZE or PHASESCOPE_PREFILL_CHUNK"):
+    with pytest.raises(ValueError, match="PHASESCOPE_MAX_RUN_SECONDS must be a number, got 'two minutes'"):
         ServerConfig.from_env({"PHASESCOPE_MAX_RUN_SECONDS": "two minutes"})
+    with pytest.raises(ValueError, match="PHASESCOPE_API_MAX_CONCURRENT must be a whole number"):
+        ServerConfig.from_env({"PHASESCOPE_API_MAX_CONCURRENT": "8.5"})
 
 
 def test_solo_mode_is_a_server_switch() -> None:
@@ -42,7 +44,7 @@ def test_solo_mode_is_a_server_switch() -> None:
 def test_chunked_prefill_is_off_by_default_and_never_negative() -> None:
     assert ServerConfig.from_env({}).prefill_chunk == 0
     assert ServerConfig.from_env({"PHASESCOPE_PREFILL_CHUNK": "256"}).prefill_chunk == 256
-    with pytest.raises(ValueError, match="must be 0 \\(off\\) or a number of tokens, got -5"):
+    with pytest.raises(ValueError, match="PHASESCOPE_PREFILL_CHUNK must be at least 0, got '-5'"):
         ServerConfig.from_env({"PHASESCOPE_PREFILL_CHUNK": "-5"})
 
 

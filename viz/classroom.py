@@ -29,7 +29,9 @@ def class_summary(snapshot: ClassSnapshot) -> str:
     rates = [(r.tokens - 1) / (snapshot.now - r.prefill_end) for r in decoding if snapshot.now > r.prefill_end]
     own = f", each about {sum(rates) / len(rates):.1f} tokens/s of its own" if rates else ""
     runs = f"{len(decoding)} run decoding" if len(decoding) == 1 else f"{len(decoding)} runs decoding together"
-    return (f"{runs}, {len(waiting)} waiting · all together "
+    api = sum(1 for r in [*decoding, *waiting] if r.source == "api")
+    api = f" ({api} of them sent through the API)" if api else ""
+    return (f"{runs}, {len(waiting)} waiting{api} · all together "
             f"{aggregate_tokens_per_s(snapshot):.1f} tokens/s over the last {RATE_WINDOW_S:g} s{own}")
 
 
@@ -38,7 +40,7 @@ def class_figure(snapshot: ClassSnapshot) -> go.Figure:
     now = snapshot.now
     phases = {"waiting": ([], [], [], OTHERS), "prefill": ([], [], [], PREFILL), "decode": ([], [], [], DECODE)}
     for number, run in enumerate(snapshot.runs, start=1):
-        label = f"run {number}"
+        label = f"API run {number}" if run.source == "api" else f"run {number}"
         prefill_start = run.prefill_start if run.prefill_start is not None else (run.end or now)
         prefill_end = run.prefill_end if run.prefill_end is not None else (run.end or now)
         for phase, start, end in (("waiting", run.submitted, prefill_start), ("prefill", prefill_start, prefill_end),

@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--turn", action="append", required=True, metavar="TEXT", help="one user message (repeat it)")
     chat.add_argument("--no-reuse", action="store_true", help="forget the cache between turns, to compare")
     _common(chat, default_new_tokens=48)
+    serve = commands.add_parser("serve", help="the embedded engine behind an OpenAI-compatible API (/v1) and "
+                                "Prometheus /metrics, without the page")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: the bundled {DEFAULT_MODEL})")
+    serve.add_argument("--device", default="auto", choices=DEVICES)
+    serve.add_argument("--dtype", default="auto", choices=DTYPES)
+    serve.add_argument("--max-concurrent", type=int, metavar="N",
+                       help="API requests under way at once (default 8, or PHASESCOPE_API_MAX_CONCURRENT)")
+    serve.add_argument("--max-tokens", type=int, metavar="N",
+                       help="the most tokens one request may ask for (default 512, or PHASESCOPE_API_MAX_TOKENS)")
+    serve.add_argument("--solo", action="store_true", help="one request at a time (no shared batch)")
     whatif = commands.add_parser("whatif", help="estimates for large models on large GPUs (roofline, no model run)")
     whatif.add_argument("--prompt-tokens", type=int, default=1024)
     whatif.add_argument("--context", type=int, default=4096, help="tokens in the sequence for the decode estimate")
@@ -125,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"run": _run, "sweep": _sweep, "race": _race, "batch": _batch, "dtype": _dtype, "whatif": _whatif,
-                    "chat": _chat, "chunks": _chunks, "speculate": _speculate, "prefix": _prefix}
+                    "chat": _chat, "chunks": _chunks, "speculate": _speculate, "prefix": _prefix, "serve": _serve}
         return commands[args.command](args)
     except ValueError as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
@@ -192,6 +204,35 @@ def _run(args: argparse.Namespace) -> int:
     trace = run.trace()
     print(format_summary(trace))
     return _write_run(args, trace)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The API alone: uvicorn on a thread, the engine's runs on the main thread (as the page's)."""
+    from inference.model.factory import load_engine
+    from inference.serving.api import ApiService, serve_alone
+    from inference.serving.background import ENGINE_THREAD
+    from inference.serving.server_config import ServerConfig
+
+    config = ServerConfig.from_env().replace(model=args.model, device=args.device, dtype=args.dtype,
+                                             solo=args.solo or ServerConfig.from_env().solo)
+    for name in ("max_concurrent", "max_tokens"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            config = config.replace(**{f"api_{name}": value})
+    engine = load_engine(config.model, config.device, config.dtype, _progress)
+    try:
+        server = serve_alone(ApiService(lambda: engine, lambda: config), args.host, args.port)
+    except OSError as exc:
+        raise ValueError(str(exc)) from None
+    print(f"serving {engine.loaded.info.name} at http://{args.host}:{args.port}/v1 (metrics: /metrics); "
+          "Ctrl-C stops", flush=True)
+    try:
+        ENGINE_THREAD.serve_forever()
+    finally:
+        server.should_exit = True
+    return 0
 
 
 def _write_run(args: argparse.Namespace, trace: Trace) -> int:

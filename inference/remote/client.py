@@ -73,15 +73,16 @@ class RemoteClient:
                 yield from self._ollama_stream(model, messages, settings, cancel)
                 return
             body = request_body(model, messages, settings)
-            try:
-                yield from self._stream(body, cancel)
-            except _Refused as refused:
-                if refused.status not in (400, 422):
-                    raise
-                # A server that does not know the extras (per-token logprobs, usage in the stream):
-                # ask again without them; chunks then count as one token each.
-                yield from self._stream({k: v for k, v in body.items()
-                                         if k not in ("logprobs", "top_logprobs", "stream_options")}, cancel)
+            # A server that does not know an extra (per-token logprobs, then usage in the stream)
+            # refuses it: ask again without it (chunks then count as one token each).
+            for extras in (("logprobs", "top_logprobs"), ("stream_options",), None):
+                try:
+                    yield from self._stream(body, cancel)
+                    return
+                except _Refused as refused:
+                    if refused.status not in (400, 422) or extras is None:
+                        raise
+                    body = {k: v for k, v in body.items() if k not in extras}
         except _Refused as refused:
             raise self._fail(f"refused the request: HTTP {refused.status} {refused.detail}") from None
         except httpx.HTTPError as exc:
@@ -163,6 +164,8 @@ class RemoteClient:
             end.usage = message["usage"]
         if isinstance(message.get("timings"), dict):
             end.timings = message["timings"]
+        if isinstance(message.get("phasescope"), dict):
+            end.phasescope = message["phasescope"]
         choices = message.get("choices")
         if not isinstance(choices, list):
             raise self._fail(f"sent a chunk without choices: {data[:80]!r}")

@@ -41,19 +41,31 @@ _VLLM = (("engine TTFT ms", "vllm:time_to_first_token_seconds_sum", 1e3, True),
          ("requests waiting", "vllm:num_requests_waiting", 1, False))
 
 
+# A PhaseScope server's timing of this very request (the `phasescope` object of its last chunk).
+_PHASESCOPE = (("ttft_ms", "engine TTFT ms"), ("prefill_ms", "engine prefill ms"), ("decode_ms", "engine decode ms"),
+               ("queue_ms", "engine queue ms"), ("decode_ms_median", "engine decode ms a step (median)"),
+               ("decode_ms_p90", "engine decode ms a step (p90)"), ("batch_rows_median", "engine batch rows (median)"),
+               ("cached_prompt_tokens", "prefix cache hit tokens"), ("cpu_wait_ms", "engine waited for a core ms"))
+
+
 def inside_figures(before: dict[str, float], after: dict[str, float], end: StreamEnd,
                    during: dict[str, float] | None = None) -> dict[str, float]:
-    """The engine's own account of this run: llama.cpp's `timings`, vLLM's metrics (counters: their
-    change over the run; gauges: as read while it decoded, else after it), the usage counts. Only
-    what the engine sent; nothing estimated."""
+    """The engine's own account of this run: a PhaseScope server's timing of this request,
+    llama.cpp's `timings`, vLLM's metrics (counters: their change over the run, which other
+    requests share when they ran beside it; gauges: as read while it decoded, else after it), the
+    usage counts. Only what the engine sent; nothing estimated."""
     report: dict[str, float] = {}
+    for key, name in _PHASESCOPE:
+        value = end.phasescope.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            report[name] = float(value)
     names = {"prompt_n": "prompt tokens (engine)", "prompt_ms": "engine prefill ms", "cache_n": "prefix cache hit tokens",
              "predicted_n": "generated tokens (engine)", "predicted_ms": "engine decode ms",
              "load_ms": "engine model load ms"}
     for key, name in names.items():
         value = end.timings.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
-            report[name] = float(value)
+            report.setdefault(name, float(value))
     moment = " (during the run)" if during else " (after the run)"
     for name, metric, scale, difference in _VLLM:
         source = after if difference else (during or after)

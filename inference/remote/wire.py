@@ -23,6 +23,7 @@ class StreamEnd:
     finish_reason: str = ""
     usage: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
+    phasescope: dict[str, Any] = field(default_factory=dict)     # a PhaseScope server's own timing of the request
 
 
 def request_body(model: str, messages: list[dict[str, str]], settings: GenerationSettings) -> dict[str, Any]:

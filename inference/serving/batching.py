@@ -70,6 +70,7 @@ class BatchRun(WatchedRun):
         self.reserved = 0                         # blocks it may still take from the pool, at its full length
         self.holds_hits = False                   # it references its hit blocks, not yet through a PagedCache
         self.label = ""                           # how the class view names it
+        self.source = "page"                      # where it came from: "page" or "api" (the OpenAI-compatible API)
         self.cold_ttft_ms = 0.0                   # its prefill with nothing cached, estimated (when it had hits)
 
     @property
@@ -97,7 +98,7 @@ class BatchRun(WatchedRun):
         return len(self.hit_blocks) * self.server.block_tokens
 
     def span(self) -> RunSpan:
-        return RunSpan(self.started, self.prefill_start, self.prefill_end, self.ended, len(self.steps))
+        return RunSpan(self.started, self.prefill_start, self.prefill_end, self.ended, len(self.steps), self.source)
 
     def _add(self, step: Step) -> None:
         self.steps.append(step)
@@ -258,12 +259,13 @@ class BatchServer:
         return not self.why_alone(settings)
 
     def submit(self, prompt_ids: list[int], settings: GenerationSettings, cancel: Any, prompt: str = "",
-               max_seconds: float = float("inf"), why: str = "") -> BatchRun:
+               max_seconds: float = float("inf"), why: str = "", source: str = "page") -> BatchRun:
         """Queue a run for the batch (ValueError if it does not fit the model's context or could
-        never fit the KV budget); `why`: the front door's reason, for its trace."""
+        never fit the KV budget); `why`: the front door's reason, for its trace; `source`: where it
+        came from ("page", "api"), for the class view."""
         self.engine.check_fits(len(prompt_ids), settings.max_new_tokens)
         run = BatchRun(self, list(prompt_ids), self.engine.as_run(settings), cancel, prompt, max_seconds)
-        run.why = why
+        run.why, run.source = why, source
         refused = refusal(self.ask(run), self.limits)
         if refused:
             raise ValueError(refused)
@@ -358,7 +360,7 @@ class BatchServer:
                 pool.share(block)
             run.holds_hits = True
             self._runs_admitted += 1
-            run.label = f"run {self._runs_admitted}"
+            run.label = f"{'API ' if run.source == 'api' else ''}run {self._runs_admitted}"
             self._prefill_alone(run, timer, [*active, *admitted], waited)
             (gone if run.done else admitted).append(run)
             if run.prefill_end is None:     # prefilling in chunks: the batch decodes before the next one

@@ -46,17 +46,24 @@ def prepare(engine: Engine, prompt_ids: list[int], settings: GenerationSettings,
 
 
 def start(engine: Engine, plan: Plan, cancel: Any, max_seconds: float = math.inf, prefill_chunk: int = 0,
-          class_context: str = "", prefix_cache: bool = True) -> WatchedRun:
+          class_context: str = "", prefix_cache: bool = True, source: str = "page") -> WatchedRun:
     """Start the planned run (ValueError if the shared batch could never hold it); the shared
     server's prefill pieces, its class context and whether it shares that context's blocks are
-    the operator's (ServerConfig)."""
+    the operator's (ServerConfig). `source` ("page", "api") names where it came from, for the
+    class view and the metrics (serving/metrics.py), which count it once it has ended."""
+    from inference.serving.metrics import serving_metrics   # prometheus_client: the page's and the API's, not the CLI's
+
     ids = list(plan.prompt_ids)
     if plan.route == "batched":
         server = batch_server(engine)
         server.prefill_chunk, server.prefix_caching = prefill_chunk, prefix_cache
         server.use_context(class_context)
-        return server.submit(ids, plan.settings, cancel, plan.prompt, max_seconds, why=plan.why)
-    return BackgroundRun(here(engine, plan, cancel), max_seconds=max_seconds)
+        run: WatchedRun = server.submit(ids, plan.settings, cancel, plan.prompt, max_seconds, why=plan.why,
+                                        source=source)
+    else:
+        run = BackgroundRun(here(engine, plan, cancel), max_seconds=max_seconds)
+    serving_metrics(engine).track(run, source)
+    return run
 
 
 def here(engine: Engine, plan: Plan, cancel: Any = None) -> GenerationRun:

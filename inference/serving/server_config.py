@@ -4,7 +4,9 @@ Read once from the environment (PHASESCOPE_MODEL, PHASESCOPE_DEVICE, PHASESCOPE_
 PHASESCOPE_ALLOWED_MODELS, PHASESCOPE_ALLOW_ANY_MODEL=1, PHASESCOPE_MAX_RUN_SECONDS,
 PHASESCOPE_QUEUE_SIZE, PHASESCOPE_SOLO=1, PHASESCOPE_PREFILL_CHUNK, PHASESCOPE_CLASS_CONTEXT (the class's
 shared context), PHASESCOPE_PREFIX_CACHE=0, PHASESCOPE_REMOTE=name=url,... (remote
-serving engines the page may send runs to) and SPACES_ZERO_GPU, which a ZeroGPU Space sets);
+serving engines the page may send runs to), the OpenAI-compatible API's (PHASESCOPE_API=1/0: on by
+default except on a Hugging Face Space, PHASESCOPE_API_KEY, PHASESCOPE_API_MAX_CONCURRENT,
+PHASESCOPE_API_MAX_TOKENS), SPACE_ID and SPACES_ZERO_GPU, which a Space sets);
 `python app.py`'s flags override it. A frozen record: a change (a model
 switch, a flag) makes a new one.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from inference.remote import RemoteEndpoint, parse_remotes
 from inference.settings import DEFAULT_MODEL
@@ -34,19 +36,20 @@ class ServerConfig:
     remotes: tuple[RemoteEndpoint, ...] = ()   # serving engines elsewhere, named by the operator only
     class_context: str = ""                 # the teacher's context: every page run's system message, prefilled once
     prefix_cache: bool = True               # share the blocks of that context (or the chat template's opening)
+    api: bool = True                        # the OpenAI-compatible API and /metrics beside the page
+    api_key: str = field(default="", repr=False)   # if set, API clients send it as a bearer token
+    api_max_concurrent: int = 8             # API requests under way at once (more are refused: 429)
+    api_max_tokens: int = 512               # the most tokens one API request may ask for
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
         listed = tuple(m.strip() for m in env.get("PHASESCOPE_ALLOWED_MODELS", "").split(",") if m.strip())
-        try:
-            max_run_seconds = float(env.get("PHASESCOPE_MAX_RUN_SECONDS", "120"))
-            queue_size = int(env.get("PHASESCOPE_QUEUE_SIZE", "64"))
-            prefill_chunk = int(env.get("PHASESCOPE_PREFILL_CHUNK", "0"))
-        except ValueError as exc:
-            raise ValueError(f"PHASESCOPE_MAX_RUN_SECONDS, PHASESCOPE_QUEUE_SIZE or PHASESCOPE_PREFILL_CHUNK is not "
-                             f"a number: {exc}") from None
-        if prefill_chunk < 0:
-            raise ValueError(f"PHASESCOPE_PREFILL_CHUNK must be 0 (off) or a number of tokens, got {prefill_chunk}")
+        max_run_seconds = _number(env, "PHASESCOPE_MAX_RUN_SECONDS", 120.0, float, 0)
+        queue_size = _number(env, "PHASESCOPE_QUEUE_SIZE", 64, int, 1)
+        prefill_chunk = _number(env, "PHASESCOPE_PREFILL_CHUNK", 0, int, 0)      # 0: off
+        api_max_concurrent = _number(env, "PHASESCOPE_API_MAX_CONCURRENT", 8, int, 1)
+        api_max_tokens = _number(env, "PHASESCOPE_API_MAX_TOKENS", 512, int, 1)
+        on_space = bool(env.get("SPACE_ID"))        # a public Space: the API only where its operator asks
         return cls(model=env.get("PHASESCOPE_MODEL", DEFAULT_MODEL), device=env.get("PHASESCOPE_DEVICE", "auto"),
                    dtype=env.get("PHASESCOPE_DTYPE", "auto"), listed_models=listed,
                    allow_any_model=env.get("PHASESCOPE_ALLOW_ANY_MODEL") == "1", max_run_seconds=max_run_seconds,
@@ -54,7 +57,10 @@ class ServerConfig:
                    zero_gpu=env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),
                    remotes=parse_remotes(env.get("PHASESCOPE_REMOTE", "")),
                    class_context=env.get("PHASESCOPE_CLASS_CONTEXT", ""),
-                   prefix_cache=env.get("PHASESCOPE_PREFIX_CACHE", "1") != "0")
+                   prefix_cache=env.get("PHASESCOPE_PREFIX_CACHE", "1") != "0",
+                   api=env.get("PHASESCOPE_API", "0" if on_space else "1") == "1",
+                   api_key=env.get("PHASESCOPE_API_KEY", ""), api_max_concurrent=api_max_concurrent,
+                   api_max_tokens=api_max_tokens)
 
     @property
     def allowed_models(self) -> list[str]:
@@ -75,3 +81,17 @@ class ServerConfig:
 
     def replace(self, **changes: object) -> ServerConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type, least: float) -> Any:
+    """The setting `name` as a number of `kind`, at least `least`; ValueError naming it otherwise."""
+    text = env.get(name)
+    if text is None:
+        return kind(default)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a {'whole ' if kind is int else ''}number, got {text!r}") from None
+    if not value >= least:
+        raise ValueError(f"{name} must be at least {least:g}, got {text!r}")
+    return value

@@ -226,6 +226,7 @@ class RunSpan:
     prefill_end: float | None
     end: float | None
     tokens: int
+    source: str = "page"        # "api": sent through the OpenAI-compatible API (inference/serving/api.py)
 
 
 @dataclass(frozen=True)
