@@ -245,3 +245,21 @@ def test_the_page_serves_the_api_beside_it_and_its_remote_mode_sees_the_inside(a
     assert reported["generated tokens (engine)"] == 12
     # From outside, the first token cannot come sooner than the engine's own prefill of it.
     assert trace.steps[0].ms >= reported["engine prefill ms"]
+
+
+def test_a_fault_inside_the_server_is_an_openai_error_and_the_next_request_runs(api: Api, monkeypatch) -> None:
+    from inference.serving import api as api_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(api_module, "_prompt_ids", broken)
+    with pytest.raises(openai.InternalServerError, match="tokenizer exploded"):
+        api.client().chat.completions.create(model="SmolLM2-135M-Instruct", messages=MESSAGES, max_tokens=4)
+    monkeypatch.undo()
+    assert api.service.in_flight == 0
+    answer = api.client().chat.completions.create(model="SmolLM2-135M-Instruct", messages=MESSAGES, max_tokens=4)
+    assert answer.usage.completion_tokens == 4
+    api.config = ServerConfig(zero_gpu=True)
+    with pytest.raises(openai.APIStatusError, match="not offered on a ZeroGPU Space"):
+        api.client().chat.completions.create(model="SmolLM2-135M-Instruct", messages=MESSAGES, max_tokens=4)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -278,3 +279,27 @@ def test_a_run_beside_a_cpu_hog_records_its_wait_and_the_page_says_whose_figures
     page.wait_for_selector("#ps-headline .ps-wait")
     assert "for a core" in page.inner_text("#ps-headline .ps-wait")
     page.locator("#ps-headline").screenshot(path=str(SCREENSHOTS / "cpu-wait.png"))
+
+
+def test_a_notebooks_api_request_joins_the_class_and_shows_as_an_api_run(page, app_url: str) -> None:
+    import httpx
+
+    body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Count from 1 to 500."}],
+            "max_tokens": 300, "temperature": 0}
+    run_prompt(page, "Write a long story about a lighthouse keeper.", 400)
+    page.wait_for_selector("#ps-status:has-text('Decoding')", timeout=60_000)
+    answers: list[httpx.Response] = []
+    notebook = threading.Thread(target=lambda: answers.append(
+        httpx.post(f"{app_url}v1/chat/completions", json=body, timeout=120)))
+    notebook.start()
+    try:
+        page.wait_for_selector("#ps-status:has-text('step shared with 1 other row')", timeout=60_000)
+        page.get_by_role("tab", name="Class").click()
+        page.wait_for_selector("#ps-class:has-text('API run')", timeout=30_000)      # its bar, named
+        page.screenshot(path=str(SCREENSHOTS / "class-view-api.png"))
+    finally:
+        notebook.join()
+    assert answers[0].status_code == 200 and answers[0].json()["usage"]["completion_tokens"] > 0
+    page.get_by_role("tab", name="Live run").click()
+    page.click("#ps-stop")
+    page.wait_for_selector(DONE, timeout=60_000)

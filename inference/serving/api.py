@@ -78,6 +78,12 @@ class ApiService:
 
     async def _complete(self, http: Request, kind: str) -> Response:
         try:
+            return await self._answer(http, kind)
+        except Exception as exc:          # a fault of ours: the OpenAI shape still, and the next request runs
+            return _error(ApiError(500, f"the server failed: {type(exc).__name__}: {exc}"))
+
+    async def _answer(self, http: Request, kind: str) -> Response:
+        try:
             self._check_key(http)
             engine = self._ready_engine()
             config = self.config()
@@ -111,6 +117,9 @@ class ApiService:
                                 "(the openai package's api_key)", code="invalid_api_key")
 
     def _ready_engine(self) -> Any:
+        if self.config().zero_gpu:
+            raise ApiError(503, "the API is not offered on a ZeroGPU Space: there each run needs a GPU worker of its "
+                                "own, which only the page asks for; duplicate the Space onto a CPU or a dedicated GPU")
         engine = self.engine()
         if engine is None:
             raise ApiError(503, "the model is still loading: try again in a few seconds")
