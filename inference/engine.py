@@ -13,8 +13,9 @@ import itertools
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -33,6 +34,8 @@ from inference.settings import GenerationSettings
 from inference.speculative import Draft, DraftModel, lookup_draft, verify
 from inference.timing import LayerTimer, RunCancelled, StepTimes
 from inference.trace import DeviceInfo, StopReason, Step, Summary, Trace
+
+T = TypeVar("T")
 
 
 def prefill(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -363,6 +366,21 @@ class Engine:
         if limit and prompt_tokens + max_new_tokens > limit:
             raise ValueError(f"the prompt is {prompt_tokens:,} tokens and {max_new_tokens:,} new tokens were asked "
                              f"for, but {self.loaded.info.name} holds at most {limit:,} tokens of context")
+
+
+def per_engine(make: Callable[[Engine], T]) -> Callable[[Engine], T]:
+    """`make(engine)` made once for each engine and kept while the engine lives (its batch server,
+    its metrics): a model switch makes a new engine, and with it new ones."""
+    made: weakref.WeakKeyDictionary[Engine, T] = weakref.WeakKeyDictionary()
+    lock = threading.Lock()
+
+    def one(engine: Engine) -> T:
+        with lock:
+            if engine not in made:
+                made[engine] = make(engine)
+            return made[engine]
+
+    return one
 
 
 def reference_generate(model: nn.Module, prompt_ids: list[int], max_new_tokens: int, eos: set[int]) -> list[int]:

@@ -213,8 +213,8 @@ def _serve(args: argparse.Namespace) -> int:
     from inference.serving.background import ENGINE_THREAD
     from inference.serving.server_config import ServerConfig
 
-    config = ServerConfig.from_env().replace(model=args.model, device=args.device, dtype=args.dtype,
-                                             solo=args.solo or ServerConfig.from_env().solo)
+    config = ServerConfig.from_env()
+    config = config.replace(model=args.model, device=args.device, dtype=args.dtype, solo=args.solo or config.solo)
     for name in ("max_concurrent", "max_tokens"):
         value = getattr(args, name)
         if value is not None:

@@ -12,6 +12,7 @@ its run, and the batch goes on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import statistics
 import threading
@@ -25,9 +26,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from inference.serving import openai_wire as wire
 from inference.serving.background import WatchedRun
 from inference.serving.door import prepare, start
-from inference.serving.metrics import CONTENT_TYPE, serving_metrics
+from inference.serving.metrics import CONTENT_TYPE, RequestTimes, serving_metrics
 from inference.serving.openai_wire import ApiError, ApiLimits, CompletionRequest, StopText
 from inference.serving.server_config import ServerConfig
+from inference.trace import Trace
 
 FOLLOW_S = 0.5                  # how long a stream waits for the next step before it looks again
 
@@ -163,7 +165,7 @@ class ApiService:
             async for text in answer.pieces():
                 yield _event(wire.chunk(request, text, first=answer.sent == 1))
             if run.error is not None:
-                yield _event(ApiError(500, f"the run failed: {type(run.error).__name__}: {run.error}").body())
+                yield _event(_failed(run).body())
             else:
                 yield _event(wire.chunk(request, None if request.kind == "chat" else "", answer.finish_reason,
                                         first=answer.sent == 0))
@@ -178,7 +180,7 @@ class ApiService:
         answer = _Answer(run, request)
         text = "".join([piece async for piece in answer.pieces()])
         if run.error is not None:
-            return _error(ApiError(500, f"the run failed: {type(run.error).__name__}: {run.error}"))
+            return _error(_failed(run))
         return JSONResponse(wire.response(request, text, answer.finish_reason, answer.usage(), answer.timing()))
 
 
@@ -215,12 +217,14 @@ class _Answer:
             self.sent += 1
             yield tail
 
+    @functools.cached_property
+    def trace(self) -> Trace:
+        """The run's trace, once it has ended (what the last chunk reports is read from it)."""
+        return self.run.trace()
+
     @property
     def finish_reason(self) -> str:
-        if self.stopped:
-            return "stop"
-        reason = self.run.trace().summary.stop_reason
-        return wire.FINISH.get(reason, "length")
+        return "stop" if self.stopped else wire.FINISH.get(self.trace.summary.stop_reason, "length")
 
     def usage(self) -> dict[str, Any]:
         run = self.run
@@ -228,19 +232,16 @@ class _Answer:
 
     def timing(self) -> dict[str, Any]:
         """The engine's own timing of this request (PhaseScope's extension of the usage chunk)."""
-        trace = self.run.trace()
-        steps = trace.steps
-        decode = [s for s in steps if s.phase == "decode"]
-        start = getattr(self.run, "prefill_start", None)
-        queue_ms = max(0.0, (start - self.run.started) * 1e3) if start else 0.0
-        prefill_ms = steps[0].ms if steps else 0.0
-        return {"queue_ms": round(queue_ms, 3), "prefill_ms": round(prefill_ms, 3),
-                "ttft_ms": round(queue_ms + prefill_ms, 3), "decode_ms": round(sum(s.ms for s in decode), 3),
-                "decode_ms_median": round(trace.summary.decode_ms_median, 3),
+        trace = self.trace
+        times = RequestTimes.of(self.run, trace)
+        decode = trace.decode_steps
+        ms = lambda seconds: round(seconds * 1e3, 3)
+        return {"queue_ms": ms(times.queue_s), "prefill_ms": ms(times.prefill_s), "ttft_ms": ms(times.ttft_s),
+                "decode_ms": ms(times.decode_s), "decode_ms_median": round(trace.summary.decode_ms_median, 3),
                 "decode_ms_p90": round(trace.summary.decode_ms_p90, 3),
                 "batch_rows_median": statistics.median([s.batch_rows for s in decode]) if decode else 0,
                 "cached_prompt_tokens": trace.reused_tokens, "serving": trace.serving,
-                "cpu_wait_ms": round(sum(s.cpu_wait_ms for s in steps), 3)}
+                "cpu_wait_ms": round(sum(s.cpu_wait_ms for s in trace.steps), 3)}
 
 
 def _prompt_ids(engine: Any, request: CompletionRequest) -> list[int]:
@@ -265,8 +266,6 @@ def _fit(engine: Any, request: CompletionRequest, ids: list[int]) -> CompletionR
     """Without max_tokens, the answer may take the limit or the context's room, whichever is less."""
     room = (engine.loaded.info.max_context or 0) - len(ids)
     param = "messages" if request.kind == "chat" else "prompt"
-    if not ids:
-        raise ApiError(400, "the prompt has no tokens", param)
     if engine.loaded.info.max_context and room < 1:
         raise ApiError(400, f"the prompt is {len(ids):,} tokens, but {engine.loaded.info.name} holds at most "
                             f"{engine.loaded.info.max_context:,} tokens of context", param, "context_length_exceeded")
@@ -274,6 +273,10 @@ def _fit(engine: Any, request: CompletionRequest, ids: list[int]) -> CompletionR
         return request
     settings = dataclasses.replace(request.settings, max_new_tokens=room)
     return dataclasses.replace(request, settings=settings)
+
+
+def _failed(run: WatchedRun) -> ApiError:
+    return ApiError(500, f"the run failed: {type(run.error).__name__}: {run.error}")
 
 
 def _event(data: dict[str, Any]) -> str:

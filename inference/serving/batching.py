@@ -23,14 +23,13 @@ import collections
 import dataclasses
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from inference.cost_model import shared_decode_cost, step_cost
-from inference.engine import Engine
+from inference.engine import Engine, per_engine
 from inference.hardware.cpu_quota import memory_room
 from inference.kernels.build import MAX_ROWS
 from inference.kernels.fast_path import FusedStack, stack_fusable
@@ -519,13 +518,4 @@ class BatchServer:
         return self.pool.snapshot(tables, reserved * info.kv_bytes_per_token)
 
 
-_servers: weakref.WeakKeyDictionary[Engine, BatchServer] = weakref.WeakKeyDictionary()
-_servers_lock = threading.Lock()
-
-
-def batch_server(engine: Engine) -> BatchServer:
-    """The one batch server of `engine`."""
-    with _servers_lock:
-        if engine not in _servers:
-            _servers[engine] = BatchServer(engine)
-        return _servers[engine]
+batch_server = per_engine(BatchServer)     # the one batch server of an engine

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from inference.engine import Engine, per_engine
 from inference.serving.background import WatchedRun
-
-if TYPE_CHECKING:
-    from inference.engine import Engine
+from inference.trace import Trace
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # vLLM's buckets (seconds), so that a board's quantiles mean the same on both.
@@ -33,6 +33,30 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                    480.0, 960.0, 1920.0, 7680.0)
 FINISHED = {"eos": "stop", "length": "length", "cancelled": "abort"}     # the trace's reasons, as vLLM names them
+
+
+@dataclass(frozen=True)
+class RequestTimes:
+    """One request's times as the engine measured them, in seconds: waiting for room in the batch,
+    its prefill (which gives the first token), its decode steps."""
+    queue_s: float
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def ttft_s(self) -> float:
+        return self.queue_s + self.prefill_s
+
+    @property
+    def e2e_s(self) -> float:
+        return self.ttft_s + self.decode_s
+
+    @classmethod
+    def of(cls, run: WatchedRun, trace: Trace) -> RequestTimes:
+        started = getattr(run, "prefill_start", None)      # where the runner says when its prefill began
+        queue_s = max(0.0, started - run.started) if started else 0.0
+        prefill_s = trace.steps[0].ms / 1e3 if trace.steps else 0.0
+        return cls(queue_s, prefill_s, sum(s.ms for s in trace.decode_steps) / 1e3)
 
 
 class ServingMetrics:
@@ -103,24 +127,21 @@ class ServingMetrics:
         steps = trace.steps
         if not steps:
             return
-        queue_s = max(0.0, (run.prefill_start - run.started)) if getattr(run, "prefill_start", None) else 0.0
-        prefill_s = steps[0].ms / 1e3
-        decode = [s for s in steps if s.phase == "decode"]
-        decode_s = sum(s.ms for s in decode) / 1e3
+        times = RequestTimes.of(run, trace)
         tokens = sum(s.tokens_out for s in steps)
-        for metric, value in ((self.queue, queue_s), (self.prefill, prefill_s), (self.decode, decode_s),
-                              (self.ttft, queue_s + prefill_s), (self.e2e, queue_s + prefill_s + decode_s)):
+        for metric, value in ((self.queue, times.queue_s), (self.prefill, times.prefill_s),
+                              (self.decode, times.decode_s), (self.ttft, times.ttft_s), (self.e2e, times.e2e_s)):
             metric.labels(name).observe(value)
         if tokens > 1:
-            self.tpot.labels(name).observe(decode_s / (tokens - 1))
-        for step in decode:             # a step that made several tokens (speculative) spreads its time over them
+            self.tpot.labels(name).observe(times.decode_s / (tokens - 1))
+        for step in trace.decode_steps:             # a step that made several tokens (speculative) spreads its time over them
             for _ in range(step.tokens_out):
                 self.itl.labels(name).observe(step.ms / 1e3 / step.tokens_out)
             self.step_bytes.labels(name).observe(step.bytes)
         self.prompt_tokens.labels(name).inc(trace.prompt_tokens)
         self.generation_tokens.labels(name).inc(tokens * trace.settings.batch_size)
-        self.prefill_seconds.labels(name).inc(prefill_s)
-        self.decode_seconds.labels(name).inc(decode_s)
+        self.prefill_seconds.labels(name).inc(times.prefill_s)
+        self.decode_seconds.labels(name).inc(times.decode_s)
         self.cpu_wait_seconds.labels(name).inc(sum(s.cpu_wait_ms for s in steps) / 1e3)
 
 
@@ -164,13 +185,4 @@ class _ServerState(Collector):
                 yield family
 
 
-_metrics: weakref.WeakKeyDictionary[Engine, ServingMetrics] = weakref.WeakKeyDictionary()
-_metrics_lock = threading.Lock()
-
-
-def serving_metrics(engine: Engine) -> ServingMetrics:
-    """The one metrics registry of `engine`'s runs."""
-    with _metrics_lock:
-        if engine not in _metrics:
-            _metrics[engine] = ServingMetrics(engine)
-        return _metrics[engine]
+serving_metrics = per_engine(ServingMetrics)     # the one metrics registry of an engine's runs
