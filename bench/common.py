@@ -1,6 +1,8 @@
-"""Small helpers shared by the benchmarks (and the browser tests): decode rates, medians, Chromium."""
+"""Small helpers shared by the benchmarks (and the browser and remote tests): decode rates, medians,
+Chromium, a free port."""
 from __future__ import annotations
 
+import socket
 import statistics
 import time
 from typing import Any, Callable, Iterable
@@ -37,3 +39,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 def row(label: str, value: str, note: str = "") -> str:
     return f"| {label} | {value} | {note} |"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A loopback port nobody listens on now (for a server started next)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import row
+from bench.common import free_port, row
 from inference.remote import parse_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +46,6 @@ class Agreement:
     @property
     def holds(self) -> bool:
         return abs(self.tool_ms - self.own_ms) <= max(TOLERANCE_SHARE * self.own_ms, TOLERANCE_MS)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PhaseScopeServer:

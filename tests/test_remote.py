@@ -4,10 +4,9 @@ against the bad servers a page must survive. The same tests run against a live e
 `make test-remote` (tests/test_remote_live.py)."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 
+from bench.common import free_port
 from inference.serving.background import CancelFlag
 from inference.remote import (RemoteClient, RemoteEndpoint, RemoteError, RemoteRun, inside_figures, parse_prometheus,
                               parse_remotes)
@@ -135,9 +134,7 @@ def test_an_ollama_server_is_read_through_its_own_stream_for_its_durations(stand
 
 
 def test_an_unreachable_server_is_said_plainly() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]          # nothing listens here once the probe closes
+    port = free_port()                         # nothing listens here
     run = run_on(f"http://127.0.0.1:{port}")
     assert isinstance(run.error, RemoteError) and "cannot be reached" in str(run.error)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from bench.common import free_port
 from inference.engine import Engine
 from inference.prompts import chat_prompt_ids
 from inference.remote import RemoteClient, RemoteEndpoint, RemoteRun, remote_trace
@@ -36,9 +36,7 @@ def vllm_url() -> Iterator[str]:
     python = VENV / "bin" / "python"
     if not python.exists():
         pytest.fail(f"{python} is missing: run `make test-remote`, which installs vLLM's CPU build there")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / "phasescope-vllm.log", "w")
     server = subprocess.Popen(
         [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_model_folder()),

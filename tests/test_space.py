@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ from typing import Iterator
 
 import pytest
 import torch
+
+from bench.common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE_PYTHON = ROOT / ".venv-space" / "bin" / "python"
@@ -100,9 +101,7 @@ def running_space(home: Path, name: str, command: list[str], extra_env: dict[str
     (cache / "kernels").mkdir(parents=True)
     for built in (cache_dir() / "kernels").glob("*.so"):
         shutil.copy(built, cache / "kernels" / built.name)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "SYSTEM": "spaces", "SPACE_ID": "teacher/phasescope",
            "SPACE_HOST": "teacher-phasescope.hf.space", "GRADIO_SERVER_NAME": "0.0.0.0",
            "GRADIO_SERVER_PORT": str(port), "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1",
