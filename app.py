@@ -28,6 +28,7 @@ from inference.serving.server_config import ServerConfig
 from inference.settings import DEVICES, DTYPES
 from page.classroom import ClassTab
 from page.experiments import ExperimentsTab
+from page.lesson import LessonTab
 from page.live import PLOTLY_JS, LiveTab
 from page.state import Server
 from viz.dashboard import header_html, theme_css
@@ -39,6 +40,7 @@ gr.set_static_paths([PLOTLY_JS])    # plotly.js from the installed package: the 
 
 server = Server(ServerConfig.from_env())
 live = LiveTab(server)
+lesson = LessonTab(server)
 experiments = ExperimentsTab(server)
 classroom = ClassTab(server)
 
@@ -52,8 +54,9 @@ def build_demo() -> gr.Blocks:
         claims = gr.State({})
         with gr.Tabs():
             parts = live.build(cancel, conversation, trace_state)
+            lesson_tab = lesson.build()
             experiments_tab = experiments.build(trace_state, claims, parts.engine_choice)
-            classroom.build([parts.tab, experiments_tab])
+            classroom.build([parts.tab, lesson_tab, experiments_tab])
         loading = gr.Timer(1.0, active=False)              # the model box follows a load under way
         loading.tick(server.loading_tick, None, [parts.model_status, parts.status, loading], api_name=False,
                      show_progress="hidden")

@@ -49,6 +49,18 @@ def headline_html(trace: Trace, token_text: Callable[[list[int]], str] | None = 
             f'{wait_html(trace)}{speculation_html(trace, token_text)}{note}')
 
 
+def compact_headline_html(trace: Trace) -> str:
+    """The lesson's headline: the pause, the beat and the speed alone, large enough for a projector,
+    and what bent them."""
+    if not trace.steps:
+        return '<div class="ps-cards"></div>'
+    n, decode = headline_numbers(trace), bool(trace.decode_steps)
+    cards = [_card("the pause (TTFT)", f"{n['ttft_ms']:,.0f} ms", f"{trace.prompt_tokens} prompt tokens"),
+             _card("a decode step", f"{n['decode_ms_median']:.1f} ms" if decode else "–", "median"),
+             _card("speed", f"{n['tokens_per_s']:.1f} tok/s" if decode else "–", "decode")]
+    return f'<div class="ps-cards ps-cards-compact">{"".join(cards)}</div>{wait_html(trace)}'
+
+
 def _prefill_line(trace: Trace) -> str:
     """What the first token's pause computed: the whole prompt, or what the cache did not hold (and
     then, where the server made one, its estimate of the same prompt's TTFT with nothing cached)."""
