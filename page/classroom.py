@@ -41,11 +41,16 @@ class ClassTab:
             with gr.Row():
                 ttft = gr.Number(DEFAULT_TTFT_S, label="TTFT objective (s)", minimum=0.01, scale=1)
                 tpot = gr.Number(DEFAULT_TPOT_MS, label="TPOT objective (ms a token)", minimum=1, scale=1)
+            join = gr.HTML(elem_id="ps-class-join")
+            address = gr.Textbox(visible=False)
             summary = gr.Markdown(elem_id="ps-class-summary")
             plot = gr.Plot(show_label=False, elem_id="ps-class")
             pool = gr.HTML(elem_id="ps-class-pool")
             timer = gr.Timer(1.0, active=False)
         timer.tick(self.class_view, [ttft, tpot], [plot, summary, pool], api_name="class", show_progress="hidden")
         class_tab.select(lambda: gr.Timer(active=True), None, timer, api_name=False)
+        # The address the teacher's browser shows (behind a proxy or a Space too), read by the page itself.
+        class_tab.select(classroom.join_html, address, join, js="() => window.location.href", api_name=False,
+                         queue=False)
         for tab in other_tabs:
             tab.select(lambda: gr.Timer(active=False), None, timer, api_name=False)

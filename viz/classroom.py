@@ -114,3 +114,27 @@ def goodput_text(snapshot: ClassSnapshot, ttft_s: float, tpot_s: float) -> str:
         return f"Goodput (TTFT ≤ {ttft_s:g} s, TPOT ≤ {tpot_s * 1e3:g} ms): no run has finished in the last minute."
     return (f"Goodput (TTFT ≤ {ttft_s:g} s and TPOT ≤ {tpot_s * 1e3:g} ms): {g.met} of {g.finished} runs that finished "
             f"in the last {snapshot.window_s:g} s met both ({g.met / g.finished:.0%}), {g.per_s:.2f} runs a second.")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
+
+
+def join_html(address: str) -> str:
+    """A QR code of the page's address (as the teacher's browser shows it), for students to join from
+    their phones; where that address is this machine's loopback, why a phone cannot reach it."""
+    from urllib.parse import urlsplit
+
+    import segno
+
+    parts = urlsplit(address or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return ""
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    shown = html.escape(url)
+    if parts.hostname in LOOPBACK:
+        return (f'<div class="ps-join ps-join-local"><p>This page is open at <code>{shown}</code>, this machine\'s own '
+                f'address: a phone cannot reach it. To let students join, start the page with <code>--host 0.0.0.0</code>'
+                f' and open it here at this machine\'s network address; its QR code then appears here.</p></div>')
+    code = segno.make(url, error="m").svg_inline(scale=8, border=2)
+    return (f'<div class="ps-join"><div class="ps-qr" role="img" aria-label="QR code of {shown}">{code}</div>'
+            f'<p>Students join from their phones: scan, or open <b>{shown}</b>, then the Lesson or Live run tab.</p></div>')
