@@ -113,7 +113,7 @@ class LessonTab:
             self._wire(parts, prompt, cancel, first_trace)
             for button, delta in ((back, -1), (forward, 1)):
                 button.click(lambda at, d=delta: self.go_to(at + d), [step], [step, nav, *columns], api_name=False,
-                             queue=False)
+                             queue=False, show_progress="hidden")
         return tab
 
     def _wire(self, parts: list, prompt: gr.Textbox, cancel: gr.State, first_trace: gr.State) -> None:

@@ -112,3 +112,16 @@ def test_the_speculation_experiment_runs_from_the_page(client: Client) -> None:
     assert "k=1:" in verdict and "k=3:" in verdict and "repeats its input" in verdict
     assert "Every speculative run wrote exactly plain decode's tokens." in verdict
     assert "Checking k guessed tokens" in panel
+
+
+def test_the_lessons_steps_give_a_message_for_bad_input_and_the_next_step_works(app_url: str) -> None:
+    client = Client(app_url, verbose=False)            # a session of its own: no step 1 run yet
+    with pytest.raises(Exception, match="Do step 1 first"):
+        client.predict(api_name="/lesson_roofline")
+    with pytest.raises(Exception, match="prompt is empty"):
+        client.predict("  ", api_name="/lesson_run")
+    with pytest.raises(Exception, match="shorten it for this step"):
+        client.predict("word " * 3000, api_name="/lesson_sweep")
+    text, headline, said, *_ = client.predict("What is the capital of France?", api_name="/lesson_run")
+    assert "Paris" in text and "the pause (TTFT)" in headline and "prefill" in said
+    assert "FLOPs per byte" in client.predict(api_name="/lesson_roofline")[0]

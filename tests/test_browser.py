@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 import threading
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urljoin
 
 import pytest
 
@@ -303,3 +305,89 @@ def test_a_notebooks_api_request_joins_the_class_and_shows_as_an_api_run(page, a
     page.get_by_role("tab", name="Live run").click()
     page.click("#ps-stop")
     page.wait_for_selector(DONE, timeout=60_000)
+
+
+def lesson_traces(page, step: int) -> list[dict]:
+    """The traces behind the lesson step on screen, downloaded as a student would (its JSON file)."""
+    link = page.locator(f"#ps-lesson-runs-{step} a[href]").first
+    return page.request.get(urljoin(page.url, link.get_attribute("href"))).json()
+
+
+def decode_median(trace: dict) -> float:
+    return statistics.median(s["ms"] for s in trace["steps"] if s["phase"] == "decode")
+
+
+def test_the_lesson_walks_seven_steps_and_each_sentence_quotes_its_own_runs(browser, app_url: str) -> None:
+    """A presenter walks the whole lesson on the real model with the keyboard; each step's sentence
+    carries the figures of the traces that step just recorded (downloaded, recomputed here)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(app_url)
+        page.get_by_role("tab", name="Lesson").click()
+        page.locator("#ps-lesson-run-1").wait_for()
+        page.keyboard.press("p")                                   # the presenter view
+        page.wait_for_function("() => document.body.classList.contains('ps-presenter')")
+        said, traces = {}, {}
+        for step in range(1, 8):
+            page.wait_for_selector(f"#ps-lesson-run-{step}", state="visible")
+            assert f"Step {step} of 7" in page.inner_text("#ps-lesson-where")
+            page.keyboard.press("r")                               # run the step on screen
+            # (attached: the presenter view hides the downloads)
+            page.wait_for_selector(f"#ps-lesson-runs-{step} a[href]", state="attached", timeout=300_000)
+            said[step], traces[step] = page.inner_text(f"#ps-lesson-said-{step}"), lesson_traces(page, step)
+            page.wait_for_selector(f"#ps-lesson-plot-{step} .main-svg", timeout=30_000)   # one chart a step
+            if step == 1:
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / "lesson-presenter.png"))
+            page.keyboard.press("ArrowRight")
+        first, = traces[1]
+        assert (f"Your prompt of {first['prompt_tokens']} tokens waited {first['steps'][0]['ms']:,.0f} ms"
+                in said[1]), said[1]
+        assert f"at a steady {decode_median(first):.1f} ms each" in said[1], said[1]
+        sweep = traces[2]
+        t0, t1 = sweep[0]["steps"][0]["ms"], sweep[-1]["steps"][0]["ms"]
+        assert sweep[-1]["prompt_tokens"] >= 1024 > sweep[0]["prompt_tokens"]
+        assert f"the pause grew {t1 / t0:.1f}x ({t0:,.0f} → {t1:,.0f} ms)" in said[2], said[2]
+        assert f"{first['model']['weight_bytes'] / 1e6:,.0f} MB of weights" in said[3], said[3]
+        cached, recomputed = traces[4]
+        with_ms, without_ms = (sum(s["ms"] for s in t["steps"]) for t in (cached, recomputed))
+        assert f"took {with_ms:,.0f} ms against {without_ms:,.0f} ms ({without_ms / with_ms:.1f}x)" in said[4], said[4]
+        rows = traces[5]
+        assert [t["settings"]["batch_size"] for t in rows] == [1, 2, 8]
+        assert (f"A step of 8 rows took {decode_median(rows[-1]):.1f} ms against {decode_median(rows[0]):.1f} ms"
+                in said[5]), said[5]
+        wide, narrow = traces[6]
+        assert f"({decode_median(wide):.1f} → {decode_median(narrow):.1f} ms a token)" in said[6], said[6]
+        tokens_per_s = first["summary"]["decode_tokens_per_s"]
+        assert f"Measured here: {tokens_per_s:.0f} tokens/s" in said[7] and "Estimate" in said[7], said[7]
+        page.keyboard.press("ArrowLeft")                           # back a step: what it measured is still there
+        page.wait_for_selector("#ps-lesson-where:has-text('Step 6 of 7')")
+        assert said[6] in page.inner_text("#ps-lesson-said-6")
+        page.keyboard.press("p")                                   # back to the whole page, its tabs
+        page.get_by_role("tab", name="Class").click()
+        # The test's page is on loopback: the join box says why a phone cannot scan that address.
+        page.wait_for_selector("#ps-class-join .ps-join-local", timeout=30_000)
+        assert "--host 0.0.0.0" in page.inner_text("#ps-class-join")
+        assert errors == [], f"page errors: {errors}"
+    finally:
+        page.close()
+
+
+def test_the_lesson_on_a_phone_is_one_column(browser, app_url: str) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        page.goto(app_url)
+        page.get_by_role("tab", name="Lesson").click()
+        page.click("#ps-lesson-run-1")
+        page.wait_for_selector("#ps-lesson-runs-1 a[href]", timeout=300_000)
+        page.wait_for_selector("#ps-lesson-plot-1 .main-svg", timeout=30_000)      # the step's chart drawn
+        boxes = [page.locator(f"#ps-lesson-{part}").bounding_box() for part in ("said-1", "plot-1")]
+        assert boxes[0]["y"] + boxes[0]["height"] <= boxes[1]["y"], "on a phone the chart comes after the sentence"
+        assert all(box["x"] >= 0 and box["x"] + box["width"] <= 390 for box in boxes), boxes
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "nothing wider than the phone"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "lesson-phone.png"), full_page=True)
+    finally:
+        page.close()

@@ -3,6 +3,7 @@ have an experiment's chart already take it, made taller; the first and the last 
 from __future__ import annotations
 
 import itertools
+import math
 
 import plotly.graph_objects as go
 
@@ -29,12 +30,13 @@ def stream_figure(trace: Trace) -> go.Figure:
     if trace.steps:
         ttft = trace.summary.ttft_ms
         fig.add_vrect(x0=0, x1=ttft, fillcolor=PREFILL, opacity=0.18, line_width=0,
-                      annotation_text=f"prefill: {ttft:,.0f} ms", annotation_position="top left")
+                      annotation_text=f"prefill: {ttft:,.0f} ms", annotation_position="top right")
         fig.add_trace(go.Scatter(x=[0, ttft], y=[0, 0], mode="lines", line=dict(color=PREFILL, width=4),
                                  name="the pause (prefill)"))
         fig.add_trace(go.Scatter(x=ends, y=written, mode="markers+lines", marker=dict(color=DECODE, size=6),
                                  line=dict(color=DECODE, width=1), name="a token written (decode)"))
-    fig.update_layout(**_LAYOUT, xaxis_title="ms since your prompt began its prefill", yaxis_title="tokens written")
+    fig.update_layout(**{**_LAYOUT, "margin": dict(l=60, r=20, t=60, b=50), "legend": dict(orientation="h", y=1.16, x=0)},
+                      xaxis_title="ms since prefill began", yaxis_title="tokens written")
     fig.update_yaxes(rangemode="tozero")
     fig.update_xaxes(rangemode="tozero")
     return fig
@@ -55,6 +57,7 @@ def whatif_figure(w: WhatIf) -> go.Figure:
                     pattern=dict(shape=["/" if estimated else "" for _, _, estimated in rows]))))
     fig.update_layout(**{**_LAYOUT, "margin": dict(l=20, r=40, t=30, b=50)}, showlegend=False,
                       xaxis_title="tokens/s for one student (log)")
-    fig.update_xaxes(type="log")
+    values = [value for _, value, _ in rows]
+    fig.update_xaxes(type="log", range=[math.log10(min(values) / 2), math.log10(max(values) * 3)])  # room for labels
     fig.update_yaxes(autorange="reversed", automargin=True)
     return fig

@@ -101,7 +101,7 @@ def roofline_sentence(trace: Trace) -> str:
     """Step 3: where this run's prefill and decode sit against this machine's roofs."""
     d, prefill, decode = trace.device, trace.steps[0], trace.decode_steps
     ridge = d.ridge_intensity
-    said = (f"Prefill did {prefill.intensity:,.0f} FLOPs per byte moved, at {prefill.achieved_flops / 1e9:,.0f} "
+    said = (f"Prefill did {prefill.intensity:,.0f} FLOPs per byte, at {prefill.achieved_flops / 1e9:,.0f} "
             f"GFLOP/s ({prefill.achieved_flops / d.peak_flops:.0%} of this machine's compute roof).")
     if not decode:
         return said + " This run has no decode step to place: run step 1 with more new tokens."
@@ -112,8 +112,8 @@ def roofline_sentence(trace: Trace) -> str:
     if prefill.intensity >= ridge > intensity:
         said += f" The ridge is at {ridge:.0f} FLOPs per byte: prefill sits right of it (compute), decode left (memory)."
     elif intensity < ridge:
-        said += (f" Both sit left of the ridge ({ridge:.0f} FLOPs per byte): a prompt of {trace.prompt_tokens} tokens "
-                 f"is too short to make prefill compute-bound here; step 2's longest prompt moves it right.")
+        said += (f" Both sit left of the ridge ({ridge:.0f} FLOPs per byte): a {trace.prompt_tokens}-token prompt is "
+                 f"too short to make prefill compute-bound here; a longer one moves it right.")
     else:
         said += f" Decode sits right of the ridge ({ridge:.0f} FLOPs per byte) here: this machine's roofs say so."
     return said + _interference(trace)
@@ -209,20 +209,19 @@ def what_if(trace: Trace) -> WhatIf:
 def whatif_sentence(w: WhatIf) -> str:
     """Step 7, labelled as estimates wherever a figure is one."""
     measured, roof = w.measured.summary.decode_tokens_per_s, w.roof_tokens_per_s
-    said = [f"Measured here: {measured:.0f} tokens/s, {measured / roof:.0%} of the {roof:,.0f} that this machine's "
-            f"roofs allow this model (an estimate)."]
-    for r in w.alone:
-        said.append(f"**Estimate**: {r.model} ({r.weight_bytes / 1e9:.0f} GB of weights in bfloat16) on an {r.gpu} "
-                    f"would prefill your {w.measured.prompt_tokens} tokens in about {r.ttft_ms:,.0f} ms and write "
-                    f"{1e3 / r.decode_ms_per_token:,.0f} tokens/s for one student.")
+    big = w.alone[0]
+    each = "; ".join(f"on an {r.gpu} a pause of about {r.ttft_ms:,.0f} ms, then {1e3 / r.decode_ms_per_token:,.0f} "
+                     f"tokens/s" for r in w.alone)
     c = w.in_class
     per_student = 1e3 / c.decode_ms_per_token
-    fits = f"together they fit in its {_memory_gb(c):.0f} GB" if c.fits else f"together they do not fit in its {_memory_gb(c):.0f} GB"
-    said.append(f"**Estimate**: a class of {CLASS_SIZE} on the {c.gpu} shares each step: about {per_student:,.0f} "
-                f"tokens/s each, {per_student * CLASS_SIZE:,.0f} in all (the turn to compute-bound is near batch "
-                f"{c.compute_bound_batch:,.0f}); their KV caches at {CLASS_CONTEXT:,} tokens take "
-                f"{c.kv_bytes_at_context / 1e9:.1f} GB beside the weights: {fits}.")
-    return " ".join(said)
+    fits = "together they fit" if c.fits else "together they do not fit"
+    return (f"Measured here: {measured:.0f} tokens/s, {measured / roof:.0%} of the {roof:,.0f} this machine's roofs "
+            f"allow (an estimate). **Estimates** for {big.model} ({big.weight_bytes / 1e9:.0f} GB of weights in "
+            f"bfloat16) on your {w.measured.prompt_tokens}-token prompt: {each}, for one student. A class of "
+            f"{CLASS_SIZE} sharing the {c.gpu}'s steps: about {per_student:,.0f} tokens/s each, "
+            f"{per_student * CLASS_SIZE:,.0f} in all (compute-bound near batch {c.compute_bound_batch:,.0f}); their KV "
+            f"caches at {CLASS_CONTEXT:,} tokens take {c.kv_bytes_at_context / 1e9:.1f} GB beside the weights: {fits} "
+            f"in its {_memory_gb(c):.0f} GB.")
 
 
 def _memory_gb(e: Estimate) -> float:
