@@ -341,6 +341,11 @@ def test_the_lesson_walks_seven_steps_and_each_sentence_quotes_its_own_runs(brow
             if step == 1:
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(SCREENSHOTS / "lesson-presenter.png"))
+                sizes = page.evaluate("""() => ['#ps-lesson-said-1 p', '.ps-lesson-todo p', '#ps-lesson-run-1']
+                    .map((s) => parseFloat(getComputedStyle(document.querySelector(s)).fontSize))""")
+                assert min(sizes) >= 18, f"the presenter view's text is at least 18 px, got {sizes}"
+                chart = page.locator("#ps-lesson-plot-1 .main-svg").first.bounding_box()
+                assert chart["y"] + chart["height"] <= 720, "the step's chart fits the projector's screen"
             page.keyboard.press("ArrowRight")
         first, = traces[1]
         assert (f"Your prompt of {first['prompt_tokens']} tokens waited {first['steps'][0]['ms']:,.0f} ms"
