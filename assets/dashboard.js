@@ -1,7 +1,7 @@
 // PhaseScope dashboard: runs inside gr.HTML's js_on_load (element, props, watch are given), after
 // `const THEME = {...}` (assets/theme.json's palette, prepended by viz/dashboard.py).
 // Messages arrive as JSON in props.value: {kind: "full"} redraws every chart with Plotly.react
-// (with lazy: true, a run's first message, drawn while its prefill runs, only the timeline; the
+// (with lazy: true, a long prefill's first message, drawn while it runs, only the timeline; the
 // others with the first step),
 // {kind: "extend"} appends new steps' columns to each chart's data, so zoom survives and only the
 // new points travel. An extend that does not start where the charts end (a message lost or out of
@@ -134,9 +134,20 @@ function schedule() {
   if (timer === null) timer = setTimeout(draw, Math.max(0, earliest - performance.now()));
 }
 
+function timeFirstToken(parts) {
+  const clicked = clickAt;
+  clickAt = null;
+  // Two frames later the update has been painted: that is when the student sees the token.
+  requestAnimationFrame(() => requestAnimationFrame(() =>
+    showTtft(parts, clicked !== null ? performance.now() - clicked : null)));
+}
+
 function apply(msg) {
   if (msg.seq === lastSeq) return;
   lastSeq = msg.seq;
+  // The update that brings a run's first token (a full redraw when nothing was drawn during its
+  // prefill, else an extend) carries the server's share of its time.
+  if (msg.ttft_parts && (msg.kind === "full" || msg.start === have)) timeFirstToken(msg.ttft_parts);
   if (msg.kind === "full") {
     if (timer !== null) clearTimeout(timer);
     timer = null;
@@ -145,6 +156,7 @@ function apply(msg) {
     for (const [id, fig] of Object.entries(msg.figures)) {
       const gd = divs[id];
       if (!gd) continue;
+      if (msg.template) fig.layout.template = msg.template;     // sent once for every chart
       if (msg.lazy && id !== "timeline") {
         // A run's first message, while its prefill runs: only the timeline (where the pause grows)
         // is drawn now; the others, dimmed meanwhile, with the first step or when they come into view.
@@ -159,13 +171,6 @@ function apply(msg) {
     }
   } else if (msg.kind === "extend") {
     if (msg.start !== have) return;
-    if (msg.ttft_parts) {
-      const clicked = clickAt;
-      clickAt = null;
-      // Two frames later the update has been painted: that is when the student sees the token.
-      requestAnimationFrame(() => requestAnimationFrame(() =>
-        showTtft(msg.ttft_parts, clicked !== null ? performance.now() - clicked : null)));
-    }
     for (const [id, chart] of Object.entries(msg.charts)) {
       const gd = divs[id];
       if (!gd || !gd.data) continue;

@@ -199,13 +199,10 @@ class LiveTab:
         tokenized = time.perf_counter()
         cancel.clear()
         seq = itertools.count()
-        # Draw the empty charts before the engine starts, so that work never competes with prefill.
-        empty = engine.trace_of(ids, settings, [], None, prompt)
-        yield _outputs(live.full_message(empty, next(seq), lazy=True),
-                       summary.prefill_status_html(len(ids), 0, engine.loaded.info.layers, 0.0), empty)
         background = self._start(engine, plan, cancel)
         try:
-            yield from _stream(background, engine, seq, ((tokenized - received) * 1e3, tokenized), bool(quiet))
+            yield from _stream(background, engine, seq, ((tokenized - received) * 1e3, tokenized), bool(quiet),
+                               engine.trace_of(ids, settings, [], None, prompt))
         finally:
             background.stop()          # Stop, a closed tab or an error: the engine is free again
         trace = background.trace()
@@ -325,12 +322,19 @@ def _prompt_and_settings(engine: Engine, prompt: str, conversation: Conversation
 
 
 def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizing: tuple[float, float],
-            quiet: bool = False) -> Iterator[tuple]:
+            quiet: bool, empty: Trace) -> Iterator[tuple]:
     """Live updates while the run goes on; `tokenizing` = (ms the chat template and tokenizer took,
-    perf_counter when they were done), for the first token's time breakdown. `quiet`: the status and
-    the text only, no chart (the browser draws nothing while the model runs)."""
+    perf_counter when they were done), for the first token's time breakdown; `empty`: the run's
+    trace before its first step. `quiet`: the status and the text only, no chart (the browser draws
+    nothing while the model runs).
+
+    The browser shares the cores, and handling an update costs it tens of ms: so nothing is sent in
+    a prefill's first 1/PREFILL_UPDATES_PER_S s (a student's short question is prefilled by then,
+    undisturbed; measured on 2 cores: a 67 ms prefill took 170 ms when the page's first update came
+    at its start). A longer prefill then gets its empty charts and its growing block; otherwise the
+    first token's update redraws the charts whole."""
     server = batch_server(engine)
-    sent, waiting_shown, prefill_shown = 0, None, 0.0
+    sent, waiting_shown, prefill_shown, drawn = 0, None, None, False
     # At most UPDATES_PER_S a run (CROWDED_UPDATES_PER_S while it waits for a core), and the
     # server's updates shared out between the runs it serves.
     frame = lambda: max(1 / (CROWDED_UPDATES_PER_S if crowded(background.steps) else UPDATES_PER_S),
@@ -346,12 +350,19 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
                 yield _only(status=summary.waiting_status_html(shown[0], elapsed))
             continue
         if have == 0:                          # prefill running: its block grows on the timeline
-            if time.perf_counter() - prefill_shown < 1 / PREFILL_UPDATES_PER_S:
+            now = time.perf_counter()
+            if now - (prefill_shown or background.prefill_start) < 1 / PREFILL_UPDATES_PER_S:
                 continue
-            prefill_shown = time.perf_counter()
+            prefill_shown = now
             done, layers = background.layers_done, engine.loaded.info.layers
-            yield _only(gr.skip() if quiet else live.prefill_message(elapsed * 1e3, done, layers, next(seq)),
-                        summary.prefill_status_html(len(background.prompt_ids), done, layers, elapsed))
+            status = summary.prefill_status_html(len(background.prompt_ids), done, layers, elapsed)
+            if quiet:
+                yield _only(status=status)
+            elif not drawn:
+                drawn = True
+                yield _outputs(live.full_message(empty, next(seq), lazy=True), status, empty)
+            else:
+                yield _only(live.prefill_message(elapsed * 1e3, done, layers, next(seq)), status)
             continue
         if have > sent:
             partial = background.trace()              # every step so far (the engine may have added one since)
@@ -361,8 +372,10 @@ def _stream(background: WatchedRun, engine: Engine, seq: Iterator[int], tokenizi
                 yield _only(status=status, text=partial.text)
             else:
                 parts = _ttft_parts(background, partial, tokenizing) if sent == 0 else None
-                yield _outputs(live.extend_message(partial, sent, next(seq), parts), status, partial,
-                               token_text=_token_text(engine))
+                message = (live.extend_message(partial, sent, next(seq), parts) if drawn else
+                           live.full_message(partial, next(seq), ttft_parts=parts))
+                drawn = True
+                yield _outputs(message, status, partial, token_text=_token_text(engine))
             sent = len(partial.steps)
 
 

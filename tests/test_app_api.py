@@ -72,8 +72,8 @@ def test_a_quiet_run_streams_its_text_and_draws_the_charts_once_it_has_ended(rea
     updates = list(app.live.run_generation("What is the capital of France?", 8, 0, 1, 0, True, 1, app.CancelFlag(),
                                            quiet=True))
     kinds = [json.loads(u[0])["kind"] for u in updates if isinstance(u[0], str)]
-    assert kinds == ["full", "full"], kinds       # the empty charts before the engine starts, the whole run after
-    texts = [u[3] for u in updates[1:-1] if isinstance(u[3], str)]
+    assert kinds == ["full"], kinds               # the charts drawn once: the whole run, once it has ended
+    texts = [u[3] for u in updates[:-1] if isinstance(u[3], str)]
     assert texts and texts[-1] and "quiet run" in updates[-1][1]
 
 
@@ -125,3 +125,21 @@ def test_the_lessons_steps_give_a_message_for_bad_input_and_the_next_step_works(
     text, headline, said, *_ = client.predict("What is the capital of France?", api_name="/lesson_run")
     assert "Paris" in text and "the pause (TTFT)" in headline and "prefill" in said
     assert "FLOPs per byte" in client.predict(api_name="/lesson_roofline")[0]
+
+
+def test_a_runs_first_chart_update_redraws_the_charts_for_it(real_engine) -> None:
+    """Nothing goes to the browser during a prefill's first quarter-second (the browser shares the
+    cores), so a run's first chart update is a whole redraw: its first token with its time's parts
+    (a short prefill), or its empty charts (a long one, whose block then grows); never an extend of
+    the last run's charts."""
+    import json
+
+    import app
+
+    app.server.engine = real_engine
+    runs = app.live.run_generation("Hi", 4, 0, 1, 0, True, 1, app.CancelFlag())
+    messages = [json.loads(u[0]) for u in runs if isinstance(u[0], str)]
+    first = messages[0]
+    assert first["kind"] == "full", first["kind"]
+    assert first["lazy"] if first["steps"] == 0 else "ttft_parts" in first, first.keys()
+    assert sum("ttft_parts" in m for m in messages) == 1, "the first token's time is sent once"

@@ -189,3 +189,12 @@ def test_every_colour_is_named_once_in_the_theme() -> None:
     for path in ("assets/dashboard.js", "assets/style.css", "viz/charts.py", "viz/classroom.py", "viz/experiments.py"):
         assert not re.findall(r"#(?:[0-9a-fA-F]{3}){1,2}\b", (ROOT / path).read_text()), f"{path} names a colour of its own"
     assert f"--ps-prefill: {PALETTE['prefill']};" in css_variables() and '"decode"' in js_constant()
+
+
+def test_a_whole_redraw_sends_plotlys_template_once_and_can_carry_the_first_tokens_time(trace: Trace) -> None:
+    """The browser takes each message on the cores the model runs on: the template shared by every
+    chart travels once, and a run's first token may come as a whole redraw with its time's parts."""
+    message = json.loads(full_message(trace, 0, ttft_parts={"prefill and first sample": 12.5}))
+    assert message["template"] and all("template" not in f["layout"] for f in message["figures"].values())
+    assert message["ttft_parts"] == {"prefill and first sample": 12.5}
+    assert "ttft_parts" not in json.loads(full_message(trace, 1))

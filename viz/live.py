@@ -44,11 +44,19 @@ def whole_figure(chart: Chart, trace: Trace) -> dict[str, Any]:
     return figure
 
 
-def full_message(trace: Trace, seq: int, lazy: bool = False) -> str:
+def full_message(trace: Trace, seq: int, lazy: bool = False, ttft_parts: dict[str, float] | None = None) -> str:
     """Every chart redrawn whole. `lazy` (a run's first message, drawn while its prefill runs): the
-    page draws only the timeline now (the pause grows there), the others, dimmed, with the first step."""
+    page draws only the timeline now (the pause grows there), the others, dimmed, with the first step.
+    Plotly's template (the same for every chart, 7 KB of each one's 8) travels once, beside them: the
+    browser takes the message while the model runs on the same cores, so it is kept small.
+    `ttft_parts`: as extend_message's, where this message brings a run's first token."""
     figures = {chart.id: whole_figure(chart, trace) for chart in CHARTS}
-    return json.dumps({"kind": "full", "seq": seq, "steps": len(trace.steps), "figures": figures, "lazy": lazy})
+    templates = [figure["layout"].pop("template", None) for figure in figures.values()]
+    message = {"kind": "full", "seq": seq, "steps": len(trace.steps), "figures": figures, "lazy": lazy,
+               "template": next((t for t in templates if t is not None), None)}
+    if ttft_parts is not None:
+        message["ttft_parts"] = ttft_parts
+    return json.dumps(message)
 
 
 def prefill_message(elapsed_ms: float, layers_done: int, layers: int, seq: int) -> str:
