@@ -61,7 +61,7 @@ PRESENTER_JS = "() => { document.body.classList.toggle('ps-presenter'); window.s
 
 
 def nav_html(step: int) -> str:
-    """Where the student is: "Step 2 of 7", the step's title, and a dot per step."""
+    """Where the student is: "Step 2 of 7" and a dot per step."""
     dots = "".join(f'<span class="ps-dot{" ps-dot-on" if i == step else ""}"></span>' for i in range(len(lesson.STEPS)))
     return (f'<div class="ps-lesson-nav"><span class="ps-lesson-count">Step {step + 1} of {len(lesson.STEPS)}</span>'
             f'<span class="ps-dots">{dots}</span></div>')
@@ -83,7 +83,7 @@ class LessonTab:
     def build(self) -> Any:
         with gr.Tab("Lesson", id="lesson", elem_id="ps-lesson") as tab:
             step = gr.State(0)
-            cancel = gr.State(CancelFlag, delete_callback=lambda flag: flag.clear())    # the lesson's own Stop
+            cancel = gr.State(CancelFlag, delete_callback=lambda flag: flag.clear())    # step 1's, not Live run's
             with gr.Row(elem_id="ps-lesson-bar", equal_height=True):
                 back = gr.Button("← Back", elem_id="ps-lesson-prev", size="sm", scale=0, min_width=90)
                 nav = gr.HTML(nav_html(0), js_on_load=KEYS_JS, elem_id="ps-lesson-where")
@@ -93,9 +93,9 @@ class LessonTab:
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Your prompt (steps 1, 2, 4 and 5 run it)", lines=1,
                                 max_lines=4, elem_id="ps-lesson-prompt")
             first_trace = gr.State(None)
-            columns, parts = [], []
+            step_rows, parts = [], []
             for i, s in enumerate(lesson.STEPS):
-                with gr.Row(visible=i == 0, elem_classes="ps-lesson-step", equal_height=False) as column:
+                with gr.Row(visible=i == 0, elem_classes="ps-lesson-step", equal_height=False) as step_row:
                     with gr.Column(scale=2, min_width=300):
                         gr.Markdown(f"### {i + 1}. {s.title}\n{s.what_to_do}", elem_classes="ps-lesson-todo")
                         button = gr.Button(s.action, variant="primary", elem_id=f"ps-lesson-run-{i + 1}",
@@ -108,11 +108,11 @@ class LessonTab:
                         plot = gr.Plot(show_label=False, elem_id=f"ps-lesson-plot-{i + 1}")
                         runs = gr.File(label="The runs behind this step (traces, JSON)", interactive=False,
                                        elem_id=f"ps-lesson-runs-{i + 1}", elem_classes="ps-lesson-runs")
-                columns.append(column)
+                step_rows.append(step_row)
                 parts.append((button, [*text, *headline, said, plot, runs]))
             self._wire(parts, prompt, cancel, first_trace)
             for button, delta in ((back, -1), (forward, 1)):
-                button.click(lambda at, d=delta: self.go_to(at + d), [step], [step, nav, *columns], api_name=False,
+                button.click(lambda at, d=delta: self.go_to(at + d), [step], [step, nav, *step_rows], api_name=False,
                              queue=False, show_progress="hidden")
         return tab
 
@@ -168,11 +168,12 @@ class LessonTab:
             run = self._launcher(engine, cancel)(ids, GenerationSettings(max_new_tokens=FIRST_RUN_TOKENS))
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        with contextlib.closing(_follow(run, engine.loaded.info.layers)) as updates:       # a closed tab stops the run at once
+        # closing(): a closed tab stops the run at once.
+        with contextlib.closing(_follow(run, engine.loaded.info.layers)) as updates:
             yield from updates
         trace = _whole(run)
-        yield (trace.text, summary.compact_headline_html(trace), lesson.run_sentence(trace), viz_lesson.stream_figure(trace),
-               _runs_file("run", [trace]), trace.to_json())
+        yield (trace.text, summary.compact_headline_html(trace), lesson.run_sentence(trace),
+               viz_lesson.stream_figure(trace), _runs_file("run", [trace]), trace.to_json())
 
     def longer_prompt(self, prompt: str, progress: gr.Progress = gr.Progress()) -> tuple:
         engine = self._engine()

@@ -133,8 +133,10 @@ def join_html(address: str) -> str:
     shown = html.escape(url)
     if parts.hostname in LOOPBACK:
         return (f'<div class="ps-join ps-join-local"><p>This page is open at <code>{shown}</code>, this machine\'s own '
-                f'address: a phone cannot reach it. To let students join, start the page with <code>--host 0.0.0.0</code>'
-                f' and open it here at this machine\'s network address; its QR code then appears here.</p></div>')
+                f'address: a phone cannot reach it. To let students join, start the page with '
+                f'<code>--host 0.0.0.0</code> and open it here at this machine\'s network address; its QR code then '
+                f'appears here.</p></div>')
     code = segno.make(url, error="m").svg_inline(scale=8, border=2)
     return (f'<div class="ps-join"><div class="ps-qr" role="img" aria-label="QR code of {shown}">{code}</div>'
-            f'<p>Students join from their phones: scan, or open <b>{shown}</b>, then the Lesson or Live run tab.</p></div>')
+            f'<p>Students join from their phones: scan, or open <b>{shown}</b>, then the Lesson or Live run '
+            f'tab.</p></div>')

@@ -35,8 +35,8 @@ def stream_figure(trace: Trace) -> go.Figure:
                                  name="the pause (prefill)"))
         fig.add_trace(go.Scatter(x=ends, y=written, mode="markers+lines", marker=dict(color=DECODE, size=6),
                                  line=dict(color=DECODE, width=1), name="a token written (decode)"))
-    fig.update_layout(**{**_LAYOUT, "margin": dict(l=60, r=20, t=60, b=50), "legend": dict(orientation="h", y=1.16, x=0)},
-                      xaxis_title="ms since prefill began", yaxis_title="tokens written")
+    room = {"margin": dict(l=60, r=20, t=60, b=50), "legend": dict(orientation="h", y=1.16, x=0)}    # legend above
+    fig.update_layout(**{**_LAYOUT, **room}, xaxis_title="ms since prefill began", yaxis_title="tokens written")
     fig.update_yaxes(rangemode="tozero")
     fig.update_xaxes(rangemode="tozero")
     return fig

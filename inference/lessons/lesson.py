@@ -108,9 +108,11 @@ def roofline_sentence(trace: Trace) -> str:
     intensity = statistics.median(s.intensity for s in decode)
     read = trace.decode_bytes_per_s
     said += (f" Decode did {intensity:.1f} FLOPs per byte: each step read the {trace.model.weight_bytes / 1e6:,.0f} MB "
-             f"of weights for one token, at {read / 1e9:.1f} GB/s ({read / d.peak_bytes_per_s:.0%} of the memory roof).")
+             f"of weights for one token, at {read / 1e9:.1f} GB/s ({read / d.peak_bytes_per_s:.0%} of the memory "
+             f"roof).")
     if prefill.intensity >= ridge > intensity:
-        said += f" The ridge is at {ridge:.0f} FLOPs per byte: prefill sits right of it (compute), decode left (memory)."
+        said += (f" The ridge is at {ridge:.0f} FLOPs per byte: prefill sits right of it (compute), decode left "
+                 f"(memory).")
     elif intensity < ridge:
         said += (f" Both sit left of the ridge ({ridge:.0f} FLOPs per byte): a {trace.prompt_tokens}-token prompt is "
                  f"too short to make prefill compute-bound here; a longer one moves it right.")
@@ -136,7 +138,8 @@ def race_sentence(race: CacheRace) -> str:
         said += (f" Its steps hardly grew here ({recomputed:.2f}x from first to last quarter): at a few dozen tokens "
                  f"a step's fixed cost hides the longer sequence; the gap grows on longer answers.")
     if not race.holds:
-        said += " This race did not show the cache's saving: the sequence is too short for recomputing to cost much here."
+        said += (" This race did not show the cache's saving: the sequence is too short for recomputing to cost "
+                 "much here.")
     return said + interference_note((race.cached, race.recomputed))
 
 
