@@ -162,12 +162,17 @@ def ask_live(url: str, prompt: str, new_tokens: int = 12) -> tuple[list, str]:
     return updates, job.result()[3]
 
 
+def pieces(updates: list) -> int:
+    """How many different texts the client saw while the run went on: 1 if the answer came whole."""
+    return len({u[3] for u in updates if len(u) > 3 and isinstance(u[3], str) and u[3]})
+
+
 def test_a_cpu_space_answers_a_student_live(space_home: Path) -> None:
     quota = 1 if (os.cpu_count() or 1) > 1 else 0
     with running_space(space_home, "cpu", [str(SPACE_PYTHON), "app.py"], {}, cpu_quota=quota) as (url, log, limited):
         updates, answer = ask_live(url, "What is the capital of France?")
         assert "Paris" in answer, f"answer {answer!r}\n{log.read_text()[-2000:]}"
-        assert len(updates) >= 5, f"only {len(updates)} updates reached the client: not live"
+        assert pieces(updates) >= 2, f"the text reached the client in {pieces(updates)} pieces: not live"
         text = assert_clean_log(log)
     assert "loading HuggingFaceTB/SmolLM2-135M-Instruct from the hub cache" in text, text[-2000:]
     if limited:
@@ -238,7 +243,7 @@ def test_a_zerogpu_space_streams_from_its_gpu_worker_and_stop_reaches_it(space_h
         with running_space(space_home, "zerogpu", command, env) as (url, log, _):
             updates, answer = ask_live(url, "What is the capital of France?")
             assert "Paris" in answer, f"answer {answer!r}\n{log.read_text()[-3000:]}"
-            assert len(updates) >= 5, f"only {len(updates)} updates came back from the worker: not live"
+            assert pieces(updates) >= 2, f"the text came back from the worker in {pieces(updates)} pieces: not live"
             schedules = api.calls("/schedule")
             assert schedules and all(int(s["durationSeconds"]) < 90 for s in schedules), schedules
             workers = {call["pid"] for call in api.calls("/allow")}
