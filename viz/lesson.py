@@ -30,7 +30,8 @@ def stream_figure(trace: Trace) -> go.Figure:
     if trace.steps:
         ttft = trace.summary.ttft_ms
         fig.add_vrect(x0=0, x1=ttft, fillcolor=PREFILL, opacity=0.18, line_width=0,
-                      annotation_text=f"prefill: {ttft:,.0f} ms", annotation_position="top right")
+                      annotation_text=f"prefill: {ttft:,.0f} ms", annotation_position="top right",
+                      annotation_xanchor="left")           # the label starts where the band ends: never clipped
         fig.add_trace(go.Scatter(x=[0, ttft], y=[0, 0], mode="lines", line=dict(color=PREFILL, width=4),
                                  name="the pause (prefill)"))
         fig.add_trace(go.Scatter(x=ends, y=written, mode="markers+lines", marker=dict(color=DECODE, size=6),
