@@ -24,7 +24,7 @@ from inference.lessons.experiments import run_dtype_comparison
 from inference.lessons.verdicts import DtypeResult
 from inference.prompts import DEFAULT_PROMPT, chat_prompt_ids
 from inference.serving.background import ENGINE_THREAD, CancelFlag, WatchedRun
-from inference.serving.door import prepare, start
+from inference.serving.door import prepare
 from inference.settings import GenerationSettings
 from inference.trace import Trace, read_trace
 from page.state import Server
@@ -143,14 +143,8 @@ class LessonTab:
 
     def _launcher(self, engine: Engine, cancel: CancelFlag) -> lesson_runs.Launch:
         """A run in through the front door, as the Live run tab's go: into the class's batch where it can."""
-        config = self.server.config
-
-        def launch(ids: list[int], settings: GenerationSettings) -> WatchedRun:
-            solo = "this server runs one run at a time (solo mode)" if config.solo else ""
-            plan = prepare(engine, ids, settings, alone=solo)
-            return start(engine, plan, cancel, config.max_run_seconds, config.prefill_chunk, config.class_context,
-                         config.prefix_cache)
-        return launch
+        return lambda ids, settings: self.server.start(
+            engine, prepare(engine, ids, settings, alone=self.server.config.why_alone), cancel)
 
     def _ids(self, engine: Engine, prompt: str) -> list[int]:
         try:
@@ -177,8 +171,7 @@ class LessonTab:
 
     def longer_prompt(self, prompt: str, progress: gr.Progress = gr.Progress()) -> tuple:
         engine = self._engine()
-        self._ids(engine, prompt)
-        launch = self._launcher(engine, CancelFlag())
+        launch = self._launcher(engine, CancelFlag())       # an empty prompt: prompt_sweep's ValueError, a message
         result = _measured(lambda: lesson_runs.prompt_sweep(launch, engine.loaded.tokenizer, prompt,
                                                             _reporter(progress)))
         return (lesson.sweep_sentence(result), viz_lesson.large(viz_experiments.sweep_figure(result)),
@@ -239,9 +232,8 @@ def _follow(run: WatchedRun, layers: int) -> Iterator[tuple]:
 
 
 def _whole(run: WatchedRun) -> Trace:
-    if run.error is not None:
-        raise gr.Error(f"The run failed: {type(run.error).__name__}: {run.error}", print_exception=False)
-    trace = run.trace()
+    """Step 1's run, ended: its trace, or what went wrong as the page's message."""
+    trace = _measured(lambda: lesson_runs.finished(run))
     if not trace.steps:
         raise gr.Error("The run was stopped before its first token: press the button again.", print_exception=False)
     return trace

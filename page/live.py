@@ -26,7 +26,7 @@ from inference.prompts import DEFAULT_PROMPT, check_prompt_text
 from inference.remote import RemoteClient, RemoteError, RemoteRun
 from inference.serving.background import CancelFlag, ReplayRun, WatchedRun
 from inference.serving.batching import batch_server
-from inference.serving.door import Plan, prepare, start
+from inference.serving.door import Plan, prepare
 from inference.settings import GenerationSettings
 from inference.trace import Step, Trace, cpu_wait_share, read_trace, steps_csv
 from inference.trace.perfetto import to_chrome_trace_json
@@ -257,8 +257,7 @@ class LiveTab:
         """The run's plan (inference/serving/door.py): into the shared batch where it can, else alone, and why."""
         reuse = conversation.prefix if conversation is not None and not forget else None
         try:
-            solo = "this server runs one run at a time (solo mode)" if self.server.config.solo else ""
-            return prepare(engine, ids, settings, prompt, alone=solo,
+            return prepare(engine, ids, settings, prompt, alone=self.server.config.why_alone,
                            turn=conversation is not None, reuse=reuse)
         except ValueError as exc:
             hint = "; press New conversation" if conversation is not None and conversation.messages else ""
@@ -266,9 +265,7 @@ class LiveTab:
 
     def _start(self, engine: Engine, plan: Plan, cancel: CancelFlag) -> WatchedRun:
         try:
-            config = self.server.config
-            return start(engine, plan, cancel, config.max_run_seconds, config.prefill_chunk, config.class_context,
-                         config.prefix_cache)
+            return self.server.start(engine, plan, cancel)
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
 

@@ -11,7 +11,8 @@ import gradio as gr
 
 from inference.engine import Engine
 from inference.model.factory import load_engine
-from inference.serving.background import ENGINE_THREAD
+from inference.serving.background import ENGINE_THREAD, WatchedRun
+from inference.serving.door import Plan, start
 from inference.serving.gpu_budget import GpuBudget
 from inference.serving.server_config import ServerConfig
 from viz import summary
@@ -57,6 +58,13 @@ class Server:
                         self.load_under_way = False
                         self._load_ended.notify_all()
             return self.engine
+
+    def start(self, engine: Engine, plan: Plan, cancel: Any, source: str = "page") -> WatchedRun:
+        """A page's planned run started (inference/serving/door.py) with this server's settings: its
+        time limit, the shared batch's prefill pieces, the teacher's context and its shared blocks."""
+        config = self.config
+        return start(engine, plan, cancel, config.max_run_seconds, config.prefill_chunk, config.class_context,
+                     config.prefix_cache, source)
 
     @property
     def ready(self) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from inference.lessons.verdicts import (WAIT_WORTH_SAYING, BatchResult, CacheRace, DtypeResult, SweepResult,
                                        interference_note)
-from inference.lessons.whatif import Estimate
+from inference.lessons.whatif import GPUS, PRESETS, Estimate, estimate
 from inference.trace import Trace, percentile
 
 
@@ -202,8 +202,6 @@ BIG_MODEL, BIG_GPUS, CLASS_SIZE, CLASS_CONTEXT = "Llama-3.1-8B", ("L4", "H100 SX
 
 def what_if(trace: Trace) -> WhatIf:
     """Step 7's estimates, at this run's prompt length."""
-    from inference.lessons.whatif import GPUS, PRESETS, estimate
-
     big = PRESETS[BIG_MODEL]
     alone = tuple(estimate(big, GPUS[g], trace.prompt_tokens, CLASS_CONTEXT) for g in BIG_GPUS)
     return WhatIf(trace, alone, estimate(big, GPUS[BIG_GPUS[-1]], trace.prompt_tokens, CLASS_CONTEXT, CLASS_SIZE))
@@ -228,6 +226,4 @@ def whatif_sentence(w: WhatIf) -> str:
 
 
 def _memory_gb(e: Estimate) -> float:
-    from inference.lessons.whatif import GPUS
-
     return GPUS[e.gpu].memory_bytes / 1e9

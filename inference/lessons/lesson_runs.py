@@ -39,7 +39,7 @@ def finished(run: WatchedRun) -> Trace:
         run.stop()
     if run.error is not None:
         raise run.error if isinstance(run.error, ValueError) else ValueError(
-            f"the run failed: {type(run.error).__name__}: {run.error}")
+            f"The run failed: {type(run.error).__name__}: {run.error}")
     return run.trace()
 
 

@@ -150,9 +150,8 @@ class ApiService:
                 self._runs.append(run)
 
     def _start(self, engine: Any, config: ServerConfig, request: CompletionRequest, ids: list[int]) -> WatchedRun:
-        solo = "this server runs one run at a time (solo mode)" if config.solo else ""
         try:
-            plan = prepare(engine, ids, request.settings, request.prompt_text, alone=solo)
+            plan = prepare(engine, ids, request.settings, request.prompt_text, alone=config.why_alone)
             return start(engine, plan, threading.Event(), config.max_run_seconds, config.prefill_chunk,
                          prefix_cache=config.prefix_cache, source="api")
         except ValueError as exc:

@@ -63,6 +63,11 @@ class ServerConfig:
                    api_max_tokens=api_max_tokens)
 
     @property
+    def why_alone(self) -> str:
+        """Why every run here goes alone (the front door's `alone`), or "" where runs may share the batch."""
+        return "this server runs one run at a time (solo mode)" if self.solo else ""
+
+    @property
     def allowed_models(self) -> list[str]:
         """The server's model, the bundled default and the listed ones, in that order, once each."""
         return list(dict.fromkeys([self.model, DEFAULT_MODEL, *self.listed_models]))
