@@ -13,6 +13,7 @@ import torch
 
 from bench.common import decode_rate, row, stamps
 from inference.engine import Engine
+from inference.kernels.tuning import KernelTuning
 from inference.model.factory import load_engine
 from inference.disk_cache import cache_dir
 from inference.model.loading import bundled_gguf_path
@@ -47,6 +48,7 @@ def main(repeats: int = 3) -> list[str]:
     if not PEER_PYTHON.is_file():
         return [f"(llama.cpp not installed in {PEER_PYTHON.parent.parent.name}: `make bench` or `make bench-avx2` builds it)"]
     lines = ["| vs llama.cpp (same weights, 2 threads) | PhaseScope / llama.cpp | figures |", "|---|---|---|"]
+    trials = []
     for dtype in DTYPES:
         engine = load_engine("SmolLM2-135M-Instruct", "cpu", dtype)
         tokenizer = engine.loaded.tokenizer
@@ -70,8 +72,19 @@ def main(repeats: int = 3) -> list[str]:
                 "float32 should match exactly; the others may part at a near-tie (llama.cpp also rounds "
                 "the activations to 8 bits for int8 and q4_1 products)"),
         ]
+        trials.append(variant_lines(dtype, engine.kernel_tuning))
         del engine
-    return lines
+    return lines + ["", "| decode kernel variants timed at first start (tuning.py) | decode ms a step | |", "|---|---|---|",
+                    *[line for block in trials for line in block]]
+
+
+def variant_lines(dtype: str, tuning: KernelTuning | None) -> list[str]:
+    """The variants this machine's trial timed for `dtype` (read from its cache when it ran before)
+    and the one chosen."""
+    if tuning is None:
+        return [row(f"{dtype}: no kernel", "-", "plain PyTorch")]
+    return [row(f"{dtype}: {name}", f"{ms:.2f}", "**chosen**" if name == tuning.variant.name else "")
+            for name, ms in tuning.trials]
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from inference.hardware.device import device_info
 from inference.hardware.roofs import bf16_native
 from inference.kernels.build import build_error, kernel_module
 from inference.kernels.fast_path import FusedStack, fast_forwards
+from inference.kernels.tuning import KernelTuning, tune
 from inference.model.attention_map import AttentionRecorder, attention_modules, recording_attention
 from inference.model.kv_cache import cache_of, decodable_in_place, forward, keep_first, shared_prefix
 from inference.model.loading import LoadedModel
@@ -261,6 +262,7 @@ class Engine:
         self._warm_in: int | None = None          # the process whose first forward pass warm_up paid for
         self._cpu_wait_measurable = measurable()
         self.draft_model: DraftModel | None = None   # the operator's small model for speculate="draft"
+        self.kernel_tuning: KernelTuning | None = None   # the kernel's variant here, once `tune` chose it
 
     def set_draft_model(self, model: nn.Module, tokenizer: Any, name: str = "draft model") -> None:
         """Load a draft model beside the main one (ValueError unless it reads the same tokens)."""
@@ -300,8 +302,16 @@ class Engine:
         if self.loaded.device.type != "cpu":
             return ""
         if self.kernel is not None:
-            return "fast decode kernels built for this CPU"
+            variant = f"; variant: {self.kernel_tuning.note}" if self.kernel_tuning else ""
+            return f"fast decode kernels built for this CPU{variant}"
         return f"fast decode kernel unavailable ({build_error() or 'not built'}): runs use plain PyTorch"
+
+    def tune(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Run the kernel in this machine's fastest variant for these weights (timed the first time
+        on a CPU: inference/kernels/tuning.py); the traces name it."""
+        self.kernel_tuning = tune(self, progress)
+        if self.kernel_tuning is not None:
+            self.device_info = dataclasses.replace(self.device_info, kernel_variant=self.kernel_tuning.variant.name)
 
     def fast_path(self, settings: GenerationSettings, timer: LayerTimer) -> contextlib.AbstractContextManager:
         """The fast path for a run with settings.kernel "fast" (see fast_path.py); else nothing.
@@ -353,7 +363,8 @@ class Engine:
                  why: str = "", instrumented: bool = True) -> Trace:
         """A run's trace so far (a run without a stop reason yet reads as cancelled). Its steps'
         waits for a core are measured where the run was `instrumented` on an engine that counts them."""
-        return Trace(model=self.loaded.info, device=self.device_info, settings=settings,
+        device = self.device_info if settings.kernel == "fast" else dataclasses.replace(self.device_info, kernel_variant="")
+        return Trace(model=self.loaded.info, device=device, settings=settings,
                      prompt_tokens=len(prompt_ids), steps=tuple(steps),
                      summary=Summary.of(steps, settings.batch_size, stop_reason or "cancelled"), prompt=prompt,
                      serving=serving, reused_tokens=reused_tokens, serving_why=why,

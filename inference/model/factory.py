@@ -38,7 +38,8 @@ def with_blocks(loaded: LoadedModel, name: str, progress: Any = lambda _: None) 
 def load_engine(model: str, device: str = "auto", dtype: str = "auto",
                 progress: Any = lambda _: None, warm_up: bool = True) -> Engine:
     """Resolve device and dtype names, load the model and measure (or look up) the device's roofs;
-    then warm it up, unless `warm_up` is False (a process that must not run the model yet)."""
+    then warm it up and set the kernel's variant for this machine, unless `warm_up` is False (a
+    process that must not run the model yet)."""
     from inference.hardware.device import BLOCK_DTYPES, resolve_device
     from inference.hardware.dtype_choice import choose_dtype
     from inference.model.loading import load_model
@@ -59,4 +60,5 @@ def load_engine(model: str, device: str = "auto", dtype: str = "auto",
     engine = Engine(loaded, device_info(torch_device, torch_dtype, why))
     if warm_up:
         engine.warm_up()
+        engine.tune(progress)
     return engine

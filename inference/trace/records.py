@@ -64,6 +64,9 @@ class DeviceInfo:
     source: str = ""           # how the peaks were obtained ("measured ...", "table ...")
     arithmetic: str = ""       # how the products were computed ("native bfloat16 arithmetic", ...)
     dtype_choice: str = ""     # why the run's dtype was chosen (with --dtype auto), in words
+    # The CPU decode kernel's variant the run's decode steps ran, as this machine's trial chose it
+    # (inference/kernels/tuning.py), in words; "" where no kernel ran (eager, CUDA, a remote engine).
+    kernel_variant: str = ""
 
     @property
     def ridge_intensity(self) -> float:

@@ -73,13 +73,26 @@ inline void block_q(const BlockQ8_0& b, f32x8* w) {
   w[3] = widen8(_mm_srli_si128(hi, 8), true);
 }
 
+// Unpack 0 splits the nibbles in bytes, then widens each eight; 1 widens each eight bytes once and
+// splits the nibbles in the wide registers (half the widenings, twice the integer work).
+template <int Unpack = 0>
 inline void block_q(const BlockQ4_1& b, f32x8* w) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q)), nibble = _mm_set1_epi8(15);
-  const __m128i lo = _mm_and_si128(raw, nibble), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
-  w[0] = widen8(lo, false);
-  w[1] = widen8(_mm_srli_si128(lo, 8), false);
-  w[2] = widen8(hi, false);
-  w[3] = widen8(_mm_srli_si128(hi, 8), false);
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q));
+  if constexpr (Unpack == 0) {
+    const __m128i nibble = _mm_set1_epi8(15);
+    const __m128i lo = _mm_and_si128(raw, nibble), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
+    w[0] = widen8(lo, false);
+    w[1] = widen8(_mm_srli_si128(lo, 8), false);
+    w[2] = widen8(hi, false);
+    w[3] = widen8(_mm_srli_si128(hi, 8), false);
+  } else {
+    const __m256i nibble = _mm256_set1_epi32(15);
+    const __m256i first = _mm256_cvtepu8_epi32(raw), second = _mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8));
+    w[0] = reinterpret_cast<f32x8>(_mm256_cvtepi32_ps(_mm256_and_si256(first, nibble)));
+    w[1] = reinterpret_cast<f32x8>(_mm256_cvtepi32_ps(_mm256_and_si256(second, nibble)));
+    w[2] = reinterpret_cast<f32x8>(_mm256_cvtepi32_ps(_mm256_srli_epi32(first, 4)));
+    w[3] = reinterpret_cast<f32x8>(_mm256_cvtepi32_ps(_mm256_srli_epi32(second, 4)));
+  }
 }
 #else
 inline void block_q(const BlockQ8_0& b, f32x8* w) {
@@ -90,6 +103,7 @@ inline void block_q(const BlockQ8_0& b, f32x8* w) {
   }
 }
 
+template <int Unpack = 0>   // one way to unpack here
 inline void block_q(const BlockQ4_1& b, f32x8* w) {
   u8x16 raw;
   std::memcpy(&raw, b.q, 16);
@@ -101,6 +115,13 @@ inline void block_q(const BlockQ4_1& b, f32x8* w) {
 }
 #endif
 
+// Whether block p is the first to start in its 64-byte line: the prefetch for a line is asked once
+// (a block is 20 or 34 bytes: asking at every block spent more than it saved).
+template <typename B>
+inline bool starts_line(const B* p) {
+  return (reinterpret_cast<uintptr_t>(p) >> 6) != (reinterpret_cast<uintptr_t>(p - 1) >> 6);
+}
+
 // y[m, n] = sum over blocks b of d_b * (q_b . x_b) (+ m_b * sum(x_b) for Q4_1; `xsum` holds each
 // row's block sums of x), each block's q . x in 16 float32 lanes (AVX-512) or 8.
 #if defined(__AVX512F__)
@@ -109,22 +130,33 @@ inline void block_q16(const BlockQ8_0& b, __m512& w0, __m512& w1) {
   w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + 16))));
 }
 
+// Unpack 0 splits the nibbles in bytes and widens each half; 1 widens the 16 bytes once and splits
+// the nibbles in the wide register.
+template <int Unpack = 0>
 inline void block_q16(const BlockQ4_1& b, __m512& w0, __m512& w1) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q)), nibble = _mm_set1_epi8(15);
-  w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, nibble)));
-  w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), nibble)));
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q));
+  if constexpr (Unpack == 0) {
+    const __m128i nibble = _mm_set1_epi8(15);
+    w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, nibble)));
+    w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), nibble)));
+  } else {
+    const __m512i wide = _mm512_cvtepu8_epi32(raw);
+    w0 = _mm512_cvtepi32_ps(_mm512_and_si512(wide, _mm512_set1_epi32(15)));
+    w1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(wide, 4));
+  }
 }
 
-template <typename B, int M>
-inline void block_row_dot(const B* row, const float* x, const float* xsum, float* y, int64_t K, int64_t N, int64_t n) {
+template <typename B, int M, int Unpack>
+inline void block_row_dot(const B* row, const float* x, const float* xsum, float* y, int64_t K, int64_t N, int64_t n,
+                          int64_t ahead) {
   const int64_t blocks = K / kBlock;
   __m512 acc[M];
   float offset[M] = {};
   for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     __m512 w0, w1;
-    prefetch_ahead(row + b);
-    block_q16(row[b], w0, w1);
+    if (starts_line(row + b)) prefetch_ahead(row + b, ahead);
+    if constexpr (std::is_same_v<B, BlockQ4_1>) block_q16<Unpack>(row[b], w0, w1); else block_q16(row[b], w0, w1);
     const __m512 d = _mm512_set1_ps(half_to_float(row[b].d));
     for (int m = 0; m < M; ++m) {
       const float* xb = x + m * K + b * kBlock;
@@ -136,15 +168,16 @@ inline void block_row_dot(const B* row, const float* x, const float* xsum, float
   for (int m = 0; m < M; ++m) y[m * N + n] = offset[m] + _mm512_reduce_add_ps(acc[m]);
 }
 #else
-template <typename B, int M>
-inline void block_row_dot(const B* row, const float* x, const float* xsum, float* y, int64_t K, int64_t N, int64_t n) {
+template <typename B, int M, int Unpack>
+inline void block_row_dot(const B* row, const float* x, const float* xsum, float* y, int64_t K, int64_t N, int64_t n,
+                          int64_t ahead) {
   const int64_t blocks = K / kBlock;
   f32x8 acc[M] = {};
   float offset[M] = {};
   for (int64_t b = 0; b < blocks; ++b) {
     f32x8 w[4];
-    prefetch_ahead(row + b);
-    block_q(row[b], w);
+    if (starts_line(row + b)) prefetch_ahead(row + b, ahead);
+    if constexpr (std::is_same_v<B, BlockQ4_1>) block_q<Unpack>(row[b], w); else block_q(row[b], w);
     const float d = half_to_float(row[b].d);
     for (int m = 0; m < M; ++m) {
       const float* xb = x + m * K + b * kBlock;
@@ -161,8 +194,9 @@ inline void block_row_dot(const B* row, const float* x, const float* xsum, float
 }
 #endif
 
-template <typename B>
-void block_rows_dot(const B* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin, int64_t end) {
+template <typename B, int Unpack>
+void block_rows_dot(const B* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin, int64_t end,
+                    int64_t ahead) {
   const int64_t blocks = K / kBlock;
   std::vector<float> xsum;
   if (std::is_same_v<B, BlockQ4_1>) {
@@ -174,7 +208,7 @@ void block_rows_dot(const B* w, const float* x, float* y, int64_t M, int64_t K, 
     const B* row = w + n * blocks;
     for_row_blocks<4>(M, [&](auto rows, int64_t m0) __attribute__((always_inline)) {
       const float* sb = xsum.empty() ? nullptr : xsum.data() + m0 * blocks;
-      block_row_dot<B, decltype(rows)::value>(row, x + m0 * K, sb, y + m0 * N, K, N, n);
+      block_row_dot<B, decltype(rows)::value, Unpack>(row, x + m0 * K, sb, y + m0 * N, K, N, n, ahead);
     });
   }
 }

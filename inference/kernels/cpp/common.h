@@ -1,5 +1,6 @@
 // What every part of the decode kernel shares: the includes, the layer weights Python fills, the row
-// limit, float32 / bfloat16 loads and stores, the 8-float vector type, the prefetch distance.
+// limit, float32 / bfloat16 loads and stores, the 8-float vector type, the kernel's
+// tunable knobs.
 #pragma once
 
 #include <torch/extension.h>
@@ -110,11 +111,27 @@ inline f32x8 load8(const uint16_t* p) {  // eight bfloat16 values, widened to fl
 #endif
 }
 
-// Each weight stream asks for the bytes it will read 2 KiB from now: with two threads each
-// streaming its own rows, the hardware prefetchers alone left the memory bus idle between
-// requests (bfloat16 decode 17.0 -> 14.8 ms a token here; 1 and 4 KiB were slower than 2).
-constexpr int kPrefetchBytes = 2048;
+// A variant of the kernel: the knobs that set its speed on a given CPU without changing one bit of
+// what it computes (every output row is still summed by one thread, in the same order). Python's
+// trial (inference/kernels/tuning.py) times them on the machine it runs on and sets the fastest, one
+// per kind of weights (float32, bfloat16, Q8_0, Q4_1).
+//  - prefetch: each weight stream asks for the bytes it will read this far ahead (0: none, the
+//    hardware prefetchers alone). On a Xeon with two threads streaming their own rows, the hardware
+//    prefetchers alone left the memory bus idle between requests (bfloat16 decode 17.0 -> 14.8 ms a
+//    token at 2 KiB); the best distance is the machine's.
+//  - chunk: how a product's rows are shared between threads: 0, one equal contiguous share each;
+//    n > 0, pieces of n rows handed to whichever thread is free (a thread that lost its core to
+//    another program does less of the work, instead of the others waiting at the barrier).
+//  - unpack: how Q4_1's 4-bit values become floats (AVX-512): 0 widening conversions, 1 a table lookup.
+struct Tuning {
+  int64_t prefetch = 2048, chunk = 0, unpack = 0;
+};
+enum Kind : int64_t { kFloat32 = 0, kBFloat16 = 1, kKindQ8_0 = 2, kKindQ4_1 = 3 };
+constexpr int64_t kKinds = 4;
+Tuning g_tuning[kKinds];
 
-inline void prefetch_ahead(const void* p) { __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes, 0, 3); }
+inline void prefetch_ahead(const void* p, int64_t ahead) {
+  if (ahead) __builtin_prefetch(static_cast<const char*>(p) + ahead, 0, 3);
+}
 
 }  // namespace

@@ -10,12 +10,13 @@ namespace {
 // accumulators in registers: 10-25% faster than a run-time M on the LM head's product here. From
 // about 4 rows on the loop is bound by loading x and by the multiply-adds, not by memory.
 template <typename W, int M>
-inline void row_dot(const W* row, const float* x, float* y, int64_t K, int64_t N, int64_t n) {
+inline void row_dot(const W* row, const float* x, float* y, int64_t K, int64_t N, int64_t n, int64_t ahead) {
   constexpr int kVecs = 4, kLanes = 8 * kVecs;
   f32x8 acc[M][kVecs] = {};
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
-    for (int line = 0; line < kLanes * int(sizeof(W)); line += 64) prefetch_ahead(reinterpret_cast<const char*>(row + k) + line);
+    for (int line = 0; line < kLanes * int(sizeof(W)); line += 64)
+      prefetch_ahead(reinterpret_cast<const char*>(row + k) + line, ahead);
     f32x8 w[kVecs];
     for (int v = 0; v < kVecs; ++v) w[v] = load8(row + k + 8 * v);
     for (int m = 0; m < M; ++m)
@@ -53,14 +54,14 @@ std::vector<__m512bh> narrowed(const float* x, int64_t M, int64_t K) {
 // y[m, n] for M rows of x (xb: narrowed, `chunks` vectors a row) against weight row n.
 template <int M>
 inline void row_dot_bf16(const uint16_t* row, const __m512bh* xb, int64_t chunks, const float* x, float* y, int64_t K,
-                         int64_t N, int64_t n) {
+                         int64_t N, int64_t n, int64_t ahead) {
   const int64_t whole = chunks * 32;
   __m512 acc0[M], acc1[M];
   for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 64 <= whole; k += 64) {
-    prefetch_ahead(row + k);
-    prefetch_ahead(row + k + 32);
+    prefetch_ahead(row + k, ahead);
+    prefetch_ahead(row + k + 32, ahead);
     const __m512bh w0 = (__m512bh)_mm512_loadu_si512(row + k), w1 = (__m512bh)_mm512_loadu_si512(row + k + 32);
     for (int m = 0; m < M; ++m) {
       acc0[m] = _mm512_dpbf16_ps(acc0[m], w0, xb[m * chunks + k / 32]);
@@ -80,13 +81,13 @@ inline void row_dot_bf16(const uint16_t* row, const __m512bh* xb, int64_t chunks
 }
 
 void rows_dot_bf16(const uint16_t* w, const float* x, float* y, int64_t M, int64_t K, int64_t N, int64_t begin,
-                   int64_t end) {
+                   int64_t end, int64_t ahead) {
   const int64_t chunks = K / 32;
   const auto xb = narrowed(x, M, K);
   for (int64_t n = begin; n < end; ++n) {
     const uint16_t* row = w + n * K;             // still in L1 for the next block of rows
     for_row_blocks<kRowBlock>(M, [&](auto rows, int64_t m0) __attribute__((always_inline)) {
-      row_dot_bf16<decltype(rows)::value>(row, xb.data() + m0 * chunks, chunks, x + m0 * K, y + m0 * N, K, N, n);
+      row_dot_bf16<decltype(rows)::value>(row, xb.data() + m0 * chunks, chunks, x + m0 * K, y + m0 * N, K, N, n, ahead);
     });
   }
 }

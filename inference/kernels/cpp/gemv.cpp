@@ -175,6 +175,29 @@ std::tuple<torch::Tensor, std::vector<double>> layers_paged(
   return {shaped_like(std::get<0>(result), x), std::get<1>(result)};
 }
 
+// Rows [0, N) of one product over all threads, shared as `kind`'s variant says (see Tuning).
+template <typename F>
+void parallel_rows(int64_t N, int64_t kind, const F& f) {
+  const int64_t piece = g_tuning[kind].chunk;
+  if (piece <= 0) return at::parallel_for(0, N, 64, f);
+  const int64_t pieces = (N + piece - 1) / piece;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t i = 0; i < pieces; ++i) f(i * piece, std::min(N, (i + 1) * piece));
+}
+
+// The variant (see Tuning) that products over `kind`'s weights run from now on, in every thread.
+void set_tuning(int64_t kind, int64_t prefetch, int64_t chunk, int64_t unpack) {
+  TORCH_CHECK(kind >= 0 && kind < kKinds, "set_tuning: kind 0..", kKinds - 1);
+  TORCH_CHECK(prefetch >= 0 && prefetch <= 65536 && chunk >= 0 && (unpack == 0 || unpack == 1), "set_tuning: bad knob");
+  g_tuning[kind] = {prefetch, chunk, unpack};
+}
+
+std::tuple<int64_t, int64_t, int64_t> tuning(int64_t kind) {
+  TORCH_CHECK(kind >= 0 && kind < kKinds, "tuning: kind 0..", kKinds - 1);
+  const Tuning& t = g_tuning[kind];
+  return {t.prefetch, t.chunk, t.unpack};
+}
+
 // x: (M, K) float32 or bfloat16; w: (N, K) of the same dtype, contiguous -> (M, N) in x's dtype.
 torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "gemv: shapes do not match");
@@ -186,12 +209,12 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
   const float* xp = xf.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   if (w.scalar_type() == torch::kFloat32) {
-    const float* wp = w.data_ptr<float>();
-    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { rows_dot(wp, xp, yp, M, K, N, b, e); });
+    const Product<float> p{w.data_ptr(), N, yp, kPlain};
+    parallel_rows(N, kFloat32, [&](int64_t b, int64_t e) { product_rows(p, xp, M, K, b, e); });
   } else {
     TORCH_CHECK(w.scalar_type() == torch::kBFloat16, "gemv: weight must be float32 or bfloat16");
-    const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-    at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { rows_dot(wp, xp, yp, M, K, N, b, e); });
+    const Product<uint16_t> p{w.data_ptr(), N, yp, kPlain};
+    parallel_rows(N, kBFloat16, [&](int64_t b, int64_t e) { product_rows(p, xp, M, K, b, e); });
   }
   return y.to(x.scalar_type());
 }
@@ -206,7 +229,7 @@ torch::Tensor gemv_blocks(torch::Tensor x, torch::Tensor blocks, int64_t format)
   auto xf = x.contiguous();
   auto y = torch::empty({M, N}, xf.options());
   const Product<float> p{blocks.data_ptr(), N, y.data_ptr<float>(), format};
-  at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) { product_rows(p, xf.data_ptr<float>(), M, K, b, e); });
+  parallel_rows(N, kind_of<float>(format), [&](int64_t b, int64_t e) { product_rows(p, xf.data_ptr<float>(), M, K, b, e); });
   return y;
 }
 
@@ -220,6 +243,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   sizes[pybind11::int_(int64_t(kQ8_0))] = sizeof(BlockQ8_0);
   sizes[pybind11::int_(int64_t(kQ4_1))] = sizeof(BlockQ4_1);
   m.attr("FORMAT_CODES") = formats;
+  pybind11::dict kinds;
+  kinds["float32"] = int64_t(kFloat32);
+  kinds["bfloat16"] = int64_t(kBFloat16);
+  kinds["int8"] = int64_t(kKindQ8_0);
+  kinds["q4_1"] = int64_t(kKindQ4_1);
+  m.attr("KINDS") = kinds;     // the kinds of weights each with its own variant (set_tuning)
   m.attr("BLOCK_BYTES") = sizes;
   pybind11::class_<LayerWeights>(m, "LayerWeights")
       .def(pybind11::init<>())
@@ -246,4 +275,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv_blocks", &gemv_blocks, "multi-core matrix-vector product over Q8_0 or Q4_1 blocks",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("rmsnorm", &rmsnorm, "Llama's RMSNorm for a few rows");
+  m.def("set_tuning", &set_tuning, "the variant (prefetch bytes, rows per piece or 0, Q4_1 unpacking) for a kind");
+  m.def("tuning", &tuning, "a kind's variant: (prefetch bytes, rows per piece or 0, Q4_1 unpacking)");
 }
