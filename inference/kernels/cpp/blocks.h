@@ -49,6 +49,13 @@ inline float half_to_float(uint16_t h) {  // IEEE binary16 -> float32, exactly
   return f;
 }
 
+// offset + m * sum(x) as one explicit fused multiply-add. Left to the compiler (free to fuse or
+// not), a Zen 4 build rounded it differently in the loop's copies for one row and for four: a
+// row's bits then depended on how many rows shared its product.
+inline float minimum_term(const BlockQ4_1& b, float xsum, float offset) {
+  return __builtin_fmaf(half_to_float(b.m), xsum, offset);
+}
+
 typedef int8_t i8x8 __attribute__((vector_size(8)));
 typedef uint8_t u8x8 __attribute__((vector_size(8)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
@@ -162,7 +169,7 @@ inline void block_row_dot(const B* row, const float* x, const float* xsum, float
       const float* xb = x + m * K + b * kBlock;
       const __m512 part = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
       acc[m] = _mm512_fmadd_ps(d, part, acc[m]);
-      if constexpr (std::is_same_v<B, BlockQ4_1>) offset[m] += half_to_float(row[b].m) * xsum[m * blocks + b];
+      if constexpr (std::is_same_v<B, BlockQ4_1>) offset[m] = minimum_term(row[b], xsum[m * blocks + b], offset[m]);
     }
   }
   for (int m = 0; m < M; ++m) y[m * N + n] = offset[m] + _mm512_reduce_add_ps(acc[m]);
@@ -183,7 +190,7 @@ inline void block_row_dot(const B* row, const float* x, const float* xsum, float
       const float* xb = x + m * K + b * kBlock;
       const f32x8 part = w[0] * load8(xb) + w[1] * load8(xb + 8) + w[2] * load8(xb + 16) + w[3] * load8(xb + 24);
       acc[m] += d * part;
-      if constexpr (std::is_same_v<B, BlockQ4_1>) offset[m] += half_to_float(row[b].m) * xsum[m * blocks + b];
+      if constexpr (std::is_same_v<B, BlockQ4_1>) offset[m] = minimum_term(row[b], xsum[m * blocks + b], offset[m]);
     }
   }
   for (int m = 0; m < M; ++m) {
