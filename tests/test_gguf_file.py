@@ -66,3 +66,17 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path) -> None:
     path.write_bytes(b"NOPE" + bytes(40))
     with pytest.raises(ValueError, match="not a GGUF file"):
         GgufFile(path)
+
+
+def test_a_first_bfloat16_start_writes_the_float32_copy_rounded_and_only_its_own(both, tmp_path, monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from inference.model import loading
+
+    (ours, _), _ = both
+    monkeypatch.setenv("PHASESCOPE_CACHE", str(tmp_path))
+    folder = loading.default_model_folder(torch.bfloat16)
+    assert not loading._complete(loading._model_folder(torch.float32)), "no float32 copy it did not need"
+    saved = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).state_dict()
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(saved[name], tensor.to(torch.bfloat16)), name

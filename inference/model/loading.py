@@ -58,10 +58,15 @@ def default_model_folder(dtype: torch.dtype = torch.float32, progress: Progress 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cache_dir() / "models" / f"{DEFAULT_MODEL}-{_CACHE_VERSION}-{_dtype_name(dtype)}"
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+    folder = _model_folder(dtype)
+    if _complete(folder):
         return folder
-    if dtype == torch.float32:
+    base = _model_folder(torch.float32)
+    if dtype != torch.float32 and _complete(base):
+        progress(f"First start in {_dtype_name(dtype)}: saving a {_dtype_name(dtype)} copy (once)")
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    else:                   # the GGUF straight to this dtype (a float32 copy is made when one is asked for)
         gguf = bundled_gguf_path()
         progress(f"First start: dequantizing {gguf.name} (a few seconds, once)")
         try:
@@ -70,13 +75,17 @@ def default_model_folder(dtype: torch.dtype = torch.float32, progress: Progress 
             progress(f"First start: dequantizing {gguf.name} with transformers' loader (about half a minute, "
                      f"once: {exc})")
             model, tokenizer = _transformers_gguf(gguf)
-    else:
-        base = default_model_folder(torch.float32, progress)
-        progress(f"First start in {_dtype_name(dtype)}: saving a {_dtype_name(dtype)} copy (once)")
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        model = model.to(dtype)             # rounded as from_pretrained(dtype=...) rounds the float32 copy
     _save_atomically(folder, model, tokenizer)
     return folder
+
+
+def _model_folder(dtype: torch.dtype) -> Path:
+    return cache_dir() / "models" / f"{DEFAULT_MODEL}-{_CACHE_VERSION}-{_dtype_name(dtype)}"
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def _transformers_gguf(gguf: Path) -> tuple[nn.Module, Any]:
