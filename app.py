@@ -58,10 +58,13 @@ def build_demo() -> gr.Blocks:
             experiments_tab = experiments.build(trace_state, claims, parts.engine_choice)
             classroom.build([parts.tab, lesson_tab, experiments_tab])
         loading = gr.Timer(1.0, active=False)              # the model box follows a load under way
-        loading.tick(server.loading_tick, None, [parts.model_status, parts.status, loading], api_name=False,
+        switching = gr.Timer(3.0, active=False)            # and then the kernel's build, where runs wait for it
+        loading.tick(server.loading_tick, None, [parts.model_status, parts.status, loading, switching], api_name=False,
                      show_progress="hidden")
+        switching.tick(server.kernel_tick, None, [parts.model_status, switching], api_name=False,
+                       show_progress="hidden")
         demo.load(server.page_opened, None, [parts.model, parts.model_status, parts.engine_choice, parts.status,
-                                             loading], api_name=False, show_progress="hidden")
+                                             loading, switching], api_name=False, show_progress="hidden")
     return demo
 
 

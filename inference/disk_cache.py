@@ -24,16 +24,13 @@ def cached_per_key(kind: str, key: str, record: type[Record], compute: Callable[
     cache folder (written beside and moved into place, so a reader never sees half a file), unless
     `keep` says the value is not one to keep (it is computed again next time). A read-only home
     still works: it computes again next time."""
-    path = cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    try:
-        cached = record(**json.loads(path.read_text()))
-        if cached.key == key:
-            return cached
-    except (OSError, ValueError, TypeError):
-        pass
+    found = cached(kind, key, record)
+    if found is not None:
+        return found
     value = compute()
     if not keep(value):
         return value
+    path = _path(kind, key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -42,3 +39,16 @@ def cached_per_key(kind: str, key: str, record: type[Record], compute: Callable[
     except OSError:
         pass
     return value
+
+
+def cached(kind: str, key: str, record: type[Record]) -> Record | None:
+    """What `cached_per_key` kept for `key`, or None where nothing was."""
+    try:
+        value = record(**json.loads(_path(kind, key).read_text()))
+        return value if value.key == key else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _path(kind: str, key: str) -> Path:
+    return cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"

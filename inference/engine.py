@@ -24,7 +24,7 @@ from inference.cost_model import StepCost, step_cost
 from inference.hardware.cpu_wait import measurable
 from inference.hardware.device import device_info
 from inference.hardware.roofs import bf16_native
-from inference.kernels.build import build_error, kernel_module
+from inference.kernels.build import build_error, kernel_for_now, kernel_module
 from inference.kernels.fast_path import FusedStack, fast_forwards
 from inference.kernels.tuning import KernelTuning, tune
 from inference.model.attention_map import AttentionRecorder, attention_modules, recording_attention
@@ -251,13 +251,18 @@ class Engine:
     """A loaded model, its device's roofs, and a lock: one run at a time (hooks are global).
     The model stays plain PyTorch: the fast path is switched on inside a run only."""
 
-    def __init__(self, loaded: LoadedModel, device: DeviceInfo | None = None, fast_kernels: bool = True):
+    def __init__(self, loaded: LoadedModel, device: DeviceInfo | None = None, fast_kernels: bool = True,
+                 wait_for_kernel: bool = True, dtype_choice: str = ""):
         self.loaded = loaded
         # The kernel first: a first start builds it beside the model's load, and the roofs must not
-        # be measured while the compiler shares the CPU.
-        self.kernel = kernel_module() if fast_kernels and loaded.device.type == "cpu" else None
+        # be measured while the compiler shares the CPU. Without `wait_for_kernel` an engine whose
+        # kernel is still building runs plain PyTorch until `finish_kernel` switches it over (its
+        # roofs are measured briefly meanwhile, and in full then). `device`: roofs given, not measured.
+        self.kernel, self.kernel_pending = None, False
+        if fast_kernels and loaded.device.type == "cpu":
+            self.kernel, self.kernel_pending = (kernel_module(), False) if wait_for_kernel else kernel_for_now()
         self.native_bf16 = bf16_native()
-        self.device_info = device or device_info(loaded.device, next(loaded.model.parameters()).dtype)
+        self.device_info = device or self._measured_device(dtype_choice)
         self.lock = threading.Lock()
         self._warm_in: int | None = None          # the process whose first forward pass warm_up paid for
         self._cpu_wait_measurable = measurable()
@@ -301,10 +306,41 @@ class Engine:
         """One line for the page and the log: whether the fast decode kernel runs here, and if not why."""
         if self.loaded.device.type != "cpu":
             return ""
+        if self.kernel_pending and self.kernel is None:
+            return ("fast decode kernel building for this CPU (once, about a minute): runs use plain PyTorch "
+                    "until it is ready, then switch to it by themselves")
+        if self.kernel_pending:
+            return ("fast decode kernel built for this CPU; timing its variants (once, a few seconds): runs use "
+                    "it meanwhile, in its default variant")
         if self.kernel is not None:
             variant = f"; variant: {self.kernel_tuning.note}" if self.kernel_tuning else ""
             return f"fast decode kernels built for this CPU{variant}"
         return f"fast decode kernel unavailable ({build_error() or 'not built'}): runs use plain PyTorch"
+
+    def finish_kernel(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        """For an engine that started before its kernel was built: wait for the build, then switch
+        to it between runs, measure the roofs again (the compiler shared the CPU when they were
+        first measured), warm its path and choose its variant. Runs meanwhile use plain PyTorch."""
+        if not self.kernel_pending:
+            return
+        kernel = kernel_module()                     # waits for the build
+        with self.lock:                              # between runs
+            self.kernel = kernel
+            if kernel is not None:
+                self.device_info = self._measured_device(self.device_info.dtype_choice)
+        try:
+            if kernel is not None:
+                progress("The fast decode kernel is built: warming it up and timing its variants (once)")
+                self.warm_up()
+                self.tune(progress)
+        finally:
+            self.kernel_pending = False
+        progress(self.kernel_note)
+
+    def _measured_device(self, dtype_choice: str) -> DeviceInfo:
+        """This device's roofs for the model's dtype: with short probes while the kernel builds."""
+        return device_info(self.loaded.device, next(self.loaded.model.parameters()).dtype, dtype_choice,
+                           quick=self.kernel_pending and self.kernel is None)
 
     def tune(self, progress: Callable[[str], None] = lambda _: None) -> None:
         """Run the kernel in this machine's fastest variant for these weights (timed the first time
@@ -354,8 +390,7 @@ class Engine:
         roofs are named after the GPU the worker really holds: the main process saw a stand-in."""
         if self._warm_in != os.getpid():
             if self.loaded.device.type == "cuda":
-                self.device_info = device_info(self.loaded.device, next(self.loaded.model.parameters()).dtype,
-                                               self.device_info.dtype_choice)
+                self.device_info = self._measured_device(self.device_info.dtype_choice)
             self.warm_up()
 
     def trace_of(self, prompt_ids: list[int], settings: GenerationSettings, steps: list[Step],

@@ -48,8 +48,10 @@ class Server:
                 self.load_under_way, self.load_error = True, None
                 report(f"loading {config.model}")
                 try:
+                    # A first start answers on plain PyTorch while its kernel builds (not on
+                    # ZeroGPU, whose main process never runs the model).
                     self.engine = load_engine(config.model, config.device, config.dtype, report,
-                                              warm_up=not config.zero_gpu)
+                                              warm_up=not config.zero_gpu, wait_for_kernel=config.zero_gpu)
                 except Exception as exc:
                     self.load_error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
                     raise
@@ -133,11 +135,22 @@ class Server:
     def loading_tick(self) -> tuple:
         """While the engine loads: the model box says what the load is doing; once it has ended, the
         run's status line says whether runs may start, and the timer stops (a run already waiting
-        keeps its own status line meanwhile)."""
+        keeps its own status line meanwhile), handing over to the kernel's timer where the engine
+        still waits for its kernel."""
         if self.load_under_way:
-            return self.engine_status(), gr.skip(), gr.Timer(active=True)
+            return self.engine_status(), gr.skip(), gr.Timer(active=True), gr.skip()
         line = summary.ready_status_html() if self.ready else self.run_status()
-        return self.engine_status(), line, gr.Timer(active=False)
+        return self.engine_status(), line, gr.Timer(active=False), gr.Timer(active=self.kernel_pending)
+
+    def kernel_tick(self) -> tuple:
+        """While the engine runs plain PyTorch until its kernel is built: the model box follows the
+        switch, and the timer stops once it is made."""
+        return self.engine_status(), gr.Timer(active=self.kernel_pending)
+
+    @property
+    def kernel_pending(self) -> bool:
+        """The engine is loaded but still waits for its kernel (runs meanwhile use plain PyTorch)."""
+        return self.engine is not None and self.engine.kernel_pending
 
     def run_status(self) -> Any:
         """The run's status line as the page opens: that the model is loading, or why it could not
@@ -160,4 +173,4 @@ class Server:
         return (gr.Dropdown(choices=config.allowed_models, value=config.model, allow_custom_value=config.allow_any_model),
                 self.engine_status(),
                 gr.Dropdown(choices=self.engine_choices(), value="", visible=bool(config.remotes)),
-                self.run_status(), gr.Timer(active=self.load_under_way))
+                self.run_status(), gr.Timer(active=self.load_under_way), gr.Timer(active=self.kernel_pending))

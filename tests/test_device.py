@@ -35,7 +35,7 @@ def test_cpu_device_info_reads_the_roofs_it_is_given(monkeypatch) -> None:
 
     roofs = CpuRoofs(key="k", name="test cpu (2 threads)", threads=2, fp32_flops=100e9, bf16_flops=50e9,
                      bytes_per_s=20e9, bf16_native=False, bf16_torch_flops=1e9, seconds=0.1)
-    monkeypatch.setattr(device, "cpu_roofs", lambda: roofs)
+    monkeypatch.setattr(device, "cpu_roofs", lambda quick=False: roofs)
     info = device_info(torch.device("cpu"), torch.bfloat16, "chosen by a test")
     assert isinstance(info, DeviceInfo) and info.type == "cpu" and info.name == "test cpu (2 threads)"
     assert (info.peak_flops, info.peak_bytes_per_s, info.dtype_choice) == (50e9, 20e9, "chosen by a test")

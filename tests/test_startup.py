@@ -17,7 +17,7 @@ from page.live import LiveTab
 
 def _loading_server(monkeypatch, finish: threading.Event, result) -> state.Server:
     """A server whose engine load reports one step and then waits for `finish` (then returns or raises `result`)."""
-    def load(model, device, dtype, progress, warm_up=True):
+    def load(model, device, dtype, progress, **_):
         progress("First start: dequantizing the weights (about half a minute, once)")
         finish.wait(60)
         if isinstance(result, BaseException):
@@ -43,7 +43,7 @@ def test_while_the_model_loads_the_page_says_so_and_a_run_waits_for_it(monkeypat
     finish = threading.Event()
     server = _loading_server(monkeypatch, finish, real_engine)
     assert "dequantizing the weights" in server.engine_status(), "the model box shows the load's progress"
-    status, line, timer = server.loading_tick()
+    status, line, timer, _ = server.loading_tick()
     assert "dequantizing" in status and timer.active, "and follows it while it goes on"
     assert "The model is loading" in server.run_status(), "the run's status line says so as the page opens"
     run = LiveTab(server).run_generation("Name a colour.", 4, 0, 1, 0, True, 1, CancelFlag())
@@ -52,7 +52,7 @@ def test_while_the_model_loads_the_page_says_so_and_a_run_waits_for_it(monkeypat
     finish.set()
     *_, final = run
     assert "Done" in final[1] and final[3], "once loaded, the run goes on and answers"
-    status, line, timer = server.loading_tick()
+    status, line, timer, _ = server.loading_tick()
     assert "SmolLM2" in status and "ready" in line and not timer.active, "the model, runs may start, the timer stops"
     assert "ps-done" not in line, "the ready line is not a run's end (the page's tests wait for that class)"
     assert not isinstance(server.run_status(), str), "a page opened now gets an empty status line, as before"

@@ -198,9 +198,8 @@ def loading_run_status_html(doing: str = "", elapsed_s: float | None = None) -> 
     """The run's status line while the model loads: before a run (the page came up first), or while
     a run waits for it (`doing`: what the load is doing; `elapsed_s`: how long the run has waited)."""
     if elapsed_s is None:
-        return ('<div class="ps-status ps-prefill"><b>The model is loading</b> (a first start converts the weights '
-                "and builds the kernel, about a minute, once); you can press Run now: it starts when the model is "
-                "ready</div>")
+        return ('<div class="ps-status ps-prefill"><b>The model is loading</b> (a first start converts the weights, '
+                "a few seconds, once); you can press Run now: it starts when the model is ready</div>")
     return (f'<div class="ps-status ps-prefill">Waiting for the model to load ({html.escape(doing)}), '
             f"{elapsed_s:.0f} s so far</div>")
 

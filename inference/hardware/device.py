@@ -40,8 +40,9 @@ def dtype_named(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def device_info(device: torch.device, dtype: torch.dtype, dtype_choice: str = "") -> DeviceInfo:
-    """The roofs a run in `dtype` on `device` is drawn against, and how its products are computed."""
+def device_info(device: torch.device, dtype: torch.dtype, dtype_choice: str = "", quick: bool = False) -> DeviceInfo:
+    """The roofs a run in `dtype` on `device` is drawn against, and how its products are computed
+    (`quick`: a CPU's short probes where none are cached, see roofs.cpu_roofs)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         gpu = next((g for g in GPUS if g.match in name), None)
@@ -52,9 +53,10 @@ def device_info(device: torch.device, dtype: torch.dtype, dtype_choice: str = ""
             return DeviceInfo("cuda", name, flops, gpu.bytes_per_s, source, dtype_choice=dtype_choice)
         flops, bandwidth = measure_gpu_peaks(device, dtype)
         return DeviceInfo("cuda", name, flops, bandwidth, "measured (microbenchmark)", dtype_choice=dtype_choice)
-    roofs = cpu_roofs()
+    roofs = cpu_roofs(quick)
+    how = "; short probes while the kernel builds, measured in full after" if roofs.quick else ""
     return DeviceInfo("cpu", roofs.name, roofs.flops(dtype), roofs.bytes_per_s,
-                      f"measured (microbenchmark, {roofs.threads} threads)", arithmetic=roofs.arithmetic(dtype),
+                      f"measured (microbenchmark, {roofs.threads} threads{how})", arithmetic=roofs.arithmetic(dtype),
                       dtype_choice=dtype_choice)
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from inference.disk_cache import cached_per_key
+from inference.disk_cache import cached, cached_per_key
 from inference.hardware.cpu_wait import CROWDED
 from inference.hardware.device import DTYPES, dtype_named
 
@@ -32,23 +32,36 @@ class DtypeChoice:
     waited: float = 0.0       # the largest share of a trial run's time spent waiting for a core
 
 
-def choose_dtype(name: str, device: torch.device, progress: Progress = lambda _: None) -> tuple[torch.dtype, str]:
-    """(dtype, why) for a --dtype value: auto, float32 or bfloat16."""
+def choose_dtype(name: str, device: torch.device, progress: Progress = lambda _: None,
+                 wait_for_kernel: bool = True) -> tuple[torch.dtype, str]:
+    """(dtype, why) for a --dtype value: auto, float32 or bfloat16 (see `cpu_dtype_choice` for
+    `wait_for_kernel`)."""
     if name != "auto":
         return dtype_named(name), f"{name}, as asked (--dtype {name})"
     if device.type == "cuda":
         return torch.bfloat16, "auto: bfloat16 on a CUDA GPU (its tensor cores compute it natively, at half the bytes)"
-    choice = cpu_dtype_choice(progress)
+    choice = cpu_dtype_choice(progress, wait_for_kernel)
     return DTYPES[choice.dtype], choice.reason
 
 
-def cpu_dtype_choice(progress: Progress = lambda _: None) -> DtypeChoice:
+def cpu_dtype_choice(progress: Progress = lambda _: None, wait_for_kernel: bool = True) -> DtypeChoice:
     """The trial's result for this CPU and this decode kernel (the trial runs it: a changed kernel
-    is measured again), run once and then read from disk."""
-    from inference.hardware.roofs import cpu_key
-    from inference.kernels.build import library_path
+    is measured again), run once and then read from disk. Without `wait_for_kernel`, while the
+    kernel is still building (a first start that serves before it is ready), the CPU's flags
+    decide this start and the trial runs at the next (it times the kernel, which is not there yet)."""
+    from inference.hardware.roofs import bf16_native, cpu_key
+    from inference.kernels.build import kernel_for_now, library_path
 
     key = f"{cpu_key()}|kernel {library_path().name}"
+    if not wait_for_kernel and kernel_for_now()[1]:
+        found = cached("dtype-choice", key, DtypeChoice)
+        if found is not None:
+            return found
+        dtype = "bfloat16" if bf16_native() else "float32"
+        return DtypeChoice(key, dtype, f"auto: {dtype} for this start, because this CPU "
+                                       f"{'has' if dtype == 'bfloat16' else 'lacks'} bfloat16 arithmetic; the trial "
+                                       "timing float32 against bfloat16 runs at the next start, once the decode "
+                                       "kernel it times is built")
     return cached_per_key("dtype-choice", key, DtypeChoice, lambda: _trial(key, progress),
                           keep=lambda choice: choice.waited < CROWDED)
 

@@ -18,10 +18,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from inference.disk_cache import cached_per_key
+from inference.disk_cache import cached, cached_per_key
 from inference.hardware.cpu_wait import CROWDED, CpuWait
 
 PROBE_SECONDS = 0.15          # one call of a grown probe takes about this long
+QUICK_PROBE_SECONDS = PROBE_SECONDS / 6
 _ROOFS_VERSION = 2            # bump when what a probe measures changes
 # CPU flags that decide which arithmetic PyTorch, oneDNN and our kernel can use.
 _FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
@@ -42,6 +43,7 @@ class CpuRoofs:
     bf16_torch_flops: float      # PyTorch's own bfloat16 product (what the engine avoids if not native)
     seconds: float               # how long the measurement took
     waited: float = 0.0          # the share of it its threads waited for a core (other programs)
+    quick: bool = False          # a first start's short probes, for that start only (cpu_roofs)
 
     def flops(self, dtype: torch.dtype) -> float:
         return self.bf16_flops if dtype == torch.bfloat16 else self.fp32_flops
@@ -95,30 +97,36 @@ def prefill_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return F.linear(x, weight, bias)
 
 
-def cpu_roofs() -> CpuRoofs:
+def cpu_roofs(quick: bool = False) -> CpuRoofs:
     """Measured once per `cpu_key`, then read from disk; roofs measured on a crowded machine (their
-    threads waited for a core CROWDED of the time or more) serve this start only."""
+    threads waited for a core CROWDED of the time or more) serve this start only. `quick`, where
+    none are cached yet: probes a sixth as long (about two seconds in all), for this start only
+    (a first start that serves while its kernel builds, and measures them in full after)."""
     key = cpu_key()
+    if quick:
+        found = cached("cpu-roofs", key, CpuRoofs)
+        return found if found is not None else measure_cpu_roofs(key, target_s=QUICK_PROBE_SECONDS)
     return cached_per_key("cpu-roofs", key, CpuRoofs, lambda: measure_cpu_roofs(key),
                           keep=lambda roofs: roofs.waited < CROWDED)
 
 
-def measure_cpu_roofs(key: str = "") -> CpuRoofs:
+def measure_cpu_roofs(key: str = "", target_s: float = PROBE_SECONDS) -> CpuRoofs:
     start = time.perf_counter()
     wait = CpuWait(discovering=1)          # the threads that ran the probes, and how long they waited
     wait.start()
     native = bf16_native()
-    fp32 = product_flops(torch.float32, native_bf16=True)
+    fp32 = product_flops(torch.float32, native_bf16=True, target_s=target_s)
     # PyTorch's own bfloat16 product, for the page's explanation; short where it is not native.
-    bf16_torch = product_flops(torch.bfloat16, native_bf16=True, target_s=PROBE_SECONDS if native else PROBE_SECONDS / 4)
-    bf16 = bf16_torch if native else product_flops(torch.bfloat16, native_bf16=False)
+    bf16_torch = product_flops(torch.bfloat16, native_bf16=True, target_s=target_s if native else target_s / 4)
+    bf16 = bf16_torch if native else product_flops(torch.bfloat16, native_bf16=False, target_s=target_s)
     threads = torch.get_num_threads()
-    bandwidth = memory_bytes_per_s()
+    bandwidth = memory_bytes_per_s(target_s)
     seconds = time.perf_counter() - start
     waited_ms = wait.finish(seconds * 1e3)
     return CpuRoofs(key=key or cpu_key(), name=f"{cpu_name()} ({threads} threads)", threads=threads,
                     fp32_flops=fp32, bf16_flops=bf16, bytes_per_s=bandwidth, bf16_native=native,
-                    bf16_torch_flops=bf16_torch, seconds=seconds, waited=(waited_ms or 0.0) / (seconds * 1e3))
+                    bf16_torch_flops=bf16_torch, seconds=seconds, waited=(waited_ms or 0.0) / (seconds * 1e3),
+                    quick=target_s < PROBE_SECONDS)
 
 
 def product_flops(dtype: torch.dtype, native_bf16: bool, target_s: float = PROBE_SECONDS) -> float:

@@ -75,8 +75,34 @@ def kernel_module() -> Any:
         return _module
 
 
+def build_in_background() -> None:
+    """Start the kernel's build on a thread of its own, at the lowest CPU priority the system gives
+    it (on Linux a thread's priority is its own, and the compiler it starts inherits it): a first
+    start's load, roofs and runs keep the cores, and the compiler takes what they leave idle."""
+    def build() -> None:
+        if platform.system() == "Linux":
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except (OSError, AttributeError):
+                pass
+        kernel_module()
+
+    threading.Thread(target=build, name="phasescope-kernel-build", daemon=True).start()
+
+
 def build_error() -> str | None:
     return _build_error
+
+
+def kernel_for_now() -> tuple[Any, bool]:
+    """(the kernel where it is there now, built by an earlier start or by this process; whether a
+    build under way, or about to start, may still bring it), without waiting for that build: (None,
+    True) while one runs, (None, False) where it cannot build (`build_error`). Whether it may still
+    come is read first, so a build that ends meanwhile gives its kernel, never (None, False)."""
+    coming = _module is None and _build_error is None and os.environ.get("PHASESCOPE_KERNEL") != "off"
+    if not coming or (library_path().is_file() and not _build_lock.locked()):
+        return kernel_module(), False
+    return None, True
 
 
 def library_path() -> Path:
