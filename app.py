@@ -26,6 +26,7 @@ from inference.serving.api import ApiService
 from inference.serving.background import ENGINE_THREAD, CancelFlag
 from inference.serving.server_config import ServerConfig
 from inference.settings import DEVICES, DTYPES
+from page import NO_PROGRESS
 from page.classroom import ClassTab
 from page.experiments import ExperimentsTab
 from page.lesson import LessonTab
@@ -60,11 +61,11 @@ def build_demo() -> gr.Blocks:
         loading = gr.Timer(1.0, active=False)              # the model box follows a load under way
         switching = gr.Timer(3.0, active=False)            # and then the kernel's build, where runs wait for it
         loading.tick(server.loading_tick, None, [parts.model_status, parts.status, loading, switching], api_name=False,
-                     show_progress="hidden")
+                     **NO_PROGRESS)
         switching.tick(server.kernel_tick, None, [parts.model_status, switching], api_name=False,
-                       show_progress="hidden")
+                       **NO_PROGRESS)
         demo.load(server.page_opened, None, [parts.model, parts.model_status, parts.engine_choice, parts.status,
-                                             loading, switching], api_name=False, show_progress="hidden")
+                                             loading, switching], api_name=False, **NO_PROGRESS)
     return demo
 
 

@@ -9,6 +9,7 @@ import gradio as gr
 
 from inference.defaults import GOODPUT_TPOT_S, GOODPUT_TTFT_S
 from inference.serving.batching import batch_server
+from page import NO_PROGRESS
 from page.state import Server
 from viz import classroom
 
@@ -47,7 +48,7 @@ class ClassTab:
             plot = gr.Plot(show_label=False, elem_id="ps-class")
             pool = gr.HTML(elem_id="ps-class-pool")
             timer = gr.Timer(1.0, active=False)
-        timer.tick(self.class_view, [ttft, tpot], [plot, summary, pool], api_name="class", show_progress="hidden")
+        timer.tick(self.class_view, [ttft, tpot], [plot, summary, pool], api_name="class", **NO_PROGRESS)
         class_tab.select(lambda: gr.Timer(active=True), None, timer, api_name=False)
         # The address the teacher's browser shows (behind a proxy or a Space too), read by the page itself.
         class_tab.select(classroom.join_html, address, join, js="() => window.location.href", api_name=False,

@@ -27,6 +27,7 @@ from inference.serving.background import ENGINE_THREAD, CancelFlag, WatchedRun
 from inference.serving.door import prepare
 from inference.settings import GenerationSettings
 from inference.trace import Trace, read_trace
+from page import NO_PROGRESS
 from page.state import Server
 from viz import experiments as viz_experiments
 from viz import lesson as viz_lesson
@@ -113,14 +114,14 @@ class LessonTab:
             self._wire(parts, prompt, cancel, first_trace)
             for button, delta in ((back, -1), (forward, 1)):
                 button.click(lambda at, d=delta: self.go_to(at + d), [step], [step, nav, *step_rows], api_name=False,
-                             queue=False, show_progress="hidden")
+                             queue=False, **NO_PROGRESS)
         return tab
 
     def _wire(self, parts: list, prompt: gr.Textbox, cancel: gr.State, first_trace: gr.State) -> None:
         """Each step's button: its runs, then its sentence, chart and traces."""
         runs_queue = dict(concurrency_limit="default", concurrency_id="runs")
         (b1, o1), (b2, o2), (b3, o3), (b4, o4), (b5, o5), (b6, o6), (b7, o7) = parts
-        b1.click(self.first_run, [prompt, cancel], [*o1, first_trace], api_name="lesson_run", show_progress="hidden",
+        b1.click(self.first_run, [prompt, cancel], [*o1, first_trace], api_name="lesson_run", **NO_PROGRESS,
                  **runs_queue)
         b2.click(self.longer_prompt, [prompt], o2, api_name="lesson_sweep", **runs_queue)
         b3.click(self.roofline, [first_trace], o3, api_name="lesson_roofline")

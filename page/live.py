@@ -30,6 +30,7 @@ from inference.serving.door import Plan, prepare
 from inference.settings import GenerationSettings
 from inference.trace import Step, Trace, cpu_wait_share, read_trace, steps_csv
 from inference.trace.perfetto import to_chrome_trace_json
+from page import NO_PROGRESS
 from page.state import Server
 from viz import live, summary
 from viz.dashboard import DASHBOARD_CSS, dashboard_js, dashboard_template
@@ -140,14 +141,14 @@ class LiveTab:
             # at a time in solo mode: the limit is the queue's default, set at launch from the config.
             # The page's own status line says what a run is doing: Gradio's progress overlays and
             # their animations would take the cores the model runs on.
-            runs_queue = dict(concurrency_limit="default", concurrency_id="runs", show_progress="hidden")
+            runs_queue = dict(concurrency_limit="default", concurrency_id="runs", **NO_PROGRESS)
             run_button.click(self.run_generation, run_inputs, outputs, api_name="run", **runs_queue)
             prompt.submit(self.run_generation, run_inputs, outputs, api_name=False, **runs_queue)
             stop_button.click(stop_generation, [cancel], None, queue=False, api_name="stop")
             new_chat.click(lambda c: c.reset(), [conversation], None, queue=False, api_name="new_conversation")
             load_button.click(self.server.switch_model, [model], model_status, api_name="model",
                               concurrency_limit=1, concurrency_id="engine")
-            replay_button.click(replay, [trace_state, speed], outputs, api_name="replay", show_progress="hidden")
+            replay_button.click(replay, [trace_state, speed], outputs, api_name="replay", **NO_PROGRESS)
             export_button.click(export, [trace_state], files, api_name="export")
             upload.upload(load_trace, [upload], outputs, api_name="load")
         return LiveTabParts(live_tab, engine_choice, model, model_status, status)

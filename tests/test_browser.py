@@ -208,6 +208,27 @@ def test_the_first_tokens_time_is_broken_down_from_the_click(page) -> None:
     assert total >= ttft_card, "from the click it cannot take less than the prefill step alone"
 
 
+def test_while_a_run_waits_for_its_first_token_the_page_draws_nothing(page) -> None:
+    """The prefill shares the cores with this browser: until the first token's update nothing in the
+    run's outputs may change (Gradio's progress trackers counted seconds there on every frame)."""
+    page.evaluate("""() => {
+        window.changed = [];
+        const outputs = ["#ps-status", "#ps-headline", "#ps-text", "#ps-dashboard"].map((s) => document.querySelector(s));
+        const observer = new MutationObserver((records) => { for (const r of records) window.changed.push(r.type); });
+        outputs.forEach((el) => observer.observe(el, {subtree: true, childList: true, attributes: true, characterData: true}));
+        document.querySelector("#ps-run").addEventListener("click", () => { window.changed = []; }, true);
+        window.stopWatching = () => observer.disconnect();
+    }""")
+    run_prompt(page, "What is the capital of France?", 8)
+    # The first update the run sends is its first token's, or its prefill's status after a quarter
+    # of a second (a slow machine); either way the status line is the first thing to change.
+    page.wait_for_function("() => window.changed.length > 0", timeout=60_000)
+    first = page.evaluate("() => { window.stopWatching(); return document.querySelector('#ps-status').innerHTML; }")
+    assert "ps-prefill" in first or "ps-decode" in first or "ps-done" in first, \
+        f"the run's outputs changed before its first update (the status line then held {first[:300]!r})"
+    page.wait_for_selector(DONE, timeout=120_000)
+
+
 def test_a_remote_engine_is_picked_on_the_page_and_its_stream_drawn(browser, app_url: str) -> None:
     """The operator configured a remote engine (here a stand-in replaying vLLM's recorded stream):
     the page offers it, streams its run, and says which charts only the embedded engine can fill."""
