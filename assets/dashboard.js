@@ -134,12 +134,33 @@ function schedule() {
   if (timer === null) timer = setTimeout(draw, Math.max(0, earliest - performance.now()));
 }
 
+// A whole redraw (the first token's, a run's last) comes after the frame that paints what the same
+// update brought to the rest of the page: drawing every chart takes hundreds of ms on a small
+// machine, and the token's text should not wait for it. Paced passes wait for it.
+function drawAfterPaint(ids) {
+  timer = 0;                  // not null: no paced pass is scheduled meanwhile
+  requestAnimationFrame(() => {
+    timer = setTimeout(() => {
+      revision += 1;
+      for (const id of ids) {
+        const gd = divs[id];
+        gd.layout.datarevision = revision;
+        P.react(gd, gd.data, gd.layout, config);
+        gd.classList.remove("ps-stale");
+        dirty.delete(id);       // steps merged meanwhile are drawn with it
+      }
+      timer = null;
+      if (dirty.size) schedule();
+    }, 0);
+  });
+}
+
 function timeFirstToken(parts) {
   const clicked = clickAt;
   clickAt = null;
-  // Two frames later the update has been painted: that is when the student sees the token.
-  requestAnimationFrame(() => requestAnimationFrame(() =>
-    showTtft(parts, clicked !== null ? performance.now() - clicked : null)));
+  // The first task after the next frame: the update's text has been painted, which is when the
+  // student sees the token (the charts are drawn after it, drawAfterPaint).
+  requestAnimationFrame(() => setTimeout(() => showTtft(parts, clicked !== null ? performance.now() - clicked : null), 0));
 }
 
 function apply(msg) {
@@ -153,22 +174,23 @@ function apply(msg) {
     timer = null;
     dirty = new Set();
     stale.clear();
+    const whole = [];
     for (const [id, fig] of Object.entries(msg.figures)) {
       const gd = divs[id];
       if (!gd) continue;
       if (msg.template) fig.layout.template = msg.template;     // sent once for every chart
+      gd.data = fig.data;
+      gd.layout = themed(fig.layout);
       if (msg.lazy && id !== "timeline") {
         // A run's first message, while its prefill runs: only the timeline (where the pause grows)
         // is drawn now; the others, dimmed meanwhile, with the first step or when they come into view.
-        gd.data = fig.data;
-        gd.layout = themed(fig.layout);
         stale.add(id);
         gd.classList.add("ps-stale");
       } else {
-        P.react(gd, fig.data, themed(fig.layout), config);
-        gd.classList.remove("ps-stale");
+        whole.push(id);
       }
     }
+    drawAfterPaint(whole);
   } else if (msg.kind === "extend") {
     if (msg.start !== have) return;
     for (const [id, chart] of Object.entries(msg.charts)) {
