@@ -112,7 +112,7 @@ def main(repeats: int = 5) -> list[str]:
         return lines + [row("with Chromium drawing the page on this machine", "not measured", "no chromium")]
     browser = BrowserRuns()
     try:
-        runs = interleaved_medians({"browser": browser.rate, "engine": lambda: engine_run(engine)}, 3)
+        runs = interleaved_medians({"browser": browser.rate, "engine": lambda: engine_run(engine)}, 7)
     finally:
         browser.close()
     (browser_rate, browser_ttft), (rate, ttft) = runs["browser"], runs["engine"]
