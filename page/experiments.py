@@ -15,6 +15,7 @@ from inference.lessons.whatif import GPUS, PRESETS, Efficiency, device_as_gpu, e
 from inference.remote import RemoteClient, RemoteError
 from inference.serving.background import ENGINE_THREAD
 from inference.trace import read_trace
+from page import progress_on
 from page.state import Server
 from viz import experiments as viz_experiments
 from viz.claims import claims_html
@@ -48,7 +49,7 @@ class ExperimentsTab:
                 claim; `queued`: it runs the model, one experiment at a time."""
                 plot, verdict = gr.Plot(show_label=False), gr.Markdown()
                 button.click(fn, [*inputs, claims], [plot, verdict, claims, panel], api_name=api_name,
-                             **(engine_queue if queued else {}))
+                             **progress_on(plot), **(engine_queue if queued else {}))
 
             with gr.Tabs():
                 with gr.Tab("1 · Prompt length"):

@@ -27,7 +27,7 @@ from inference.serving.background import ENGINE_THREAD, CancelFlag, WatchedRun
 from inference.serving.door import prepare
 from inference.settings import GenerationSettings
 from inference.trace import Trace, read_trace
-from page import NO_PROGRESS
+from page import NO_PROGRESS, progress_on
 from page.state import Server
 from viz import experiments as viz_experiments
 from viz import lesson as viz_lesson
@@ -110,7 +110,7 @@ class LessonTab:
                         runs = gr.File(label="The runs behind this step (traces, JSON)", interactive=False,
                                        elem_id=f"ps-lesson-runs-{i + 1}", elem_classes="ps-lesson-runs")
                 step_rows.append(step_row)
-                parts.append((button, [*text, *headline, said, plot, runs]))
+                parts.append((button, [*text, *headline, said, plot, runs], plot))
             self._wire(parts, prompt, cancel, first_trace)
             for button, delta in ((back, -1), (forward, 1)):
                 button.click(lambda at, d=delta: self.go_to(at + d), [step], [step, nav, *step_rows], api_name=False,
@@ -120,14 +120,15 @@ class LessonTab:
     def _wire(self, parts: list, prompt: gr.Textbox, cancel: gr.State, first_trace: gr.State) -> None:
         """Each step's button: its runs, then its sentence, chart and traces."""
         runs_queue = dict(concurrency_limit="default", concurrency_id="runs")
-        (b1, o1), (b2, o2), (b3, o3), (b4, o4), (b5, o5), (b6, o6), (b7, o7) = parts
+        (b1, o1, _), (b2, o2, c2), (b3, o3, _), (b4, o4, c4), (b5, o5, c5), (b6, o6, c6), (b7, o7, _) = parts
         b1.click(self.first_run, [prompt, cancel], [*o1, first_trace], api_name="lesson_run", **NO_PROGRESS,
                  **runs_queue)
-        b2.click(self.longer_prompt, [prompt], o2, api_name="lesson_sweep", **runs_queue)
+        b2.click(self.longer_prompt, [prompt], o2, api_name="lesson_sweep", **progress_on(c2), **runs_queue)
         b3.click(self.roofline, [first_trace], o3, api_name="lesson_roofline")
-        b4.click(self.cache_race, [prompt], o4, api_name="lesson_race", **runs_queue)
-        b5.click(self.batch_rows, [prompt], o5, api_name="lesson_batch", **runs_queue)
-        b6.click(self.two_formats, [], o6, api_name="lesson_formats", concurrency_limit=1, concurrency_id="engine")
+        b4.click(self.cache_race, [prompt], o4, api_name="lesson_race", **progress_on(c4), **runs_queue)
+        b5.click(self.batch_rows, [prompt], o5, api_name="lesson_batch", **progress_on(c5), **runs_queue)
+        b6.click(self.two_formats, [], o6, api_name="lesson_formats", **progress_on(c6), concurrency_limit=1,
+                 concurrency_id="engine")
         b7.click(self.what_if, [first_trace], o7, api_name="lesson_whatif")
 
     @staticmethod

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import gradio as gr
 import pytest
 from gradio_client import Client
 
@@ -143,3 +144,23 @@ def test_a_runs_first_chart_update_redraws_the_charts_for_it(real_engine) -> Non
     assert first["kind"] == "full", first["kind"]
     assert first["lazy"] if first["steps"] == 0 else "ttft_parts" in first, first.keys()
     assert sum("ttft_parts" in m for m in messages) == 1, "the first token's time is sent once"
+
+
+def test_what_the_page_measures_runs_under_no_progress_animation_but_its_chart_s_timer() -> None:
+    """Gradio's progress overlay (spinner, timer, bar over every output) drew all the while a run or an
+    experiment ran, on the cores it was measuring: a run's events show none, an experiment's shows
+    the small timer on its chart alone."""
+    import app
+
+    ids = {block._id: block for block in app.demo.blocks.values()}
+    measuring = {"run", "replay", "lesson_run", "lesson_sweep", "lesson_race", "lesson_batch", "lesson_formats",
+                 "sweep", "race", "batch", "dtype", "chunks", "speculate", "prefix"}
+    events = {d["api_name"]: d for d in app.demo.config["dependencies"] if d["api_name"] in measuring}
+    assert set(events) == measuring, f"events not found: {measuring - set(events)}"
+    for name, event in events.items():
+        shown = [ids[i] for i in event["show_progress_on"]]
+        if name in ("run", "replay", "lesson_run"):
+            assert event["show_progress"] == "hidden" and shown == [], (name, event["show_progress"], shown)
+        else:
+            assert event["show_progress"] == "minimal" and len(shown) == 1 and isinstance(shown[0], gr.Plot), \
+                (name, event["show_progress"], shown)
